@@ -1,0 +1,119 @@
+/*
+ * config: the daemon's whole configuration as one plain struct, its defaults
+ * (the built-in simulator), and the loader that validates a JSON file against
+ * one table of keys with types, defaults and bounds. It does no I/O beyond
+ * reading the file and never starts anything.
+ */
+#ifndef WMD_CONFIG_H
+#define WMD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Up to 32 lasers: one HighFinesse switch has at most 8 (or 16 with the
+ * external multiplexer), and labs with two switches still fit. */
+#define CONFIG_MAX_LASERS 32
+#define CONFIG_NAME_MAX 32
+#define CONFIG_PATH_MAX 256
+
+enum restart_policy { RESTART_RESUME, RESTART_RELEASE, RESTART_OFF };
+
+/* The light a simulated channel sees (driver "sim" only). */
+struct sim_laser_config {
+    double nominal_thz;           /* free-running frequency at 0 V */
+    double offset_mhz;            /* start offset from nominal */
+    double drift_mhz_per_sqrt_s;  /* random-walk strength */
+    double noise_mhz;             /* white measurement noise, 1 sigma */
+    double sensitivity_mhz_per_v; /* actuator input -> frequency */
+    double lag_ms;                /* first-order actuator time constant */
+    char fault[16];               /* none|no_signal|underexposed|overexposed */
+};
+
+struct actuator_config {
+    char driver[16];   /* "sim" or "none" (later: serial drivers, wlm analog) */
+    int timeout_ms;    /* every actuator write finishes or fails by then */
+};
+
+struct laser_config {
+    char name[CONFIG_NAME_MAX];
+    int channel;      /* wavemeter channel, 1-based, unique */
+    int exposure_ms;
+    int settle_ms;    /* switch settle before the exposure */
+    bool enabled;
+    struct sim_laser_config sim;
+    struct actuator_config actuator;
+
+    /* Stabilization (issue 3). */
+    double setpoint_thz;  /* 0 = the sim nominal, or unset for real lasers */
+    double min_thz, max_thz; /* allowed setpoint range; 0 = setpoint +- 1 GHz */
+    double kp_v_per_mhz;
+    double ki_v_per_mhz_s;
+    double kd_v_s_per_mhz;
+    double sensitivity_mhz_per_v; /* signed; sign of the loop, 0 = assume +1 */
+    double output_min_v, output_max_v;
+    double output_initial_v;
+    double slew_v_per_s;
+    double ramp_mhz_per_s;       /* default setpoint ramp, 0 = step */
+    double capture_mhz;          /* |error| beyond this counts toward lost */
+    double tolerance_mhz;        /* |error| within this counts toward locked */
+    int locked_after;            /* readings within tolerance before "locked" */
+    int lost_after;              /* readings outside capture before "lost" */
+    double rail_timeout_s;       /* railed this long -> lost */
+    double max_gap_s;            /* longer gap between readings freezes the integrator */
+    double stale_s;              /* reading older than this never reaches the loop */
+    enum restart_policy restart;
+    bool auto_relock;
+    int relock_attempts;
+    int history_depth;           /* readings kept per channel */
+    bool lock;                   /* lock at first start (no state file yet) */
+};
+
+struct config {
+    char source[CONFIG_PATH_MAX]; /* file it came from, "" for built-in */
+
+    char listen_host[64];
+    int listen_port;
+    char log_level[8];       /* debug|info|notice|warning|error */
+    int threadpool_size;     /* UV_THREADPOOL_SIZE */
+
+    int max_line_bytes;
+    int max_clients;
+    int max_batch;
+    int idle_timeout_s;
+    int write_queue_max_bytes;
+    int write_stall_timeout_s;
+
+    char state_dir[CONFIG_PATH_MAX];
+    double state_save_interval_s;
+
+    char driver[16];         /* "sim" or "highfinesse" */
+    int read_timeout_ms;
+    uint64_t seed;           /* sim: 0 = from the clock */
+    char wlm_library[CONFIG_PATH_MAX];
+
+    int nlasers;
+    struct laser_config lasers[CONFIG_MAX_LASERS];
+};
+
+/* Fill cfg with the built-in defaults: the simulator with 4 lasers. */
+void config_defaults(struct config *cfg);
+
+/*
+ * Load and validate the JSON file at path into cfg (which it first sets to
+ * defaults; a file with "lasers" replaces the default lasers).
+ * On error returns a negative errno-style code and writes one line to err:
+ * "FILE:LINE:COL: key "lasers[1].kp_v_per_mhz": must be a number in [0, 1000]".
+ */
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* The same from a string; name is used in messages. */
+int config_parse(struct config *cfg, const char *name, const char *text, size_t len,
+                 char *err, size_t errlen);
+
+/* Find a laser by name or channel; NULL if none. */
+const struct laser_config *config_laser_by_name(const struct config *cfg, const char *name);
+
+const char *config_restart_name(enum restart_policy p);
+
+#endif

@@ -1,0 +1,95 @@
+/*
+ * jsonrpc: the JSON-RPC 2.0 envelope, independent of sockets. One input line
+ * in, one output line (or nothing) out, after every call it holds has been
+ * answered. Handles batches, notifications, ids, positional params and every
+ * envelope error; methods see only a params object and a call to answer. It
+ * never sees a file descriptor and never blocks.
+ */
+#ifndef WMD_JSONRPC_H
+#define WMD_JSONRPC_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Standard codes (jsonrpc.org) and our own (-32000..-32099, docs/PROTOCOL.md). */
+enum {
+    RPC_PARSE_ERROR = -32700,
+    RPC_INVALID_REQUEST = -32600,
+    RPC_METHOD_NOT_FOUND = -32601,
+    RPC_INVALID_PARAMS = -32602,
+    RPC_INTERNAL_ERROR = -32603,
+    RPC_UNAUTHORIZED = -32001,
+    RPC_TIMEOUT = -32002,
+    RPC_DEVICE_UNAVAILABLE = -32003,
+    RPC_RATE_LIMITED = -32004,
+    RPC_BUSY = -32005,
+    RPC_NOT_READY = -32006,       /* no reading yet */
+    RPC_STORAGE_FAILED = -32007,  /* change could not be made durable: not applied */
+    RPC_LASER_LOCKED = -32010,    /* operation needs the laser unlocked */
+    RPC_LASER_NO_ACTUATOR = -32011,
+    RPC_LASER_FAULT = -32012,
+    RPC_OUT_OF_RANGE = -32013,
+};
+
+struct rpc_call;
+
+/* A method handler, on the loop thread. params is a JSON object (borrowed,
+ * positional params already named), never NULL. It must eventually call
+ * rpc_call_result or rpc_call_error exactly once, now or later. */
+typedef void (*rpc_handler)(struct rpc_call *call, json_t *params, void *ctx);
+
+struct rpc_method {
+    const char *name;
+    rpc_handler fn;
+    /* Names for positional params, in order, NULL-terminated; NULL = none. */
+    const char *const *params;
+};
+
+/* What the server gives the envelope: the method table and limits. Owned by
+ * the caller, outlives every rpc_line. */
+struct rpc_server {
+    const struct rpc_method *methods;
+    size_t nmethods;
+    void *ctx;            /* passed to every handler */
+    size_t max_batch;
+    /* Optional second lookup (e.g. sim.* methods); may be NULL. */
+    const struct rpc_method *(*find)(void *ctx, const char *name);
+};
+
+struct rpc_line;
+/* Called once per rpc_line when all its calls are answered. out is a
+ * malloc'd NUL-terminated compact JSON text with no newline, which the callee
+ * owns and frees, or NULL when nothing is to be written (notifications only). */
+typedef void (*rpc_done_cb)(void *owner, struct rpc_line *line, char *out);
+
+/*
+ * Process one line (without its newline). Returns the pending line object;
+ * done is called exactly once, possibly before this returns. The line frees
+ * itself after calling done. peer is opaque, available to handlers through
+ * rpc_call_peer.
+ */
+struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf, size_t len,
+                                  rpc_done_cb done, void *owner, void *peer);
+
+/* The owner goes away before the line is done: done will not be called; the
+ * pending calls still run to completion (their effects still happen) and
+ * their answers are discarded. */
+void rpc_line_abandon(struct rpc_line *line);
+
+/* An error line not tied to a request (e.g. line too long): new malloc'd text. */
+char *rpc_error_text(int code, const char *message);
+
+/* Answer a call. result: steals the reference. Calls done on the line when it
+ * was the last pending call; the call object is invalid afterwards. */
+void rpc_call_result(struct rpc_call *call, json_t *result);
+/* data: steals, may be NULL. message is copied. */
+void rpc_call_error(struct rpc_call *call, int code, const char *message, json_t *data);
+void rpc_call_errorf(struct rpc_call *call, int code, json_t *data, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The peer passed to rpc_line_process, or NULL when the line was abandoned. */
+void *rpc_call_peer(const struct rpc_call *call);
+const char *rpc_call_method(const struct rpc_call *call);
+
+#endif

@@ -1,0 +1,1 @@
+/* placeholder */ typedef int wmd_placeholder_t;
