@@ -1,1 +1,289 @@
-int main(void){return 0;}
+/*
+ * main: command line, start-up and shutdown of wavemeterd. Validates the
+ * whole config before anything starts, wires the meter, the methods and the
+ * server onto one libuv loop, and speaks sd_notify (READY, STATUS, WATCHDOG,
+ * STOPPING). Everything after start-up happens in the modules.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon.h"
+#include "log.h"
+
+/* The lag timer ticks every 100 ms: fine enough to see a loop stall long
+ * before the watchdog (seconds) would, cheap enough to be free. */
+#define LAG_TICK_MS 100
+/* STATUS= is refreshed every 5 s: systemctl status shows it, nobody polls it. */
+#define STATUS_EVERY_MS 5000
+
+struct runtime {
+    struct daemon d;
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t watchdog, status;
+    uint64_t watchdog_usec;
+    int pending_stops;
+    bool stopping;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: wavemeterd [options]\n"
+            "  -c, --config FILE      JSON config (default: the built-in simulator)\n"
+            "  -t, --check-config     validate the config and exit 0 (ok) or 1\n"
+            "  -l, --listen ADDR:PORT listen here instead of the config's address\n"
+            "  -L, --log-level LEVEL  debug, info, notice, warning or error\n"
+            "  -V, --version          print the version and exit\n"
+            "  -h, --help             this text\n"
+            "Docs: README.md, docs/CONFIG.md, docs/PROTOCOL.md\n");
+}
+
+/* "HOST:PORT" or "[V6]:PORT" into cfg; -EINVAL if malformed. */
+static int parse_listen(const char *arg, struct config *cfg)
+{
+    const char *colon = strrchr(arg, ':');
+    const char *host = arg;
+    size_t hlen;
+    char *end;
+    long port;
+
+    if (colon == NULL)
+        return -EINVAL;
+    hlen = (size_t)(colon - arg);
+    if (hlen >= 2 && arg[0] == '[' && arg[hlen - 1] == ']')
+        host++, hlen -= 2;
+    if (hlen == 0 || hlen >= sizeof(cfg->listen_host))
+        return -EINVAL;
+    errno = 0;
+    port = strtol(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || port < 0 || port > 65535)
+        return -EINVAL;
+    memcpy(cfg->listen_host, host, hlen);
+    cfg->listen_host[hlen] = '\0';
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+static void lag_cb(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    uint64_t now_ns = uv_hrtime();
+
+    d->lag_last_ms = now_ns > d->lag_due_ns ? (double)(now_ns - d->lag_due_ns) * 1e-6 : 0.0;
+    if (d->lag_last_ms > d->lag_max_ms)
+        d->lag_max_ms = d->lag_last_ms;
+    d->lag_due_ns = now_ns + LAG_TICK_MS * 1000000u;
+}
+
+/* The watchdog is fed from the loop: if the loop blocks, systemd restarts us. */
+static void watchdog_cb(uv_timer_t *t)
+{
+    (void)t;
+    sd_notify(0, "WATCHDOG=1");
+}
+
+static void status_cb(uv_timer_t *t)
+{
+    struct runtime *rt = t->data;
+    struct daemon *d = &rt->d;
+
+    sd_notifyf(0, "STATUS=%s on %s; %d channels, driver %s %s, cycle %.0f ms, %d clients",
+               rt->stopping ? "stopping" : "serving", d->server.bound, d->meter.nch,
+               d->meter.drv->name, meter_state_name(&d->meter),
+               (double)d->meter.last_cycle_ns * 1e-6, d->server.nclients);
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void stop_step_done(struct runtime *rt)
+{
+    if (--rt->pending_stops > 0)
+        return;
+    /* Everything with work in flight has finished; close what is left
+     * (timers, signal handlers) and uv_run returns. */
+    uv_walk(&rt->loop, close_handle, NULL);
+}
+
+static void server_stopped(struct server *s)
+{
+    stop_step_done((struct runtime *)((char *)s - offsetof(struct runtime, d.server)));
+}
+
+static void meter_stopped(struct meter *m)
+{
+    stop_step_done((struct runtime *)((char *)m - offsetof(struct runtime, d.meter)));
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    struct runtime *rt = h->data;
+
+    if (rt->stopping)
+        return;
+    rt->stopping = true;
+    log_notice("%s: stopping (read in flight: %s)", strsignal(signum),
+               meter_busy(&rt->d.meter) ? "yes" : "no");
+    sd_notify(0, "STOPPING=1");
+    rt->pending_stops = 2;
+    server_stop(&rt->d.server, server_stopped);
+    meter_stop(&rt->d.meter, meter_stopped);
+}
+
+static void on_reading(struct meter *m, const struct reading *r, void *ctx)
+{
+    (void)m, (void)r, (void)ctx;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},    {"check-config", no_argument, NULL, 't'},
+        {"listen", required_argument, NULL, 'l'},    {"log-level", required_argument, NULL, 'L'},
+        {"version", no_argument, NULL, 'V'},         {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    static struct runtime rt;
+    struct daemon *d = &rt.d;
+    const char *config_path = NULL, *listen = NULL, *level_arg = NULL;
+    bool check_only = false;
+    enum log_level level;
+    char err[512], env[16];
+    int opt, rc;
+
+    while ((opt = getopt_long(argc, argv, "c:tl:L:Vh", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            check_only = true;
+            break;
+        case 'l':
+            listen = optarg;
+            break;
+        case 'L':
+            level_arg = optarg;
+            break;
+        case 'V':
+            printf("wavemeterd %s\n", WMD_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "wavemeterd: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    log_init(LOG_LVL_INFO);
+
+    if (config_path) {
+        rc = config_load(&d->cfg, config_path, err, sizeof(err));
+    } else {
+        config_defaults(&d->cfg);
+        rc = 0;
+    }
+    if (rc == 0 && listen && parse_listen(listen, &d->cfg) != 0) {
+        snprintf(err, sizeof(err), "--listen \"%s\": expected ADDR:PORT", listen);
+        rc = -EINVAL;
+    }
+    if (rc == 0 && level_arg == NULL && log_level_parse(d->cfg.log_level, &level) != 0) {
+        snprintf(err, sizeof(err), "log_level \"%s\": unknown", d->cfg.log_level);
+        rc = -EINVAL;
+    }
+    if (rc == 0 && level_arg && log_level_parse(level_arg, &level) != 0) {
+        snprintf(err, sizeof(err), "--log-level \"%s\": expected debug, info, notice, warning or error",
+                 level_arg);
+        rc = -EINVAL;
+    }
+    if (rc != 0) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: ok (%d lasers, driver %s)\n", config_path ? config_path : "built-in defaults",
+               d->cfg.nlasers, d->cfg.driver);
+        return 0;
+    }
+    log_set_level(level);
+
+    /* libuv reads UV_THREADPOOL_SIZE once, when the pool first starts: set it
+     * before anything can queue work. */
+    snprintf(env, sizeof(env), "%d", d->cfg.threadpool_size);
+    setenv("UV_THREADPOOL_SIZE", env, 1);
+    /* A peer that vanishes mid-answer must cost an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    if ((rc = uv_loop_init(&rt.loop)) != 0) {
+        log_error("loop: %s", uv_strerror(rc));
+        return 1;
+    }
+    d->loop = &rt.loop;
+    d->clk = clock_system();
+    d->start_ns = clock_now_ns(d->clk);
+    d->start_unix = d->clk->wall_s(d->clk->ctx);
+
+    if ((rc = meter_init(&d->meter, &rt.loop, &d->cfg, d->clk, err, sizeof(err))) != 0) {
+        log_error("wavemeter: %s", err);
+        return 1;
+    }
+    methods_init(&d->rpc, d);
+    if ((rc = server_start(&d->server, &rt.loop, &d->cfg, &d->rpc, err, sizeof(err))) != 0) {
+        log_error("%s", err);
+        meter_fini(&d->meter);
+        return 1;
+    }
+
+    uv_signal_init(&rt.loop, &rt.sigterm);
+    uv_signal_init(&rt.loop, &rt.sigint);
+    rt.sigterm.data = rt.sigint.data = &rt;
+    uv_signal_start(&rt.sigterm, signal_cb, SIGTERM);
+    uv_signal_start(&rt.sigint, signal_cb, SIGINT);
+
+    uv_timer_init(&rt.loop, &d->lag_timer);
+    d->lag_timer.data = d;
+    d->lag_due_ns = uv_hrtime() + LAG_TICK_MS * 1000000u;
+    uv_timer_start(&d->lag_timer, lag_cb, LAG_TICK_MS, LAG_TICK_MS);
+
+    uv_timer_init(&rt.loop, &rt.status);
+    rt.status.data = &rt;
+    uv_timer_start(&rt.status, status_cb, STATUS_EVERY_MS, STATUS_EVERY_MS);
+
+    uv_timer_init(&rt.loop, &rt.watchdog);
+    if (sd_watchdog_enabled(0, &rt.watchdog_usec) > 0 && rt.watchdog_usec > 0) {
+        /* Feed at half the interval, as sd_watchdog_enabled(3) recommends. */
+        uint64_t every_ms = rt.watchdog_usec / 2000;
+        uv_timer_start(&rt.watchdog, watchdog_cb, every_ms ? every_ms : 1, every_ms ? every_ms : 1);
+    }
+
+    meter_start(&d->meter, on_reading, d);
+    log_notice("wavemeterd %s: listening on %s, driver %s, %d channels, %d pool threads",
+               WMD_VERSION, d->server.bound, d->cfg.driver, d->meter.nch, d->cfg.threadpool_size);
+    sd_notify(0, "READY=1");
+    status_cb(&rt.status);
+
+    uv_run(&rt.loop, UV_RUN_DEFAULT);
+
+    meter_fini(&d->meter);
+    rc = uv_loop_close(&rt.loop);
+    if (rc != 0)
+        log_warnx("loop: handles left open at exit: %s", uv_strerror(rc));
+    log_notice("stopped");
+    return 0;
+}

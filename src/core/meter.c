@@ -1,1 +1,270 @@
-/* placeholder */ typedef int wmd_placeholder_t;
+/*
+ * meter: the read schedule. One read job per wavemeter is in flight at a
+ * time on libuv's thread pool; its after-work callback stores the reading,
+ * tells the listener and queues the next channel. Device errors back off
+ * exponentially instead of spinning. It never touches sockets or JSON.
+ */
+#include "meter.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+/* Device errors are retried after 250 ms, doubling up to 10 s: quick enough
+ * that a re-plugged cable is noticed at once, slow enough not to flood the
+ * log or the vendor's network server while it is gone. */
+#define BACKOFF_MIN_MS 250u
+#define BACKOFF_MAX_MS 10000u
+
+static void meter_queue_next(struct meter *m);
+
+int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg,
+               const struct clock *clk, char *err, size_t errlen)
+{
+    int rc;
+
+    memset(m, 0, sizeof(*m));
+    m->loop = loop;
+    m->cfg = cfg;
+    m->clk = clk;
+    m->drv = wm_driver_find(cfg->driver);
+    if (m->drv == NULL) {
+        snprintf(err, errlen, "unknown wavemeter driver \"%s\"", cfg->driver);
+        return -EINVAL;
+    }
+    for (int i = 0; i < cfg->nlasers; i++) {
+        m->ch[i].cfg = &cfg->lasers[i];
+        m->ch[i].last.channel = cfg->lasers[i].channel;
+    }
+    m->nch = cfg->nlasers;
+    m->cur = -1;
+    rc = m->drv->open(cfg, clk, &m->dev, err, errlen);
+    if (rc < 0)
+        return rc;
+    rc = uv_timer_init(loop, &m->backoff);
+    if (rc < 0) {
+        m->drv->close(m->dev);
+        snprintf(err, errlen, "timer: %s", uv_strerror(rc));
+        return rc;
+    }
+    m->backoff.data = m;
+    m->state = METER_IDLE;
+    return 0;
+}
+
+/* Round robin over the enabled channels, starting after the current one. */
+static int meter_pick_next(const struct meter *m)
+{
+    for (int k = 1; k <= m->nch; k++) {
+        int i = (m->cur + k + m->nch) % m->nch;
+        if (m->ch[i].cfg->enabled)
+            return i;
+    }
+    return -1;
+}
+
+static void meter_work(uv_work_t *w)
+{
+    struct meter *m = w->data;
+
+    m->rc = m->drv->read(m->dev, &m->req, &m->res);
+}
+
+static void meter_backoff_cb(uv_timer_t *t)
+{
+    struct meter *m = t->data;
+
+    if (m->state == METER_BACKOFF) {
+        m->state = METER_RUNNING;
+        meter_queue_next(m);
+    }
+}
+
+static void meter_backoff_closed(uv_handle_t *h)
+{
+    struct meter *m = h->data;
+
+    m->state = METER_STOPPED;
+    if (m->on_stopped)
+        m->on_stopped(m);
+}
+
+static void meter_finish_stop(struct meter *m)
+{
+    uv_close((uv_handle_t *)&m->backoff, meter_backoff_closed);
+}
+
+static void meter_store(struct meter *m, struct meter_channel *c)
+{
+    struct reading *r = &c->last;
+
+    r->channel = c->cfg->channel;
+    r->status = m->res.status;
+    r->frequency_thz = m->res.frequency_thz;
+    r->exposure_ms = m->res.exposure_ms;
+    r->t_ns = m->res.t_ns;
+    r->time_unix = m->res.time_unix;
+    r->seq++;
+    r->switch_seq = m->switch_seq;
+    r->straddled = m->res.straddled;
+    memcpy(r->detail, m->res.detail, sizeof(r->detail));
+    c->reads++;
+    if (r->status == WM_ERROR)
+        c->errors++;
+    else if (r->status != WM_OK)
+        c->not_ok++;
+}
+
+static void meter_after_work(uv_work_t *w, int status)
+{
+    struct meter *m = w->data;
+    struct meter_channel *c = &m->ch[m->cur];
+    uint64_t now_ns = clock_now_ns(m->clk);
+
+    m->busy = false;
+    if (status == UV_ECANCELED) {
+        /* Only meter_stop cancels, and then nothing was read. */
+        meter_finish_stop(m);
+        return;
+    }
+    meter_store(m, c);
+    if (m->rc < 0) {
+        /* The switch position is unknown after a failed read. */
+        m->switch_channel = 0;
+        if (m->consecutive_errors++ == 0 || m->backoff_ms >= BACKOFF_MAX_MS / 2)
+            log_warnx("wavemeter: channel %d: %s", c->cfg->channel, m->res.detail);
+        snprintf(m->last_error, sizeof(m->last_error), "%s", m->res.detail);
+    } else {
+        if (m->consecutive_errors > 0)
+            log_notice("wavemeter: reading again after %llu failed reads",
+                       (unsigned long long)m->consecutive_errors);
+        m->consecutive_errors = 0;
+        m->backoff_ms = 0;
+        m->last_error[0] = '\0';
+    }
+    if (++m->cycle_reads >= m->nch) {
+        if (m->cycle_start_ns != 0)
+            m->last_cycle_ns = now_ns - m->cycle_start_ns;
+        m->cycle_start_ns = now_ns;
+        m->cycle_reads = 0;
+    }
+    if (m->on_reading)
+        m->on_reading(m, &c->last, m->cb_ctx);
+
+    if (m->state == METER_STOPPING) {
+        meter_finish_stop(m);
+        return;
+    }
+    if (m->rc < 0) {
+        m->backoff_ms = m->backoff_ms == 0 ? BACKOFF_MIN_MS : m->backoff_ms * 2;
+        if (m->backoff_ms > BACKOFF_MAX_MS)
+            m->backoff_ms = BACKOFF_MAX_MS;
+        m->state = METER_BACKOFF;
+        uv_timer_start(&m->backoff, meter_backoff_cb, m->backoff_ms, 0);
+        return;
+    }
+    meter_queue_next(m);
+}
+
+static void meter_queue_next(struct meter *m)
+{
+    int next = meter_pick_next(m);
+    const struct laser_config *lc;
+    int rc;
+
+    if (next < 0) {
+        m->state = METER_IDLE; /* every channel disabled */
+        return;
+    }
+    lc = m->ch[next].cfg;
+    m->cur = next;
+    m->req.channel = lc->channel;
+    m->req.exposure_ms = lc->exposure_ms;
+    m->req.settle_ms = lc->settle_ms;
+    m->req.switched = m->switch_channel != lc->channel;
+    m->req.timeout_ms = m->cfg->read_timeout_ms;
+    if (m->req.switched) {
+        m->switch_channel = lc->channel;
+        m->switch_seq++;
+    }
+    m->work.data = m;
+    rc = uv_queue_work(m->loop, &m->work, meter_work, meter_after_work);
+    if (rc < 0) {
+        /* uv_queue_work fails only on bad arguments; nothing to retry. */
+        log_error("wavemeter: cannot queue read: %s", uv_strerror(rc));
+        m->state = METER_IDLE;
+        return;
+    }
+    m->busy = true;
+}
+
+void meter_start(struct meter *m, meter_reading_cb cb, void *ctx)
+{
+    m->on_reading = cb;
+    m->cb_ctx = ctx;
+    m->state = METER_RUNNING;
+    m->cycle_start_ns = clock_now_ns(m->clk);
+    meter_queue_next(m);
+}
+
+void meter_stop(struct meter *m, meter_stopped_cb cb)
+{
+    m->on_stopped = cb;
+    if (m->state == METER_STOPPING || m->state == METER_STOPPED)
+        return;
+    m->state = METER_STOPPING;
+    uv_timer_stop(&m->backoff);
+    /* A job not yet started is cancelled; one running finishes its read
+     * (bounded by read_timeout_ms) and its callback completes the stop. */
+    if (m->busy)
+        uv_cancel((uv_req_t *)&m->work);
+    else
+        meter_finish_stop(m);
+}
+
+void meter_fini(struct meter *m)
+{
+    if (m->drv && m->dev)
+        m->drv->close(m->dev);
+    m->dev = NULL;
+}
+
+struct meter_channel *meter_channel_find(struct meter *m, int channel)
+{
+    for (int i = 0; i < m->nch; i++)
+        if (m->ch[i].cfg->channel == channel)
+            return &m->ch[i];
+    return NULL;
+}
+
+struct meter_channel *meter_channel_by_name(struct meter *m, const char *name)
+{
+    for (int i = 0; i < m->nch; i++)
+        if (strcmp(m->ch[i].cfg->name, name) == 0)
+            return &m->ch[i];
+    return NULL;
+}
+
+const char *meter_state_name(const struct meter *m)
+{
+    switch (m->state) {
+    case METER_IDLE:
+        return "idle";
+    case METER_RUNNING:
+        return m->busy ? "reading" : "running";
+    case METER_BACKOFF:
+        return "error";
+    case METER_STOPPING:
+        return "stopping";
+    case METER_STOPPED:
+        break;
+    }
+    return "stopped";
+}
+
+bool meter_busy(const struct meter *m)
+{
+    return m->busy;
+}

@@ -1,1 +1,79 @@
-/* placeholder */ typedef int wmd_placeholder_t;
+/*
+ * wavemeter: the tables of wavemeter and actuator drivers by name. Adding an
+ * instrument is one file and one row here.
+ */
+#include "wavemeter.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "sim.h"
+
+static const struct wm_driver *const wm_drivers[] = {
+    &sim_driver,
+};
+
+static int none_open(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev,
+                     void **dev, char *err, size_t errlen)
+{
+    (void)lc, (void)wm, (void)wm_dev, (void)err, (void)errlen;
+    *dev = NULL;
+    return 0;
+}
+
+static void none_close(void *dev)
+{
+    (void)dev;
+}
+
+/* A monitor-only laser: there is nothing to write, so a write is a bug. */
+static int none_write(void *dev, double output_v, int timeout_ms)
+{
+    (void)dev, (void)output_v, (void)timeout_ms;
+    return -ENOTSUP;
+}
+
+static const struct act_driver none_actuator = {
+    .name = "none",
+    .open = none_open,
+    .close = none_close,
+    .write = none_write,
+};
+
+static const struct act_driver *const act_drivers[] = {
+    &none_actuator,
+    &sim_actuator,
+};
+
+const struct wm_driver *wm_driver_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof(wm_drivers) / sizeof(wm_drivers[0]); i++)
+        if (strcmp(wm_drivers[i]->name, name) == 0)
+            return wm_drivers[i];
+    return NULL;
+}
+
+const struct act_driver *act_driver_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof(act_drivers) / sizeof(act_drivers[0]); i++)
+        if (strcmp(act_drivers[i]->name, name) == 0)
+            return act_drivers[i];
+    return NULL;
+}
+
+const char *wm_status_name(enum wm_status s)
+{
+    switch (s) {
+    case WM_OK:
+        return "ok";
+    case WM_NO_SIGNAL:
+        return "no_signal";
+    case WM_UNDEREXPOSED:
+        return "underexposed";
+    case WM_OVEREXPOSED:
+        return "overexposed";
+    case WM_ERROR:
+        break;
+    }
+    return "error";
+}

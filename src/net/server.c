@@ -1,1 +1,460 @@
-/* placeholder */ typedef int wmd_placeholder_t;
+/*
+ * server: TCP clients speaking newline-delimited JSON-RPC. Each client's
+ * answers are written in the order its lines arrived, even when a method
+ * answers later (a durable write); a client that stops reading is paused,
+ * then dropped; one that vanishes mid-answer only loses its own answers.
+ * Nothing here may block the loop or interpret a method.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "linebuf.h"
+#include "log.h"
+
+/* Idle and stall checks run once a second: both timeouts are whole seconds. */
+#define SWEEP_MS 1000
+
+/* One input line's answer, in arrival order. */
+struct pending {
+    struct pending *next;
+    struct client *client;
+    struct rpc_line *line; /* NULL once done */
+    char *out;             /* answer text, NULL for none */
+    bool done;
+};
+
+struct write_req {
+    uv_write_t req;
+    char *buf;
+    size_t len;
+};
+
+struct client {
+    uv_tcp_t tcp;
+    struct server *srv;
+    struct client *prev, *next;
+    struct linebuf lb;
+    struct pending *head, *tail;
+    char name[64];
+    uint64_t last_active_ns;   /* last byte received or answer written */
+    uint64_t stalled_since_ns; /* queue above the pause mark since; 0 = not */
+    bool eof;                  /* the peer closed its sending side */
+    bool paused;               /* reading stopped: too much unread output */
+    bool in_process;           /* inside rpc_line_process */
+    bool shutting;             /* uv_shutdown issued: close follows */
+    bool closing;              /* uv_close issued */
+    uv_shutdown_t shutdown;
+};
+
+static void client_close(struct client *c);
+static void client_flush(struct client *c);
+
+const char *server_client_name(const struct client *c)
+{
+    return c->name;
+}
+
+static size_t pause_mark(const struct client *c)
+{
+    /* Stop reading a client whose unread answers reach a quarter of the hard
+     * cap: a pipelining client is slowed down, not dropped. */
+    return (size_t)c->srv->cfg->write_queue_max_bytes / 4;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    /* One 64 KiB buffer per read call; linebuf copies only partial lines. */
+    static char slab[65536];
+
+    (void)h, (void)suggested;
+    buf->base = slab;
+    buf->len = sizeof(slab);
+}
+
+static void client_closed_cb(uv_handle_t *h)
+{
+    struct client *c = h->data;
+    struct server *s = c->srv;
+    struct pending *p, *n;
+
+    for (p = c->head; p; p = n) {
+        n = p->next;
+        if (p->line) /* still being answered: its effects complete, answer dropped */
+            rpc_line_abandon(p->line);
+        free(p->out);
+        free(p);
+    }
+    linebuf_fini(&c->lb);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nclients--;
+    free(c);
+    if (s->on_closed && --s->closing == 0)
+        s->on_closed(s);
+}
+
+static void client_close(struct client *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    uv_close((uv_handle_t *)&c->tcp, client_closed_cb);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    client_close(req->data);
+}
+
+/* After the peer's EOF: once every answer is handed to the kernel, shut our
+ * side down (uv_shutdown waits for queued writes) and close. */
+static void client_maybe_finish(struct client *c)
+{
+    if (!c->eof || c->head != NULL || c->closing || c->shutting)
+        return;
+    c->shutting = true;
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_cb) != 0)
+        client_close(c);
+}
+
+static void write_cb(uv_write_t *req, int status)
+{
+    struct write_req *wr = (struct write_req *)req;
+    struct client *c = req->handle->data;
+
+    free(wr->buf);
+    free(wr);
+    if (status < 0) {
+        if (status != UV_ECANCELED)
+            log_debug("client %s: write failed: %s", c->name, uv_strerror(status));
+        client_close(c);
+        return;
+    }
+    c->last_active_ns = uv_hrtime();
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < pause_mark(c) / 2) {
+        c->stalled_since_ns = 0;
+        if (c->paused && !c->closing && !c->eof) {
+            c->paused = false;
+            uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, NULL); /* see read_cb */
+        }
+    }
+}
+
+/* Takes ownership of text (NUL-terminated, no newline). */
+static void client_write(struct client *c, char *text)
+{
+    struct write_req *wr;
+    size_t len = strlen(text);
+    char *buf = realloc(text, len + 2);
+    uv_buf_t b;
+
+    if (buf == NULL || (wr = malloc(sizeof(*wr))) == NULL) {
+        free(buf ? buf : text);
+        log_warnx("client %s: out of memory for an answer, closing", c->name);
+        client_close(c);
+        return;
+    }
+    buf[len] = '\n';
+    buf[len + 1] = '\0';
+    wr->buf = buf;
+    wr->len = len + 1;
+    b = uv_buf_init(buf, (unsigned)(len + 1));
+    if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+        free(buf);
+        free(wr);
+        client_close(c);
+        return;
+    }
+    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (queued > (size_t)c->srv->cfg->write_queue_max_bytes) {
+        log_warnx("client %s: %zu bytes of answers unread, closing", c->name, queued);
+        client_close(c);
+    } else if (queued >= pause_mark(c) && !c->paused) {
+        c->paused = true;
+        if (c->stalled_since_ns == 0)
+            c->stalled_since_ns = uv_hrtime();
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
+}
+
+/* Write every answer at the head of the queue that is ready, in order. */
+static void client_flush(struct client *c)
+{
+    struct pending *p;
+
+    while ((p = c->head) != NULL && p->done) {
+        c->head = p->next;
+        if (c->head == NULL)
+            c->tail = NULL;
+        if (p->out && !c->closing)
+            client_write(c, p->out);
+        else
+            free(p->out);
+        free(p);
+    }
+    client_maybe_finish(c);
+}
+
+static void line_done_cb(void *owner, struct rpc_line *line, char *out)
+{
+    struct pending *p = owner;
+
+    (void)line;
+    p->line = NULL;
+    p->out = out;
+    p->done = true;
+    /* An answer given inside rpc_line_process is flushed by on_line, which
+     * still holds p. */
+    if (!p->client->in_process)
+        client_flush(p->client);
+}
+
+static struct pending *client_enqueue(struct client *c)
+{
+    struct pending *p = calloc(1, sizeof(*p));
+
+    if (p == NULL)
+        return NULL;
+    p->client = c;
+    if (c->tail)
+        c->tail->next = p;
+    else
+        c->head = p;
+    c->tail = p;
+    return p;
+}
+
+static void on_line(void *ctx, const char *line, size_t len)
+{
+    struct client *c = ctx;
+    struct pending *p;
+
+    if (c->closing)
+        return;
+    if ((p = client_enqueue(c)) == NULL) {
+        log_warnx("client %s: out of memory, closing", c->name);
+        client_close(c);
+        return;
+    }
+    /* done may run before this returns; p is already queued for it, and a
+     * line that is done has freed itself. */
+    c->in_process = true;
+    struct rpc_line *l = rpc_line_process(c->srv->rpc, line, len, line_done_cb, p, c);
+    c->in_process = false;
+    if (!p->done)
+        p->line = l;
+    client_flush(c);
+}
+
+static void on_overflow(void *ctx)
+{
+    struct client *c = ctx;
+    struct pending *p;
+    char msg[96];
+
+    if (c->closing || (p = client_enqueue(c)) == NULL)
+        return;
+    snprintf(msg, sizeof(msg), "Invalid Request: line longer than %d bytes",
+             c->srv->cfg->max_line_bytes);
+    p->out = rpc_error_text(RPC_INVALID_REQUEST, msg);
+    p->done = true;
+    client_flush(c);
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct client *c = stream->data;
+
+    if (nread > 0) {
+        c->last_active_ns = uv_hrtime();
+        if (linebuf_feed(&c->lb, buf->base, (size_t)nread, on_line, on_overflow, c) < 0) {
+            log_warnx("client %s: out of memory for a line, closing", c->name);
+            client_close(c);
+        }
+        return;
+    }
+    if (nread == 0)
+        return;
+    uv_read_stop(stream);
+    if (nread == UV_EOF) {
+        /* nc -N: the request is complete; answer everything, then close. */
+        linebuf_flush(&c->lb, on_line, c);
+        c->eof = true;
+        if (!c->closing)
+            client_flush(c);
+        return;
+    }
+    log_debug("client %s: read failed: %s", c->name, uv_strerror((int)nread));
+    client_close(c);
+}
+
+static void peer_name(uv_tcp_t *tcp, char *out, size_t outlen)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char host[64] = "?";
+    int port = 0;
+
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, host, sizeof(host));
+            port = ntohs(a->sin6_port);
+            snprintf(out, outlen, "[%s]:%d", host, port);
+            return;
+        }
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        uv_ip4_name(a, host, sizeof(host));
+        port = ntohs(a->sin_port);
+    }
+    snprintf(out, outlen, "%s:%d", host, port);
+}
+
+static void connection_cb(uv_stream_t *listener, int status)
+{
+    struct server *s = listener->data;
+    struct client *c;
+
+    if (status < 0) {
+        log_warnx("server: accept: %s", uv_strerror(status));
+        return;
+    }
+    if ((c = calloc(1, sizeof(*c))) == NULL) {
+        log_warnx("server: out of memory for a client");
+        return;
+    }
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = s->clients;
+    if (s->clients)
+        s->clients->prev = c;
+    s->clients = c;
+    s->nclients++;
+    linebuf_init(&c->lb, (size_t)s->cfg->max_line_bytes);
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        client_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    peer_name(&c->tcp, c->name, sizeof(c->name));
+    c->last_active_ns = uv_hrtime();
+    if (s->nclients > s->cfg->max_clients) {
+        char msg[80];
+        struct pending *p = client_enqueue(c);
+
+        s->refused++;
+        log_warnx("client %s: refused, %d clients already connected", c->name,
+                  s->cfg->max_clients);
+        snprintf(msg, sizeof(msg), "Too many clients (max %d)", s->cfg->max_clients);
+        if (p) {
+            p->out = rpc_error_text(RPC_BUSY, msg);
+            p->done = true;
+        }
+        c->eof = true; /* answer the refusal, then close */
+        client_flush(c);
+        return;
+    }
+    s->accepted++;
+    log_debug("client %s: connected", c->name);
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+}
+
+static void sweep_cb(uv_timer_t *t)
+{
+    struct server *s = t->data;
+    uint64_t now_ns = uv_hrtime();
+    uint64_t idle_ns = (uint64_t)s->cfg->idle_timeout_s * 1000000000u;
+    uint64_t stall_ns = (uint64_t)s->cfg->write_stall_timeout_s * 1000000000u;
+    struct client *c, *n;
+
+    for (c = s->clients; c; c = n) {
+        n = c->next;
+        if (c->closing)
+            continue;
+        if (c->stalled_since_ns != 0 && now_ns - c->stalled_since_ns > stall_ns) {
+            log_warnx("client %s: not reading its answers for %d s, closing", c->name,
+                      s->cfg->write_stall_timeout_s);
+            client_close(c);
+        } else if (c->head == NULL && now_ns - c->last_active_ns > idle_ns) {
+            log_info("client %s: idle for %d s, closing", c->name, s->cfg->idle_timeout_s);
+            client_close(c);
+        }
+    }
+}
+
+int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
+                 const struct rpc_server *rpc, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss), rc;
+
+    memset(s, 0, sizeof(*s));
+    s->loop = loop;
+    s->cfg = cfg;
+    s->rpc = rpc;
+    if (strchr(cfg->listen_host, ':'))
+        rc = uv_ip6_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in6 *)&ss);
+    else
+        rc = uv_ip4_addr(cfg->listen_host, cfg->listen_port, (struct sockaddr_in *)&ss);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen %s:%d: not a numeric address", cfg->listen_host,
+                 cfg->listen_port);
+        return rc;
+    }
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    uv_timer_init(loop, &s->sweep);
+    s->sweep.data = s;
+    if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
+        (rc = uv_listen((uv_stream_t *)&s->listener, 128, connection_cb)) != 0) {
+        snprintf(err, errlen, "listen %s:%d: %s", cfg->listen_host, cfg->listen_port,
+                 uv_strerror(rc));
+        uv_close((uv_handle_t *)&s->listener, NULL);
+        uv_close((uv_handle_t *)&s->sweep, NULL);
+        return rc;
+    }
+    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    if (ss.ss_family == AF_INET6)
+        snprintf(s->bound, sizeof(s->bound), "[%s]:%d", cfg->listen_host,
+                 ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+    else
+        snprintf(s->bound, sizeof(s->bound), "%s:%d", cfg->listen_host,
+                 ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    uv_timer_start(&s->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
+    s->listening = true;
+    return 0;
+}
+
+static void server_handle_closed(uv_handle_t *h)
+{
+    struct server *s = h->data;
+
+    if (--s->closing == 0 && s->on_closed)
+        s->on_closed(s);
+}
+
+void server_stop(struct server *s, void (*cb)(struct server *s))
+{
+    struct client *c;
+
+    s->on_closed = cb;
+    /* The listener, the sweep timer and every client still in the list (one
+     * already closing still gets its close callback) */
+    s->closing = 2 + s->nclients;
+    s->listening = false;
+    uv_close((uv_handle_t *)&s->listener, server_handle_closed);
+    uv_close((uv_handle_t *)&s->sweep, server_handle_closed);
+    for (c = s->clients; c; c = c->next)
+        client_close(c);
+}

@@ -1,0 +1,42 @@
+/*
+ * daemon: the wiring of one running wavemeterd: the loop, the config, the
+ * meter, the server and the bookkeeping every method reports (uptime, loop
+ * lag). main owns it; methods borrow it. It holds no logic of its own.
+ */
+#ifndef WMD_DAEMON_H
+#define WMD_DAEMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "clock.h"
+#include "config.h"
+#include "jsonrpc.h"
+#include "meter.h"
+#include "server.h"
+
+struct daemon {
+    uv_loop_t *loop;
+    const struct clock *clk;
+    struct config cfg;
+    struct meter meter;
+    struct server server;
+    struct rpc_server rpc;
+
+    uint64_t start_ns;
+    double start_unix;
+
+    /* Loop lag: how late a 100 ms repeating timer fires. */
+    uv_timer_t lag_timer;
+    uint64_t lag_due_ns;
+    double lag_last_ms, lag_max_ms;
+};
+
+/* The method table (methods.c). Fills rpc for the daemon d. */
+void methods_init(struct rpc_server *rpc, struct daemon *d);
+
+/* New reference: one channel's latest reading as clients see it. */
+json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns);
+
+#endif

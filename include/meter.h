@@ -1,0 +1,95 @@
+/*
+ * meter: measurement scheduling. Owns the wavemeter device, the one read job
+ * in flight on libuv's thread pool, the channel schedule and the latest
+ * reading of every channel. Lives on the loop thread; its pool job sees only
+ * a copy of the request and the device.
+ */
+#ifndef WMD_METER_H
+#define WMD_METER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "clock.h"
+#include "config.h"
+#include "wavemeter.h"
+
+/* One reading as clients see it. */
+struct reading {
+    int channel;
+    enum wm_status status;
+    double frequency_thz;   /* valid when status is WM_OK */
+    int exposure_ms;
+    uint64_t t_ns;          /* monotonic acquisition time */
+    double time_unix;
+    uint64_t seq;           /* per-channel count of readings */
+    uint64_t switch_seq;    /* switch moves so far, when it was taken */
+    bool straddled;         /* the switch moved during it: never used by a lock */
+    char detail[96];
+};
+
+struct meter_channel {
+    const struct laser_config *cfg;
+    struct reading last;    /* seq == 0: none yet */
+    uint64_t reads, errors; /* errors: status WM_ERROR */
+    uint64_t not_ok;        /* no_signal, under/overexposed */
+};
+
+struct meter;
+/* A new reading, on the loop thread, right after it is stored. */
+typedef void (*meter_reading_cb)(struct meter *m, const struct reading *r, void *ctx);
+typedef void (*meter_stopped_cb)(struct meter *m);
+
+enum meter_state { METER_IDLE, METER_RUNNING, METER_BACKOFF, METER_STOPPING, METER_STOPPED };
+
+/* Embedded in the daemon; meter_init/meter_fini. */
+struct meter {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    const struct clock *clk;
+    const struct wm_driver *drv;
+    void *dev;
+    int nch;
+    struct meter_channel ch[CONFIG_MAX_LASERS];
+
+    enum meter_state state;
+    uv_work_t work;
+    bool busy;              /* a read job is in flight */
+    int cur;                /* index of the channel being read */
+    int switch_channel;     /* where the switch is (0 = unknown) */
+    uint64_t switch_seq;
+    struct wm_read_req req; /* the job's input (copied before queueing) */
+    struct wm_sample res;   /* the job's output */
+    int rc;
+
+    uint64_t cycle_start_ns, last_cycle_ns; /* a full pass over enabled channels */
+    int cycle_reads;
+    uint64_t consecutive_errors;
+    char last_error[128];
+    uv_timer_t backoff;     /* retry after device errors */
+    unsigned backoff_ms;
+
+    meter_reading_cb on_reading;
+    void *cb_ctx;
+    meter_stopped_cb on_stopped;
+};
+
+/* Opens the driver named in cfg. Returns 0 or < 0 with err filled. */
+int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg,
+               const struct clock *clk, char *err, size_t errlen);
+/* Queue the first read. */
+void meter_start(struct meter *m, meter_reading_cb cb, void *ctx);
+/* Stop re-queuing; cb runs (on the loop) once no job is in flight and the
+ * backoff timer is closed. */
+void meter_stop(struct meter *m, meter_stopped_cb cb);
+/* After stop completed: closes the device. */
+void meter_fini(struct meter *m);
+
+/* Lookup by channel number or laser name; NULL if none. */
+struct meter_channel *meter_channel_find(struct meter *m, int channel);
+struct meter_channel *meter_channel_by_name(struct meter *m, const char *name);
+const char *meter_state_name(const struct meter *m);
+bool meter_busy(const struct meter *m);
+
+#endif

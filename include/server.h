@@ -1,0 +1,46 @@
+/*
+ * server: the TCP side. Owns the listening socket and every client
+ * connection: framing, per-client answer ordering, write backpressure, idle
+ * and stall timeouts, the client limit. Hands each line to the JSON-RPC
+ * envelope; never interprets a method itself.
+ */
+#ifndef WMD_SERVER_H
+#define WMD_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "jsonrpc.h"
+
+struct client; /* opaque: the rpc peer of a call */
+
+/* Embedded in the daemon. */
+struct server {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    const struct rpc_server *rpc;
+    uv_tcp_t listener;
+    uv_timer_t sweep;           /* idle and write-stall checks */
+    struct client *clients;     /* doubly linked */
+    int nclients;
+    uint64_t accepted, refused;
+    bool listening;
+    char bound[80];             /* "127.0.0.1:7420" as bound (port resolved) */
+    void (*on_closed)(struct server *s);
+    int closing;                /* handles still to close during stop */
+};
+
+/* Bind and listen on host:port from cfg. Returns 0 or < 0 with err set
+ * ("listen 127.0.0.1:7420: address already in use"). */
+int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
+                 const struct rpc_server *rpc, char *err, size_t errlen);
+/* Stop accepting and close every client; cb runs when all handles closed.
+ * Answers still pending are discarded (their effects still complete). */
+void server_stop(struct server *s, void (*cb)(struct server *s));
+
+/* For handlers: the peer's "ADDR:PORT" (for the audit log). */
+const char *server_client_name(const struct client *c);
+
+#endif

@@ -1,1 +1,0 @@
-/* placeholder */ typedef int wmd_placeholder_t;
