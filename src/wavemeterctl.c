@@ -1,1 +1,198 @@
-int main(void){return 0;}
+/*
+ * wavemeterctl: a command-line client for wavemeterd. Builds one JSON-RPC
+ * request from the command line, sends it, prints the answer (pretty by
+ * default) and exits 0 on a result, 1 on an error answer, 2 on a local or
+ * connection problem. It knows no method: the daemon is the reference.
+ */
+#define _GNU_SOURCE /* getaddrinfo under -std=c11 */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Long enough for any read the daemon does (its own reads time out sooner). */
+#define DEFAULT_TIMEOUT_MS 10000
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: wavemeterctl [-c HOST:PORT] [-r] [-t MS] METHOD [KEY=VALUE... | JSON]\n"
+               "  -c, --connect HOST:PORT  daemon address (default 127.0.0.1:7420)\n"
+               "  -r, --raw                print the answer line as received\n"
+               "  -t, --timeout MS         give up after MS milliseconds (default 10000)\n"
+               "Params: KEY=VALUE pairs (VALUE parsed as JSON, else taken as a string),\n"
+               "or one JSON object or array.\n"
+               "examples: wavemeterctl read\n"
+               "          wavemeterctl read laser=399\n"
+               "          wavemeterctl laser.set_setpoint laser=399 frequency_thz=751.52653\n");
+}
+
+static int dial(const char *hostport, int timeout_ms)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
+    size_t hlen;
+    int fd = -1, rc;
+
+    if (colon == NULL || (hlen = (size_t)(colon - hostport)) == 0 || hlen >= sizeof(host)) {
+        fprintf(stderr, "wavemeterctl: --connect \"%s\": expected HOST:PORT\n", hostport);
+        return -1;
+    }
+    memcpy(host, hostport, hlen);
+    host[hlen] = '\0';
+    if (host[0] == '[' && host[hlen - 1] == ']') {
+        memmove(host, host + 1, hlen - 2);
+        host[hlen - 2] = '\0';
+    }
+    if ((rc = getaddrinfo(host, colon + 1, &hints, &res)) != 0) {
+        fprintf(stderr, "wavemeterctl: %s: %s\n", hostport, gai_strerror(rc));
+        return -1;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0)
+        fprintf(stderr, "wavemeterctl: cannot connect to %s: %s\n", hostport, strerror(errno));
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* New reference: params from argv[0..n). NULL (with a message) on error. */
+static json_t *build_params(char **args, int n)
+{
+    json_t *params, *v;
+    json_error_t jerr;
+
+    if (n == 1 && (args[0][0] == '{' || args[0][0] == '[')) {
+        params = json_loads(args[0], 0, &jerr);
+        if (params == NULL)
+            fprintf(stderr, "wavemeterctl: params: %s\n", jerr.text);
+        return params;
+    }
+    params = json_object();
+    for (int i = 0; i < n; i++) {
+        char *eq = strchr(args[i], '=');
+        if (eq == NULL || eq == args[i]) {
+            fprintf(stderr, "wavemeterctl: \"%s\": expected KEY=VALUE\n", args[i]);
+            json_decref(params);
+            return NULL;
+        }
+        *eq = '\0';
+        v = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
+        if (v == NULL)
+            v = json_string(eq + 1);
+        json_object_set_new(params, args[i], v);
+    }
+    return params;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"connect", required_argument, NULL, 'c'}, {"raw", no_argument, NULL, 'r'},
+        {"timeout", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *addr = getenv("WAVEMETERD");
+    int timeout_ms = DEFAULT_TIMEOUT_MS, opt, fd, rc = 2;
+    bool raw = false;
+    json_t *req, *params = NULL, *ans;
+    char *text, buf[65536];
+    size_t have = 0;
+
+    if (addr == NULL)
+        addr = "127.0.0.1:7420";
+    while ((opt = getopt_long(argc, argv, "c:rt:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            addr = optarg;
+            break;
+        case 'r':
+            raw = true;
+            break;
+        case 't':
+            timeout_ms = atoi(optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc || timeout_ms <= 0) {
+        usage(stderr);
+        return 2;
+    }
+    if (argc - optind > 1 && (params = build_params(argv + optind + 1, argc - optind - 1)) == NULL)
+        return 2;
+    req = json_pack("{s:s, s:i, s:s}", "jsonrpc", "2.0", "id", 1, "method", argv[optind]);
+    if (params)
+        json_object_set_new(req, "params", params);
+    text = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if ((fd = dial(addr, timeout_ms)) < 0) {
+        free(text);
+        return 2;
+    }
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps' NUL becomes the newline; we send len + 1 */
+    if (write(fd, text, len + 1) != (ssize_t)(len + 1)) {
+        fprintf(stderr, "wavemeterctl: send: %s\n", strerror(errno));
+        goto out;
+    }
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char *nl;
+        ssize_t n;
+
+        if (poll(&p, 1, timeout_ms) <= 0) {
+            fprintf(stderr, "wavemeterctl: no answer within %d ms\n", timeout_ms);
+            goto out;
+        }
+        n = read(fd, buf + have, sizeof(buf) - 1 - have);
+        if (n <= 0) {
+            fprintf(stderr, "wavemeterctl: connection closed before an answer\n");
+            goto out;
+        }
+        have += (size_t)n;
+        if ((nl = memchr(buf, '\n', have)) != NULL) {
+            *nl = '\0';
+            break;
+        }
+        if (have == sizeof(buf) - 1) {
+            fprintf(stderr, "wavemeterctl: answer too long\n");
+            goto out;
+        }
+    }
+    ans = json_loads(buf, 0, NULL);
+    if (raw || ans == NULL) {
+        puts(buf);
+    } else {
+        json_t *r = json_object_get(ans, "result");
+        json_dumpf(r ? r : json_object_get(ans, "error"), stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);
+        putchar('\n');
+    }
+    rc = ans && json_object_get(ans, "result") ? 0 : 1;
+    json_decref(ans);
+out:
+    free(text);
+    close(fd);
+    return rc;
+}

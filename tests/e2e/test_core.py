@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""End to end: the real wavemeterd on the simulator, spoken to over TCP."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from wmd import Client, Daemon, fail, run_tests, sim_config, wait_for, BIN
+
+
+def wait_reading(d, laser=None, status="ok", timeout=10):
+    params = {"laser": laser} if laser else {"channel": 1}
+
+    def ok():
+        r = d.result("read", params)
+        return r if r["status"] == status else None
+    return wait_for(ok, timeout, "a %s reading of %s" % (status, params))
+
+
+def test_netcat_defaults():
+    # No config at all: the built-in simulator with 4 lasers.
+    with Daemon() as d:
+        wait_for(lambda: all(r["seq"] > 0 for r in d.result("read")), 10, "a reading of every channel")
+        out = subprocess.run(["nc", "-N", "127.0.0.1", str(d.port)],
+                             input=b'{"jsonrpc":"2.0","id":1,"method":"read"}\n',
+                             capture_output=True, timeout=10)
+        lines = out.stdout.decode().splitlines()
+        if len(lines) != 1:
+            fail("nc printed %d lines: %r" % (len(lines), out.stdout))
+        ans = json.loads(lines[0])
+        readings = ans["result"]
+        if [r["channel"] for r in readings] != [1, 2, 3, 4]:
+            fail("channels %r" % readings)
+        for r in readings:
+            if r["status"] != "ok":
+                fail("reading not ok: %r" % r)
+            for k in ("laser", "frequency_thz", "wavelength_nm", "exposure_ms", "time", "age_ms", "seq"):
+                if k not in r:
+                    fail("reading lacks %s: %r" % (k, r))
+            if abs(r["wavelength_nm"] * r["frequency_thz"] - 299792.458) > 1e-6:
+                fail("wavelength does not match frequency: %r" % r)
+            if abs(r["time"] - time.time()) > 60:
+                fail("time is not Unix seconds: %r" % r)
+
+
+def test_methods():
+    cfg = sim_config([{"name": "399"}, {"name": "866", "channel": 3}])
+    with Daemon(cfg) as d:
+        with d.client() as c:
+            if c.result("ping") != "pong":
+                fail("ping")
+            v = c.result("version")
+            if v["name"] != "wavemeterd" or v["protocol"]["major"] != 1:
+                fail("version %r" % v)
+            chans = c.result("channels")
+            if [(x["channel"], x["laser"]) for x in chans] != [(1, "399"), (3, "866")]:
+                fail("channels %r" % chans)
+            if chans[0]["exposure_ms"] != 5 or chans[0]["settle_ms"] != 5 or not chans[0]["enabled"]:
+                fail("channel fields %r" % chans[0])
+            wait_reading(d, "866")
+            one = c.result("read", {"laser": "866"})
+            if one["channel"] != 3 or abs(one["frequency_thz"] - 385.0) > 1e-3:
+                fail("read laser 866: %r" % one)
+            same = c.result("read", [3])
+            if same["laser"] != "866":
+                fail("positional read: %r" % same)
+            for params, word in (({"laser": "nope"}, "nope"), ({"channel": 9}, "9")):
+                e = c.call("read", params)["error"]
+                if e["code"] != -32602 or word not in e["message"]:
+                    fail("unknown %r -> %r" % (params, e))
+            st = c.result("status")
+            for k in ("uptime_s", "driver", "cycle_ms", "channels", "clients", "loop_lag_ms", "pool_jobs"):
+                if k not in st:
+                    fail("status lacks %s: %r" % (k, st))
+            if st["driver"]["name"] != "sim" or st["clients"] < 1:
+                fail("status %r" % st)
+            if st["channels"][0]["reads"] < 1:
+                fail("no reads counted: %r" % st)
+
+
+def test_precision():
+    # 1 kHz at 800 THz must survive the wire: readings differ from the nominal
+    # by the noise only, and the text carries enough digits for 1e-9 THz.
+    cfg = sim_config([{"sim": {"nominal_thz": 800.000000001, "noise_mhz": 0.0}}])
+    with Daemon(cfg) as d:
+        r = wait_reading(d)
+        if abs(r["frequency_thz"] - 800.000000001) > 1e-10:
+            fail("1 kHz lost: %r" % r["frequency_thz"])
+
+
+def test_sim_faults():
+    with Daemon(sim_config([{}, {}])) as d:
+        wait_reading(d, "L1")
+        for fault in ("no_signal", "underexposed", "overexposed"):
+            d.result("sim.fault", {"laser": "L1", "fault": fault})
+            r = wait_reading(d, "L1", fault)
+            if "frequency_thz" in r:
+                fail("frequency given with status %s" % fault)
+        d.result("sim.fault", {"laser": "L1", "fault": "none"})
+        wait_reading(d, "L1", "ok")
+        d.result("sim.disconnect")
+        r = wait_reading(d, "L1", "error")
+        wait_for(lambda: d.result("status")["driver"]["state"] == "error", 5, "driver state error")
+        errs = d.result("status")["channels"][0]["errors"]
+        if errs < 1:
+            fail("errors not counted")
+        d.result("sim.connect")
+        wait_reading(d, "L1", "ok", timeout=15)
+        before = d.result("read", {"laser": "L2"})["frequency_thz"]
+        d.result("sim.mode_hop", {"laser": "L2", "jump_mhz": 1000})
+        wait_for(lambda: d.result("read", {"laser": "L2"}).get("frequency_thz", 0) - before > 900e-6,
+                 5, "the mode hop to show")
+        e = d.call("sim.fault", {"laser": "L1", "fault": "fire"})["error"]
+        if e["code"] != -32602:
+            fail("bad fault accepted: %r" % e)
+
+
+def test_sim_methods_absent_without_sim():
+    # Only the simulator has sim.* methods; with the defaults they exist, and
+    # an unknown method is -32601 whatever its prefix.
+    with Daemon() as d:
+        if d.call("sim.nothing")["error"]["code"] != -32601:
+            fail("sim.nothing")
+
+
+def test_pipeline_1000():
+    with Daemon(sim_config()) as d:
+        with d.client() as c:
+            reqs = "".join('{"jsonrpc":"2.0","id":%d,"method":"ping"}\n' % i for i in range(1000))
+            c.send(reqs)
+            for i in range(1000):
+                a = c.recv_json()
+                if a != {"jsonrpc": "2.0", "id": i, "result": "pong"}:
+                    fail("answer %d: %r" % (i, a))
+
+
+def test_framing():
+    with Daemon(sim_config(), args=[]) as d:
+        with d.client() as c:
+            # One request split over many segments.
+            req = b'{"jsonrpc":"2.0","id":7,"method":"ping"}\r\n'
+            for b in req:
+                c.send(bytes([b]))
+            if c.recv_json()["id"] != 7:
+                fail("split request")
+            # An over-long line gets one error and the connection resyncs.
+            c.send(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":["' + b"x" * 70000 + b'"]}\n')
+            c.send(b'{"jsonrpc":"2.0","id":8,"method":"ping"}\n')
+            e = c.recv_json()
+            if e["error"]["code"] != -32600 or e["id"] is not None:
+                fail("over-long line: %r" % e)
+            if c.recv_json()["id"] != 8:
+                fail("no resync after over-long line")
+            # Garbage, then a good line.
+            c.send(b'{"jsonrpc":\n{"jsonrpc":"2.0","id":9,"method":"ping"}\n')
+            if c.recv_json()["error"]["code"] != -32700 or c.recv_json()["id"] != 9:
+                fail("no recovery after a parse error")
+            # Notification: no answer; the next request's answer comes first.
+            c.send(b'{"jsonrpc":"2.0","method":"ping"}\n{"jsonrpc":"2.0","id":10,"method":"ping"}\n')
+            if c.recv_json()["id"] != 10:
+                fail("notification answered")
+
+
+def test_half_close_answers_everything():
+    with Daemon(sim_config()) as d:
+        s = socket.create_connection(("127.0.0.1", d.port))
+        n = 200
+        s.sendall(b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"status"}\n' % i for i in range(n)))
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        s.settimeout(10)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        lines = data.decode().splitlines()
+        if len(lines) != n:
+            fail("%d answers to %d requests after half-close" % (len(lines), n))
+        # A final line without a newline is still a request.
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(b'{"jsonrpc":"2.0","id":5,"method":"ping"}')
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        if json.loads(s.recv(1000).decode())["result"] != "pong":
+            fail("unterminated last line")
+
+
+def test_vanishing_client_harms_no_one():
+    with Daemon(sim_config()) as d:
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"read"}\n' * 2000)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()  # RST with answers in flight
+        if d.result("ping") != "pong":
+            fail("daemon unhappy after vanishing clients")
+
+
+def test_max_clients():
+    with Daemon(sim_config(limits={"max_clients": 2})) as d:
+        a, b = d.client(), d.client()
+        a.result("ping")
+        b.result("ping")
+        c = d.client()
+        e = c.recv_json()
+        if e["error"]["code"] != -32005:
+            fail("third client: %r" % e)
+        c.expect_closed()
+        a.close()
+        wait_for(lambda: d.result("status")["clients"] <= 2, 5, "a free slot")
+        b.close()
+
+
+def test_loop_responsive_during_slow_reads():
+    # 300 ms reads: the loop must still answer ping within 50 ms while a read
+    # is in flight on the pool.
+    cfg = sim_config([{"exposure_ms": 270, "settle_ms": 30}, {"exposure_ms": 270, "settle_ms": 30}])
+    with Daemon(cfg) as d:
+        with d.client() as c:
+            wait_for(lambda: c.result("status")["pool_jobs"] == 1, 5, "a read in flight")
+            worst = 0.0
+            for _ in range(30):
+                t0 = time.monotonic()
+                c.result("ping")
+                worst = max(worst, time.monotonic() - t0)
+                if c.result("status")["pool_jobs"] != 1:
+                    fail("no read in flight")
+            if worst > 0.050:
+                fail("ping took %.1f ms during a read" % (worst * 1e3))
+
+
+def test_sigterm_during_read():
+    cfg = sim_config([{"exposure_ms": 500, "settle_ms": 0}])
+    d = Daemon(cfg).start()
+    try:
+        wait_for(lambda: d.result("status")["pool_jobs"] == 1, 5, "a read in flight")
+        t0 = time.monotonic()
+        rc = d.stop(signal.SIGTERM, timeout=0.5 + 1.0)
+        if rc != 0:
+            fail("exit %s after SIGTERM" % rc)
+        if time.monotonic() - t0 > 1.5:
+            fail("slow exit")
+        if "stopping" not in d.log():
+            fail("no stop logged")
+    finally:
+        d.stop()
+
+
+def test_sd_notify():
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    got = []
+    d = Daemon(sim_config(), env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}).start()
+
+    def recv_until(word, timeout=5):
+        def has():
+            s.settimeout(0.05)
+            try:
+                got.append(s.recv(4096).decode())
+            except socket.timeout:
+                pass
+            return any(word in m for m in got)
+        wait_for(has, timeout, "%s on NOTIFY_SOCKET (got %r)" % (word, got))
+    try:
+        recv_until("READY=1")
+        # READY only after the listener is bound: the port must answer now.
+        if d.result("ping") != "pong":
+            fail("not serving at READY")
+        recv_until("STATUS=")
+        n = len([m for m in got if "WATCHDOG=1" in m])
+        recv_until("WATCHDOG=1")
+        wait_for(lambda: (recv_until("WATCHDOG=1") or True) and
+                 len([m for m in got if "WATCHDOG=1" in m]) >= n + 3, 5, "repeated WATCHDOG=1")
+        d.proc.send_signal(signal.SIGTERM)
+        recv_until("STOPPING=1")
+        if d.proc.wait(5) != 0:
+            fail("exit code")
+    finally:
+        d.stop()
+        s.close()
+
+
+def test_bad_config():
+    d = Daemon({"listen": "127.0.0.1:0", "lasers": [{"name": "a", "channel": 1, "bogus": 1}]})
+    d.start(expect_ready=False)
+    rc = d.proc.wait(5)
+    if rc != 1 or 'bogus' not in d.log() or d.config_path not in d.log():
+        fail("bad config: exit %s, log %r" % (rc, d.log()))
+    out = subprocess.run([BIN, "--check-config", "--config", d.config_path], capture_output=True)
+    if out.returncode != 1 or b"bogus" not in out.stderr:
+        fail("--check-config on bad: %r" % (out,))
+    good = Daemon(sim_config())
+    out = subprocess.run([BIN, "--check-config", "--config", good.config_path], capture_output=True)
+    if out.returncode != 0:
+        fail("--check-config on good: %r" % (out,))
+
+
+def test_port_in_use():
+    with Daemon(sim_config()) as d:
+        other = Daemon(sim_config(listen="127.0.0.1:%d" % d.port))
+        other.start(expect_ready=False)
+        if other.proc.wait(5) != 1 or "in use" not in other.log():
+            fail("second daemon on a used port: %r" % other.log())
+
+
+def test_ctl():
+    from wmd import CTL
+    with Daemon(sim_config([{"name": "399"}])) as d:
+        wait_reading(d, "399")
+        addr = "127.0.0.1:%d" % d.port
+        out = subprocess.run([CTL, "-c", addr, "read", "laser=399"], capture_output=True, timeout=10)
+        if out.returncode != 0 or json.loads(out.stdout)["laser"] != "399":
+            fail("wavemeterctl read: %r" % (out,))
+        out = subprocess.run([CTL, "-c", addr, "read", "laser=nope"], capture_output=True, timeout=10)
+        if out.returncode != 1 or json.loads(out.stdout)["code"] != -32602:
+            fail("wavemeterctl error: %r" % (out,))
+
+
+run_tests([
+    ("netcat_defaults", test_netcat_defaults),
+    ("methods", test_methods),
+    ("precision", test_precision),
+    ("sim_faults", test_sim_faults),
+    ("sim_methods_absent", test_sim_methods_absent_without_sim),
+    ("pipeline_1000", test_pipeline_1000),
+    ("framing", test_framing),
+    ("half_close", test_half_close_answers_everything),
+    ("vanishing_client", test_vanishing_client_harms_no_one),
+    ("max_clients", test_max_clients),
+    ("loop_responsive", test_loop_responsive_during_slow_reads),
+    ("sigterm_during_read", test_sigterm_during_read),
+    ("sd_notify", test_sd_notify),
+    ("bad_config", test_bad_config),
+    ("port_in_use", test_port_in_use),
+    ("wavemeterctl", test_ctl),
+])
