@@ -1,1 +1,258 @@
-/* placeholder */ typedef int wmd_placeholder_t;
+/*
+ * pid: the per-laser frequency controller (include/pid.h, docs/CONTROL.md).
+ * Owns the control law, its integrator, clamp, slew limit and setpoint ramp.
+ * It must not do I/O, read a clock or allocate: every time arrives as an
+ * argument, so the laser lock and the tests drive it on any time base.
+ */
+#include "pid.h"
+
+#include <math.h>
+#include <string.h>
+
+/*
+ * No actuator takes a gigavolt. Capping every term (P, D, integrator increment)
+ * at this size, and the integrator at ten times it, keeps every sum finite
+ * whatever the gains and errors, so the clamp always sees a number, never NaN.
+ * Below the cap the arithmetic is untouched.
+ */
+#define TERM_LIMIT_V 1e9
+#define INTEGRAL_LIMIT_V 1e10
+/* Keeps de/dt finite when two readings 1 ns apart differ by a huge error. */
+#define DERIV_LIMIT_MHZ_PER_S 1e300
+/* An output this close to a limit counts as railed (well below any DAC step). */
+#define RAIL_EPS_V 1e-9
+/*
+ * A ramp this close to its setpoint has arrived: 1 Hz is far below any
+ * wavemeter's resolution and above the rounding of a frequency held in THz
+ * (6e-8 MHz near 400 THz), so a ramp ends on the reading where it should.
+ */
+#define RAMP_ARRIVED_MHZ 1e-6
+
+#define MHZ_PER_THZ 1e6
+#define NS_PER_S 1e9
+
+/* Clamp x to [-lim, lim]; NaN becomes 0 so it can never reach the output. */
+static double limit(double x, double lim) {
+    if (isnan(x))
+        return 0.0;
+    if (x > lim)
+        return lim;
+    if (x < -lim)
+        return -lim;
+    return x;
+}
+
+static double finite_or(double x, double fallback) {
+    return isfinite(x) ? x : fallback;
+}
+
+/* The loop sign: positive gains must reduce the error for either actuator sign. */
+static double loop_sign(const struct pid_params *p) {
+    return p->sensitivity_mhz_per_v < 0.0 ? -1.0 : 1.0;
+}
+
+static double clamp_range(const struct pid_params *p, double v) {
+    if (v < p->output_min_v)
+        return p->output_min_v;
+    if (v > p->output_max_v)
+        return p->output_max_v;
+    return v;
+}
+
+static bool at_rail(const struct pid_params *p, double v) {
+    return fabs(v - p->output_min_v) <= RAIL_EPS_V || fabs(v - p->output_max_v) <= RAIL_EPS_V;
+}
+
+/* Copy params, replacing values the arithmetic cannot use (see pid.h). */
+static void sanitize(struct pid_params *dst, const struct pid_params *src) {
+    *dst = *src;
+    dst->kp_v_per_mhz = finite_or(src->kp_v_per_mhz, 0.0);
+    dst->ki_v_per_mhz_s = finite_or(src->ki_v_per_mhz_s, 0.0);
+    dst->kd_v_s_per_mhz = finite_or(src->kd_v_s_per_mhz, 0.0);
+    dst->sensitivity_mhz_per_v = finite_or(src->sensitivity_mhz_per_v, 0.0);
+    dst->slew_v_per_s = finite_or(src->slew_v_per_s, 0.0);
+    if (dst->slew_v_per_s < 0.0)
+        dst->slew_v_per_s = 0.0;
+    dst->max_gap_s = finite_or(src->max_gap_s, 0.0);
+    if (dst->max_gap_s < 0.0)
+        dst->max_gap_s = 0.0;
+    /* Infinite limits are allowed (no clamp); the term caps keep the output finite. */
+    if (isnan(dst->output_min_v))
+        dst->output_min_v = 0.0;
+    if (isnan(dst->output_max_v))
+        dst->output_max_v = 0.0;
+    if (dst->output_min_v > dst->output_max_v) {
+        double t = dst->output_min_v;
+        dst->output_min_v = dst->output_max_v;
+        dst->output_max_v = t;
+    }
+}
+
+/* Where the ramp puts the target at t_ns; never earlier than the last advance. */
+static double ramp_target_at(const struct pid *pid, uint64_t t_ns) {
+    if (pid->ramp_mhz_per_s <= 0.0)
+        return pid->setpoint_thz;
+    if (t_ns < pid->ramp_t_ns)
+        t_ns = pid->ramp_t_ns;
+    if (t_ns <= pid->ramp_from_t_ns)
+        return pid->ramp_from_thz;
+    double elapsed_s = (double)(t_ns - pid->ramp_from_t_ns) / NS_PER_S;
+    double dist_mhz = (pid->setpoint_thz - pid->ramp_from_thz) * MHZ_PER_THZ;
+    double walked_mhz = pid->ramp_mhz_per_s * elapsed_s;
+    /* Landing exactly on the setpoint makes pid_ramp_done() an equality test. */
+    if (!(walked_mhz < fabs(dist_mhz) - RAMP_ARRIVED_MHZ))
+        return pid->setpoint_thz;
+    return pid->ramp_from_thz + copysign(walked_mhz, dist_mhz) / MHZ_PER_THZ;
+}
+
+/* Start a new ramp (or jump) from the present target at t_ns. */
+static void ramp_restart(struct pid *pid, uint64_t t_ns) {
+    pid->ramp_from_thz = pid->target_thz;
+    pid->ramp_from_t_ns = t_ns;
+    pid->ramp_t_ns = t_ns;
+    if (pid->ramp_mhz_per_s <= 0.0)
+        pid->target_thz = pid->setpoint_thz;
+}
+
+/* The P and D contribution (before the loop sign's minus) in volts, capped. */
+static double pd_term_v(const struct pid *pid, double error_mhz, double deriv_mhz_per_s) {
+    double s = loop_sign(&pid->p);
+    double p_v = limit(s * pid->p.kp_v_per_mhz * error_mhz, TERM_LIMIT_V);
+    double d_v = 0.0;
+    if (pid->p.kd_v_s_per_mhz != 0.0)
+        d_v = limit(s * pid->p.kd_v_s_per_mhz * deriv_mhz_per_s, TERM_LIMIT_V);
+    return p_v + d_v;
+}
+
+void pid_init(struct pid *pid, const struct pid_params *p, double setpoint_thz, double output_v) {
+    memset(pid, 0, sizeof(*pid));
+    sanitize(&pid->p, p);
+    pid->setpoint_thz = finite_or(setpoint_thz, 0.0);
+    pid->target_thz = pid->setpoint_thz;
+    pid->ramp_from_thz = pid->setpoint_thz;
+    pid->output_v = clamp_range(&pid->p, limit(output_v, TERM_LIMIT_V));
+    pid->integral_v = pid->output_v;
+    pid->railed = at_rail(&pid->p, pid->output_v);
+}
+
+void pid_set_params(struct pid *pid, const struct pid_params *p) {
+    sanitize(&pid->p, p);
+    pid->output_v = clamp_range(&pid->p, pid->output_v);
+    pid->railed = at_rail(&pid->p, pid->output_v);
+    /*
+     * Re-establish I - s*kp*e - s*kd*d == output with the new gains, so the next
+     * step moves the output only by what the error does from here on. Without
+     * a last reading, the next step is PID_FIRST and sets I itself.
+     */
+    if (pid->have_last)
+        pid->integral_v =
+            limit(pid->output_v + pd_term_v(pid, pid->last_error_mhz, pid->last_deriv_mhz_per_s),
+                  INTEGRAL_LIMIT_V);
+    else
+        pid->integral_v = pid->output_v;
+}
+
+void pid_engage(struct pid *pid, double output_v, double target_thz, uint64_t now_ns) {
+    if (isfinite(output_v))
+        pid->output_v = clamp_range(&pid->p, limit(output_v, TERM_LIMIT_V));
+    pid->integral_v = pid->output_v;
+    pid->railed = at_rail(&pid->p, pid->output_v);
+    pid->target_thz = finite_or(target_thz, pid->setpoint_thz);
+    ramp_restart(pid, now_ns);
+    pid->last_error_mhz = 0.0;
+    pid->last_deriv_mhz_per_s = 0.0;
+    pid->have_last = false;
+}
+
+void pid_set_setpoint(struct pid *pid, double setpoint_thz, double ramp_mhz_per_s,
+                      uint64_t now_ns) {
+    if (!isfinite(setpoint_thz))
+        return;
+    /* The new ramp starts where the old one would be at now_ns. */
+    pid->target_thz = ramp_target_at(pid, now_ns);
+    pid->setpoint_thz = setpoint_thz;
+    pid->ramp_mhz_per_s = ramp_mhz_per_s > 0.0 && isfinite(ramp_mhz_per_s) ? ramp_mhz_per_s : 0.0;
+    ramp_restart(pid, now_ns);
+}
+
+enum pid_result pid_step(struct pid *pid, double measured_thz, uint64_t t_ns, double *output_v,
+                         double *error_mhz) {
+    /* Decide on refusal before touching anything: a refused reading changes nothing. */
+    double target_thz = ramp_target_at(pid, t_ns);
+    double e = (measured_thz - target_thz) * MHZ_PER_THZ;
+    if (!isfinite(measured_thz) || !isfinite(e) || t_ns <= pid->last_t_ns) {
+        if (output_v)
+            *output_v = pid->output_v;
+        return PID_REFUSED;
+    }
+
+    pid->target_thz = target_thz;
+    if (t_ns > pid->ramp_t_ns)
+        pid->ramp_t_ns = t_ns;
+
+    double dt_s = (double)(t_ns - pid->last_t_ns) / NS_PER_S;
+    bool fresh = !pid->have_last || (pid->p.max_gap_s > 0.0 && dt_s > pid->p.max_gap_s);
+    enum pid_result res;
+
+    if (fresh) {
+        /*
+         * Bumpless: keep the output exactly and take this error as the P (and D)
+         * reference, so the controller acts only on what changes from here on.
+         * The integrator is not advanced over an unknown interval.
+         */
+        pid->integral_v = limit(pid->output_v + pd_term_v(pid, e, 0.0), INTEGRAL_LIMIT_V);
+        pid->last_deriv_mhz_per_s = 0.0;
+        pid->railed = at_rail(&pid->p, pid->output_v);
+        res = PID_FIRST;
+    } else {
+        double s = loop_sign(&pid->p);
+        /* dt_s > 0: t_ns > last_t_ns was checked above. */
+        double d = limit((e - pid->last_error_mhz) / dt_s, DERIV_LIMIT_MHZ_PER_S);
+        double inc_v = limit(-s * pid->p.ki_v_per_mhz_s * e * dt_s, TERM_LIMIT_V);
+        double integral_v = limit(pid->integral_v + inc_v, INTEGRAL_LIMIT_V);
+        double pd_v = pd_term_v(pid, e, d);
+        double raw_v = integral_v - pd_v;
+        double out_v = clamp_range(&pid->p, raw_v);
+        bool clamped = out_v != raw_v;
+
+        if (pid->p.slew_v_per_s > 0.0) {
+            /* Moving toward the previous (in-range) output cannot leave the range. */
+            double max_step_v = pid->p.slew_v_per_s * dt_s;
+            if (out_v > pid->output_v + max_step_v)
+                out_v = pid->output_v + max_step_v;
+            else if (out_v < pid->output_v - max_step_v)
+                out_v = pid->output_v - max_step_v;
+        }
+        /*
+         * Anti-windup by back-calculation: when the applied output differs from
+         * what the law asked for, the integrator takes the value that makes the
+         * law give the applied output. It never stores drive the actuator cannot
+         * use, so the output leaves a rail as soon as the error asks it to.
+         */
+        if (out_v != raw_v)
+            integral_v = limit(out_v + pd_v, INTEGRAL_LIMIT_V);
+
+        pid->integral_v = integral_v;
+        pid->output_v = out_v;
+        pid->last_deriv_mhz_per_s = d;
+        pid->railed = clamped || at_rail(&pid->p, out_v);
+        res = PID_STEPPED;
+    }
+
+    pid->last_error_mhz = e;
+    pid->last_t_ns = t_ns;
+    pid->have_last = true;
+    if (output_v)
+        *output_v = pid->output_v;
+    if (error_mhz)
+        *error_mhz = e;
+    return res;
+}
+
+void pid_hold(struct pid *pid) {
+    pid->have_last = false;
+}
+
+bool pid_ramp_done(const struct pid *pid) {
+    return pid->target_thz == pid->setpoint_thz;
+}
