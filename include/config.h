@@ -45,12 +45,13 @@ struct laser_config {
     struct actuator_config actuator;
 
     /* Stabilization (issue 3). */
-    double setpoint_thz;  /* 0 = the sim nominal, or unset for real lasers */
-    double min_thz, max_thz; /* allowed setpoint range; 0 = setpoint +- 1 GHz */
+    double setpoint_thz;  /* default: sim.nominal_thz */
+    double min_thz, max_thz; /* allowed setpoint range; default: setpoint +- 1 GHz */
     double kp_v_per_mhz;
     double ki_v_per_mhz_s;
     double kd_v_s_per_mhz;
-    double sensitivity_mhz_per_v; /* signed; sign of the loop, 0 = assume +1 */
+    double sensitivity_mhz_per_v; /* signed; sign of the loop, 0 = assume +1;
+                                     default: sim.sensitivity_mhz_per_v */
     double output_min_v, output_max_v;
     double output_initial_v;
     double slew_v_per_s;
@@ -65,6 +66,7 @@ struct laser_config {
     enum restart_policy restart;
     bool auto_relock;
     int relock_attempts;
+    double relock_delay_s;       /* wait after lost before each relock attempt */
     int history_depth;           /* readings kept per channel */
     bool lock;                   /* lock at first start (no state file yet) */
 };
@@ -100,10 +102,12 @@ struct config {
 void config_defaults(struct config *cfg);
 
 /*
- * Load and validate the JSON file at path into cfg (which it first sets to
- * defaults; a file with "lasers" replaces the default lasers).
- * On error returns a negative errno-style code and writes one line to err:
- * "FILE:LINE:COL: key "lasers[1].kp_v_per_mhz": must be a number in [0, 1000]".
+ * Load and validate the JSON file at path into cfg: the defaults, overridden by
+ * the file (a file with "lasers" replaces the default lasers). Format: see
+ * docs/CONFIG.md. On success returns 0 and replaces *cfg. On error returns a
+ * negative errno-style code, leaves *cfg unchanged and writes one line to err:
+ * "FILE:LINE:COL: key "lasers[1].kp_v_per_mhz": must be a number in [0, 1000]",
+ * "FILE:LINE:COL: invalid JSON: ..." or "FILE: cannot read: <strerror>".
  */
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
 
@@ -111,9 +115,28 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
 int config_parse(struct config *cfg, const char *name, const char *text, size_t len,
                  char *err, size_t errlen);
 
-/* Find a laser by name or channel; NULL if none. */
+/* Find a laser by name or channel; NULL if none. A name matches first, so
+ * "3" is the laser named "3" if there is one, else the one on channel 3. */
 const struct laser_config *config_laser_by_name(const struct config *cfg, const char *name);
 
 const char *config_restart_name(enum restart_policy p);
+
+/* One key the loader accepts, as its table defines it (for docs and tests). */
+struct config_key_info {
+    const char *section;       /* "", "limits", "state", "wavemeter", "lasers[]",
+                                  "lasers[].sim" or "lasers[].actuator" */
+    const char *key;
+    const char *type;          /* "integer", "number", "boolean", "string", "object",
+                                  "array" */
+    bool has_range;            /* integer and number keys: min and max apply */
+    double min, max;
+    const char *const *values; /* allowed strings, NULL-terminated; NULL if free */
+    bool required;             /* no default (laser name and channel) */
+    const char *doc;           /* one line, with units */
+};
+
+/* Call fn once per key, table by table in file-format order. Static data:
+ * any thread, no allocation; the info is valid only during the call. */
+void config_foreach_key(void (*fn)(const struct config_key_info *key, void *arg), void *arg);
 
 #endif
