@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "config.h"
 #include "jsonrpc.h"
+#include "laser.h"
 #include "meter.h"
 #include "server.h"
 
@@ -21,6 +22,8 @@ struct daemon {
     const struct clock *clk;
     struct config cfg;
     struct meter meter;
+    struct lasers lasers;
+    char state_dir[CONFIG_PATH_MAX];
     struct server server;
     struct rpc_server rpc;
 

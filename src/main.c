@@ -120,9 +120,18 @@ static void server_stopped(struct server *s)
     stop_step_done((struct runtime *)((char *)s - offsetof(struct runtime, d.server)));
 }
 
+static void lasers_stopped(struct lasers *ls)
+{
+    stop_step_done((struct runtime *)((char *)ls - offsetof(struct runtime, d.lasers)));
+}
+
+/* No reading can arrive any more: let the lasers finish their writes and
+ * save their state a last time. */
 static void meter_stopped(struct meter *m)
 {
-    stop_step_done((struct runtime *)((char *)m - offsetof(struct runtime, d.meter)));
+    struct runtime *rt = (struct runtime *)((char *)m - offsetof(struct runtime, d.meter));
+
+    lasers_stop(&rt->d.lasers, lasers_stopped);
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
@@ -140,9 +149,22 @@ static void signal_cb(uv_signal_t *h, int signum)
     meter_stop(&rt->d.meter, meter_stopped);
 }
 
-static void on_reading(struct meter *m, const struct reading *r, void *ctx)
+/* $STATE_DIRECTORY under systemd (the first entry if several), else the
+ * config's state.dir. */
+static void pick_state_dir(struct daemon *d)
 {
-    (void)m, (void)r, (void)ctx;
+    const char *env = getenv("STATE_DIRECTORY");
+    size_t n;
+
+    if (env && *env) {
+        n = strcspn(env, ":");
+        if (n >= sizeof(d->state_dir))
+            n = sizeof(d->state_dir) - 1;
+        memcpy(d->state_dir, env, n);
+        d->state_dir[n] = '\0';
+    } else {
+        snprintf(d->state_dir, sizeof(d->state_dir), "%s", d->cfg.state_dir);
+    }
 }
 
 int main(int argc, char **argv)
@@ -243,9 +265,17 @@ int main(int argc, char **argv)
         log_error("wavemeter: %s", err);
         return 1;
     }
+    pick_state_dir(d);
+    if ((rc = lasers_init(&d->lasers, &rt.loop, &d->cfg, d->clk, &d->meter, d->state_dir, err,
+                          sizeof(err))) != 0) {
+        log_error("%s", err);
+        meter_fini(&d->meter);
+        return 1;
+    }
     methods_init(&d->rpc, d);
     if ((rc = server_start(&d->server, &rt.loop, &d->cfg, &d->rpc, err, sizeof(err))) != 0) {
         log_error("%s", err);
+        lasers_fini(&d->lasers);
         meter_fini(&d->meter);
         return 1;
     }
@@ -272,7 +302,7 @@ int main(int argc, char **argv)
         uv_timer_start(&rt.watchdog, watchdog_cb, every_ms ? every_ms : 1, every_ms ? every_ms : 1);
     }
 
-    meter_start(&d->meter, on_reading, d);
+    meter_start(&d->meter, lasers_on_reading, &d->lasers);
     log_notice("wavemeterd %s: listening on %s, driver %s, %d channels, %d pool threads",
                WMD_VERSION, d->server.bound, d->cfg.driver, d->meter.nch, d->cfg.threadpool_size);
     sd_notify(0, "READY=1");
@@ -280,6 +310,7 @@ int main(int argc, char **argv)
 
     uv_run(&rt.loop, UV_RUN_DEFAULT);
 
+    lasers_fini(&d->lasers);
     meter_fini(&d->meter);
     rc = uv_loop_close(&rt.loop);
     if (rc != 0)

@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "daemon.h"
+#include "log.h"
 #include "sim.h"
 
 /* Protocol version: the major changes only for incompatible changes. */
@@ -160,12 +163,12 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx)
     if (d->meter.last_error[0])
         json_object_set_new(drv, "error", json_string(d->meter.last_error));
     rpc_call_result(
-        call, json_pack("{s:f, s:o, s:f, s:o, s:i, s:{s:f, s:f}, s:i, s:i}", "uptime_s",
+        call, json_pack("{s:f, s:o, s:f, s:o, s:i, s:{s:f, s:f}, s:i, s:b, s:i, s:s}", "uptime_s",
                         ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver", drv, "cycle_ms",
                         ns_to_ms(d->meter.last_cycle_ns), "channels", chans, "clients",
                         d->server.nclients, "loop_lag_ms", "last", d->lag_last_ms, "max",
-                        d->lag_max_ms, "pool_jobs", meter_busy(&d->meter) ? 1 : 0,
-                        "threadpool_size", d->cfg.threadpool_size));
+                        d->lag_max_ms, "pool_jobs", (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers), "read_in_flight", meter_busy(&d->meter),
+                        "threadpool_size", d->cfg.threadpool_size, "state_dir", d->state_dir));
 }
 
 static void m_channels(struct rpc_call *call, json_t *params, void *ctx)
@@ -204,6 +207,388 @@ static void m_read(struct rpc_call *call, json_t *params, void *ctx)
     for (int i = 0; i < d->meter.nch; i++)
         json_array_append_new(a, methods_reading_json(&d->meter.ch[i], now_ns));
     rpc_call_result(call, a);
+}
+
+
+/* ---- lasers ---- */
+
+static const char *const laser_params[] = {"laser", NULL};
+
+/* The laser named by params.laser; answers the call and returns NULL if none. */
+static struct laser *param_laser(struct rpc_call *call, json_t *params, struct daemon *d)
+{
+    json_t *name = json_object_get(params, "laser");
+    struct laser *l;
+
+    if (!json_is_string(name)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS,
+                       name ? "Invalid params: \"laser\" must be a string"
+                            : "Invalid params: \"laser\" is required",
+                       NULL);
+        return NULL;
+    }
+    if ((l = lasers_find(&d->lasers, json_string_value(name))) == NULL)
+        rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL, "Invalid params: no laser \"%s\"",
+                        json_string_value(name));
+    return l;
+}
+
+/* An optional finite number param; answers the call and returns false if bad. */
+static bool param_number(struct rpc_call *call, json_t *params, const char *key, double *out)
+{
+    json_t *v = json_object_get(params, key);
+
+    if (v == NULL)
+        return true;
+    if (!json_is_number(v) || !isfinite(json_number_value(v))) {
+        rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL,
+                        "Invalid params: \"%s\" must be a finite number", key);
+        return false;
+    }
+    *out = json_number_value(v);
+    return true;
+}
+
+static json_t *num_or_null(double x)
+{
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
+/* New reference: everything a client may want to know about one laser. */
+static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon *d)
+{
+    const struct laser_config *c = l->cfg;
+    struct meter_channel *ch = meter_channel_find(&d->meter, c->channel);
+    json_t *o = json_object();
+
+    json_object_set_new(o, "name", json_string(c->name));
+    json_object_set_new(o, "channel", json_integer(c->channel));
+    json_object_set_new(o, "actuator", json_string(c->actuator.driver));
+    json_object_set_new(o, "lock", json_boolean(l->lock_on));
+    json_object_set_new(o, "state", json_string(laser_state_name(l->state)));
+    json_object_set_new(o, "reason", json_string(l->reason));
+    json_object_set_new(o, "since", json_real(l->since_unix));
+    json_object_set_new(o, "setpoint_thz", json_real(l->pid.setpoint_thz));
+    json_object_set_new(o, "target_thz", json_real(l->pid.target_thz));
+    json_object_set_new(o, "ramp_mhz_per_s", json_real(l->pid.ramp_mhz_per_s));
+    json_object_set_new(o, "error_mhz", num_or_null(l->error_mhz));
+    json_object_set_new(o, "output_v", json_real(l->pid.output_v));
+    json_object_set_new(o, "gains",
+                        json_pack("{s:f, s:f, s:f, s:f}", "kp_v_per_mhz", l->pid.p.kp_v_per_mhz,
+                                  "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s, "kd_v_s_per_mhz",
+                                  l->pid.p.kd_v_s_per_mhz, "sensitivity_mhz_per_v",
+                                  c->sensitivity_mhz_per_v));
+    json_object_set_new(
+        o, "limits",
+        json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "min_thz", c->min_thz, "max_thz",
+                  c->max_thz, "output_min_v", c->output_min_v, "output_max_v", c->output_max_v,
+                  "slew_v_per_s", c->slew_v_per_s, "capture_mhz", c->capture_mhz, "tolerance_mhz",
+                  c->tolerance_mhz));
+    json_object_set_new(o, "restart", json_string(config_restart_name(c->restart)));
+    json_object_set_new(o, "auto_relock", json_boolean(c->auto_relock));
+    json_object_set_new(o, "relocks", json_integer(l->relocks));
+    json_object_set_new(o, "actuator_writes", json_integer((json_int_t)l->writes));
+    json_object_set_new(o, "actuator_errors", json_integer((json_int_t)l->write_errors));
+    if (ch)
+        json_object_set_new(o, "reading", methods_reading_json(ch, now_ns));
+    return o;
+}
+
+static void m_lasers(struct rpc_call *call, json_t *params, void *ctx)
+{
+    struct daemon *d = ctx;
+    uint64_t now = clock_now_ns(d->clk);
+    json_t *a;
+
+    if (!params_only(call, params, NULL))
+        return;
+    a = json_array();
+    for (int i = 0; i < d->lasers.n; i++)
+        json_array_append_new(a, laser_json(&d->lasers.l[i], now, d));
+    rpc_call_result(call, a);
+}
+
+static void m_laser_get(struct rpc_call *call, json_t *params, void *ctx)
+{
+    struct daemon *d = ctx;
+    struct laser *l;
+
+    if (!params_only(call, params, laser_params) || (l = param_laser(call, params, d)) == NULL)
+        return;
+    rpc_call_result(call, laser_json(l, clock_now_ns(d->clk), d));
+}
+
+/* A write waits for its change to be durable; this finishes the call. */
+struct write_call {
+    struct rpc_call *call;
+    struct daemon *d;
+    struct laser *l;
+};
+
+static void write_done(void *arg, int rc)
+{
+    struct write_call *w = arg;
+
+    if (rc == 0)
+        rpc_call_result(w->call, laser_json(w->l, clock_now_ns(w->d->clk), w->d));
+    else if (rc == -ENOSPC || rc == -EIO || rc == -EROFS || rc == -EACCES || rc == -ENOENT)
+        rpc_call_errorf(w->call, RPC_STORAGE_FAILED, NULL,
+                        "Applied but not saved: state file: %s", strerror(-rc));
+    else
+        rpc_call_errorf(w->call, RPC_LASER_FAULT, NULL, "Actuator write failed: %s",
+                        rc < 0 ? strerror(-rc) : "unknown");
+    free(w);
+}
+
+static void audit(struct rpc_call *call, json_t *params)
+{
+    const struct client *c = rpc_call_peer(call);
+    char *p = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
+
+    log_notice("audit: %s %s %s", c ? server_client_name(c) : "?", rpc_call_method(call),
+               p ? p : "{}");
+    free(p);
+}
+
+/* Answer a refused change (rc < 0 from a laser_* call) with the right code. */
+static void write_refused(struct rpc_call *call, struct laser *l, int rc)
+{
+    const struct laser_config *c = l->cfg;
+
+    switch (rc) {
+    case -ENOTSUP:
+        rpc_call_errorf(call, RPC_LASER_NO_ACTUATOR, NULL,
+                        "laser \"%s\" has no actuator (monitor only)", c->name);
+        break;
+    case -EPERM:
+        rpc_call_errorf(call, RPC_LASER_LOCKED, NULL,
+                        "laser \"%s\" is locked: unlock it before setting the output", c->name);
+        break;
+    case -EBUSY:
+        rpc_call_errorf(call, RPC_BUSY, NULL, "laser \"%s\": an actuator write is in flight",
+                        c->name);
+        break;
+    default:
+        rpc_call_errorf(call, RPC_INTERNAL_ERROR, NULL, "laser \"%s\": %s", c->name,
+                        strerror(-rc));
+        break;
+    }
+}
+
+static bool write_begin(struct rpc_call *call, json_t *params, struct daemon *d, struct laser *l,
+                        struct write_call **out)
+{
+    struct write_call *w = malloc(sizeof(*w));
+
+    if (w == NULL) {
+        rpc_call_error(call, RPC_INTERNAL_ERROR, "Internal error: out of memory", NULL);
+        return false;
+    }
+    w->call = call;
+    w->d = d;
+    w->l = l;
+    *out = w;
+    audit(call, params);
+    return true;
+}
+
+static const char *const setpoint_params[] = {"laser", "frequency_thz", "wavelength_nm",
+                                              "ramp_mhz_per_s", NULL};
+
+static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx)
+{
+    struct daemon *d = ctx;
+    struct laser *l;
+    struct write_call *w;
+    double f = NAN, wl = NAN, ramp;
+    int rc;
+
+    if (!params_only(call, params, setpoint_params) || (l = param_laser(call, params, d)) == NULL)
+        return;
+    ramp = l->pid.ramp_mhz_per_s;
+    if (!param_number(call, params, "frequency_thz", &f) ||
+        !param_number(call, params, "wavelength_nm", &wl) ||
+        !param_number(call, params, "ramp_mhz_per_s", &ramp))
+        return;
+    if (isnan(f) == isnan(wl)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS,
+                       "Invalid params: give exactly one of \"frequency_thz\" and \"wavelength_nm\"",
+                       NULL);
+        return;
+    }
+    if (isnan(f))
+        f = wl > 0 ? C_NM_THZ / wl : -1;
+    if (ramp < 0) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"ramp_mhz_per_s\" must be >= 0",
+                       NULL);
+        return;
+    }
+    if (f < l->cfg->min_thz || f > l->cfg->max_thz) {
+        rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                        json_pack("{s:f, s:f, s:f}", "min_thz", l->cfg->min_thz, "max_thz",
+                                  l->cfg->max_thz, "requested_thz", f),
+                        "Invalid params: %.9f THz is outside laser \"%s\"'s range [%.9f, %.9f] THz",
+                        f, l->cfg->name, l->cfg->min_thz, l->cfg->max_thz);
+        return;
+    }
+    if (!write_begin(call, params, d, l, &w))
+        return;
+    if ((rc = laser_set_setpoint(l, f, ramp, write_done, w)) < 0) {
+        free(w);
+        write_refused(call, l, rc);
+    }
+}
+
+static void lock_common(struct rpc_call *call, json_t *params, struct daemon *d, bool on)
+{
+    struct laser *l;
+    struct write_call *w;
+    int rc;
+
+    if (!params_only(call, params, laser_params) || (l = param_laser(call, params, d)) == NULL)
+        return;
+    if (on && strcmp(l->cfg->actuator.driver, "none") == 0) {
+        write_refused(call, l, -ENOTSUP);
+        return;
+    }
+    if (!write_begin(call, params, d, l, &w))
+        return;
+    if ((rc = laser_lock(l, on, write_done, w)) < 0) {
+        free(w);
+        write_refused(call, l, rc);
+    }
+}
+
+static void m_lock(struct rpc_call *call, json_t *params, void *ctx)
+{
+    lock_common(call, params, ctx, true);
+}
+
+static void m_unlock(struct rpc_call *call, json_t *params, void *ctx)
+{
+    lock_common(call, params, ctx, false);
+}
+
+static const char *const gains_params[] = {"laser", "kp", "ki", "kd", NULL};
+
+static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx)
+{
+    struct daemon *d = ctx;
+    struct laser *l;
+    struct write_call *w;
+    double kp, ki, kd;
+    int rc;
+
+    if (!params_only(call, params, gains_params) || (l = param_laser(call, params, d)) == NULL)
+        return;
+    kp = l->pid.p.kp_v_per_mhz;
+    ki = l->pid.p.ki_v_per_mhz_s;
+    kd = l->pid.p.kd_v_s_per_mhz;
+    if (!param_number(call, params, "kp", &kp) || !param_number(call, params, "ki", &ki) ||
+        !param_number(call, params, "kd", &kd))
+        return;
+    if (kp < 0 || ki < 0 || kd < 0) {
+        rpc_call_error(call, RPC_INVALID_PARAMS,
+                       "Invalid params: gains must be >= 0 (the sign comes from "
+                       "sensitivity_mhz_per_v)",
+                       NULL);
+        return;
+    }
+    if (!write_begin(call, params, d, l, &w))
+        return;
+    if ((rc = laser_set_gains(l, kp, ki, kd, write_done, w)) < 0) {
+        free(w);
+        write_refused(call, l, rc);
+    }
+}
+
+static const char *const output_params[] = {"laser", "output_v", NULL};
+
+static void m_set_output(struct rpc_call *call, json_t *params, void *ctx)
+{
+    struct daemon *d = ctx;
+    struct laser *l;
+    struct write_call *w;
+    double v = NAN;
+    int rc;
+
+    if (!params_only(call, params, output_params) || (l = param_laser(call, params, d)) == NULL ||
+        !param_number(call, params, "output_v", &v))
+        return;
+    if (isnan(v)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"output_v\" is required", NULL);
+        return;
+    }
+    if (v < l->cfg->output_min_v || v > l->cfg->output_max_v) {
+        rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                        json_pack("{s:f, s:f}", "output_min_v", l->cfg->output_min_v,
+                                  "output_max_v", l->cfg->output_max_v),
+                        "Invalid params: %g V is outside laser \"%s\"'s output range [%g, %g] V",
+                        v, l->cfg->name, l->cfg->output_min_v, l->cfg->output_max_v);
+        return;
+    }
+    if (!write_begin(call, params, d, l, &w))
+        return;
+    if ((rc = laser_set_output(l, v, write_done, w)) < 0) {
+        free(w);
+        write_refused(call, l, rc);
+    }
+}
+
+struct history_acc {
+    json_t *samples;
+    double sum, sum2, min, max;
+    size_t n;
+};
+
+static void history_one(const struct laser_sample *s, void *arg)
+{
+    struct history_acc *h = arg;
+    json_t *o = json_pack("{s:f, s:I, s:s, s:o, s:o, s:f, s:s}", "time", s->time_unix, "seq",
+                          (json_int_t)s->seq, "status", wm_status_name(s->status),
+                          "frequency_thz", num_or_null(s->frequency_thz), "error_mhz",
+                          num_or_null(s->error_mhz), "output_v", s->output_v, "state",
+                          laser_state_name(s->state));
+
+    json_array_append_new(h->samples, o);
+    if (isfinite(s->error_mhz)) {
+        h->sum += s->error_mhz;
+        h->sum2 += s->error_mhz * s->error_mhz;
+        h->min = h->n == 0 || s->error_mhz < h->min ? s->error_mhz : h->min;
+        h->max = h->n == 0 || s->error_mhz > h->max ? s->error_mhz : h->max;
+        h->n++;
+    }
+}
+
+static const char *const history_params[] = {"laser", "channel", "seconds", NULL};
+
+static void m_history(struct rpc_call *call, json_t *params, void *ctx)
+{
+    struct daemon *d = ctx;
+    struct meter_channel *c;
+    struct laser *l;
+    struct history_acc h = {0};
+    double seconds = 0, mean, var;
+
+    if (!params_only(call, params, history_params) || !param_channel(call, params, d, true, &c) ||
+        !param_number(call, params, "seconds", &seconds))
+        return;
+    if (seconds < 0) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"seconds\" must be >= 0", NULL);
+        return;
+    }
+    l = lasers_find_channel(&d->lasers, c->cfg->channel);
+    h.samples = json_array();
+    laser_history(l, seconds, history_one, &h);
+    mean = h.n ? h.sum / (double)h.n : (double)NAN;
+    var = h.n > 1 ? (h.sum2 - h.sum * mean) / (double)(h.n - 1) : (double)NAN;
+    rpc_call_result(call,
+                    json_pack("{s:s, s:i, s:o, s:{s:I, s:o, s:o, s:o, s:o}}", "laser",
+                              c->cfg->name, "channel", c->cfg->channel, "samples", h.samples,
+                              "error_mhz", "n", (json_int_t)h.n, "mean", num_or_null(mean), "std",
+                              num_or_null(var > 0 ? sqrt(var) : (h.n > 1 ? 0.0 : (double)NAN)), "min",
+                              h.n ? json_real(h.min) : json_null(), "max",
+                              h.n ? json_real(h.max) : json_null()));
 }
 
 /* sim.* methods: present only when the simulator is the driver. */
@@ -275,6 +660,14 @@ static const struct rpc_method methods[] = {
     {.name = "status", .fn = m_status},
     {.name = "channels", .fn = m_channels},
     {.name = "read", .fn = m_read, .params = read_params},
+    {.name = "lasers", .fn = m_lasers},
+    {.name = "laser.get", .fn = m_laser_get, .params = laser_params},
+    {.name = "laser.set_setpoint", .fn = m_set_setpoint, .params = setpoint_params},
+    {.name = "laser.lock", .fn = m_lock, .params = laser_params},
+    {.name = "laser.unlock", .fn = m_unlock, .params = laser_params},
+    {.name = "laser.set_gains", .fn = m_set_gains, .params = gains_params},
+    {.name = "laser.set_output", .fn = m_set_output, .params = output_params},
+    {.name = "history", .fn = m_history, .params = history_params},
 };
 
 static const struct rpc_method sim_methods[] = {

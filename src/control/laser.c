@@ -1,0 +1,703 @@
+/*
+ * laser: the lock loops. For each fresh reading of a locked laser, one pool
+ * job runs the controller step on a copy of the controller and writes the
+ * actuator; its completion, on the loop, adopts the new controller state and
+ * moves the lock state machine. Client changes are applied on the loop and
+ * answered only once the state file holding them is durable. Nothing here
+ * parses JSON-RPC or touches a socket.
+ */
+#include "laser.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+/* State file layout version; bumped only for incompatible changes. */
+#define STATE_VERSION 1
+
+struct laser_change {
+    struct store_waiter w;
+    laser_change_cb cb;
+    void *arg;
+};
+
+static void laser_job_start(struct laser *l);
+static void lasers_check_stopped(struct lasers *ls);
+
+static const char *const state_names[] = {
+    [LOCK_OFF] = "off",         [LOCK_ACQUIRING] = "acquiring", [LOCK_LOCKED] = "locked",
+    [LOCK_HOLDING] = "holding", [LOCK_RAILED] = "railed",       [LOCK_LOST] = "lost",
+    [LOCK_FAULT] = "fault",
+};
+
+const char *laser_state_name(enum lock_state s)
+{
+    return state_names[s];
+}
+
+static uint64_t now_ns(const struct laser *l)
+{
+    return clock_now_ns(l->owner->clk);
+}
+
+/* Every transition is logged with the laser's name and why. */
+static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt, ...)
+{
+    char reason[sizeof(l->reason)];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    if (s == l->state) {
+        memcpy(l->reason, reason, sizeof(reason));
+        return;
+    }
+    log_msg(s == LOCK_LOST || s == LOCK_FAULT ? LOG_LVL_WARNING : LOG_LVL_NOTICE,
+            "laser \"%s\": %s -> %s: %s", l->cfg->name, state_names[l->state], state_names[s],
+            reason);
+    l->state = s;
+    memcpy(l->reason, reason, sizeof(reason));
+    l->since_ns = now_ns(l);
+    l->since_unix = l->owner->clk->wall_s(l->owner->clk->ctx);
+}
+
+static void params_from_config(struct pid_params *p, const struct laser_config *c)
+{
+    p->kp_v_per_mhz = c->kp_v_per_mhz;
+    p->ki_v_per_mhz_s = c->ki_v_per_mhz_s;
+    p->kd_v_s_per_mhz = c->kd_v_s_per_mhz;
+    p->sensitivity_mhz_per_v = c->sensitivity_mhz_per_v;
+    p->output_min_v = c->output_min_v;
+    p->output_max_v = c->output_max_v;
+    p->slew_v_per_s = c->slew_v_per_s;
+    p->max_gap_s = c->max_gap_s;
+}
+
+/* ---- persistence ---- */
+
+static json_t *lasers_snapshot(void *ctx)
+{
+    struct lasers *ls = ctx;
+    json_t *all = json_object();
+
+    for (int i = 0; i < ls->n; i++) {
+        const struct laser *l = &ls->l[i];
+        json_object_set_new(
+            all, l->cfg->name,
+            json_pack("{s:f, s:f, s:f, s:f, s:f, s:b, s:f}", "setpoint_thz", l->pid.setpoint_thz,
+                      "ramp_mhz_per_s", l->pid.ramp_mhz_per_s, "kp_v_per_mhz",
+                      l->pid.p.kp_v_per_mhz, "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s,
+                      "kd_v_s_per_mhz", l->pid.p.kd_v_s_per_mhz, "lock", l->lock_on, "output_v",
+                      l->pid.output_v));
+    }
+    ls->outputs_dirty = false;
+    return json_pack("{s:i, s:f, s:o}", "version", STATE_VERSION, "saved_unix",
+                     ls->clk->wall_s(ls->clk->ctx), "lasers", all);
+}
+
+static void change_durable(void *arg, int rc)
+{
+    struct laser_change *ch = arg;
+
+    ch->cb(ch->arg, rc);
+    free(ch);
+}
+
+/* Make the present state durable, then call cb. */
+static int laser_commit(struct laser *l, laser_change_cb cb, void *arg)
+{
+    struct laser_change *ch = calloc(1, sizeof(*ch));
+
+    if (ch == NULL)
+        return -ENOMEM;
+    ch->cb = cb;
+    ch->arg = arg;
+    store_save(&l->owner->store, &ch->w, change_durable, ch);
+    return 0;
+}
+
+static double saved_number(json_t *o, const char *key, double dflt, double lo, double hi)
+{
+    json_t *v = json_object_get(o, key);
+    double x;
+
+    if (!json_is_number(v))
+        return dflt;
+    x = json_number_value(v);
+    return isfinite(x) && x >= lo && x <= hi ? x : dflt;
+}
+
+/* Apply the saved state of one laser (may be NULL) and its restart policy. */
+static void laser_restore(struct laser *l, json_t *saved)
+{
+    const struct laser_config *c = l->cfg;
+    struct pid_params p;
+    double setpoint = c->setpoint_thz, output = c->output_initial_v;
+    bool lock = c->lock;
+
+    params_from_config(&p, c);
+    if (saved) {
+        double sp = saved_number(saved, "setpoint_thz", NAN, c->min_thz, c->max_thz);
+        if (isnan(sp))
+            log_warnx("laser \"%s\": saved setpoint missing or outside [%.9f, %.9f] THz; using "
+                      "the config's %.9f THz",
+                      c->name, c->min_thz, c->max_thz, c->setpoint_thz);
+        else
+            setpoint = sp;
+        p.kp_v_per_mhz = saved_number(saved, "kp_v_per_mhz", p.kp_v_per_mhz, 0, 1e6);
+        p.ki_v_per_mhz_s = saved_number(saved, "ki_v_per_mhz_s", p.ki_v_per_mhz_s, 0, 1e6);
+        p.kd_v_s_per_mhz = saved_number(saved, "kd_v_s_per_mhz", p.kd_v_s_per_mhz, 0, 1e6);
+        output = saved_number(saved, "output_v", output, c->output_min_v, c->output_max_v);
+        lock = json_is_true(json_object_get(saved, "lock"));
+    }
+    pid_init(&l->pid, &p, setpoint, output);
+    if (saved)
+        l->pid.ramp_mhz_per_s = saved_number(saved, "ramp_mhz_per_s", c->ramp_mhz_per_s, 0, 1e9);
+    else
+        l->pid.ramp_mhz_per_s = c->ramp_mhz_per_s;
+    if (l->act == NULL || strcmp(c->actuator.driver, "none") == 0) {
+        l->lock_on = false;
+        return;
+    }
+    switch (saved ? c->restart : RESTART_RESUME) {
+    case RESTART_RESUME:
+        l->lock_on = lock;
+        break;
+    case RESTART_RELEASE:
+        l->lock_on = false;
+        break;
+    case RESTART_OFF:
+        /* Unlocked, and the actuator is left as it is: nothing is written. */
+        l->lock_on = false;
+        pid_init(&l->pid, &p, setpoint, c->output_initial_v);
+        return;
+    }
+    /* Put the actuator where the saved output says (hardware that kept its
+     * voltage sees the same value again), then lock from there, bumpless. */
+    l->job_step = false;
+    l->job_output_v = l->pid.output_v;
+    laser_job_start(l);
+    if (l->lock_on) {
+        pid_engage(&l->pid, l->pid.output_v, setpoint, now_ns(l));
+        laser_set_state(l, LOCK_ACQUIRING, "resumed after restart at %.4f V", l->pid.output_v);
+    }
+}
+
+/* ---- history ---- */
+
+static void hist_push(struct laser *l, const struct laser_sample *s)
+{
+    size_t cap = (size_t)l->cfg->history_depth;
+
+    if (cap == 0 || l->hist == NULL)
+        return;
+    l->hist[l->hist_head] = *s;
+    l->hist_head = (l->hist_head + 1) % cap;
+    if (l->hist_len < cap)
+        l->hist_len++;
+}
+
+static struct laser_sample *hist_last(struct laser *l)
+{
+    size_t cap = (size_t)l->cfg->history_depth;
+
+    if (l->hist_len == 0)
+        return NULL;
+    return &l->hist[(l->hist_head + cap - 1) % cap];
+}
+
+void laser_history(const struct laser *l, double seconds,
+                   void (*fn)(const struct laser_sample *s, void *arg), void *arg)
+{
+    size_t cap = (size_t)l->cfg->history_depth;
+    uint64_t now = clock_now_ns(l->owner->clk);
+    uint64_t window = seconds > 0 ? (uint64_t)(seconds * 1e9) : UINT64_MAX;
+
+    for (size_t k = 0; k < l->hist_len; k++) {
+        const struct laser_sample *s = &l->hist[(l->hist_head + cap - l->hist_len + k) % cap];
+        if (now - s->t_ns <= window)
+            fn(s, arg);
+    }
+}
+
+/* ---- the lock state machine ---- */
+
+static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns)
+{
+    const struct laser_config *c = l->cfg;
+    double abs_e = fabs(error_mhz);
+
+    l->outside_capture = abs_e > c->capture_mhz ? l->outside_capture + 1 : 0;
+    if (l->outside_capture >= c->lost_after) {
+        l->lost_ns = t_ns;
+        laser_set_state(l, LOCK_LOST, "error %.1f MHz outside the %.0f MHz capture range for %d readings",
+                        error_mhz, c->capture_mhz, l->outside_capture);
+        return;
+    }
+    if (l->pid.railed) {
+        if (l->railed_since_ns == 0)
+            l->railed_since_ns = t_ns;
+        if ((double)(t_ns - l->railed_since_ns) * 1e-9 >= c->rail_timeout_s) {
+            l->lost_ns = t_ns;
+            laser_set_state(l, LOCK_LOST, "output railed at %.3f V for %.0f s", l->pid.output_v,
+                            c->rail_timeout_s);
+            return;
+        }
+        l->in_tolerance = 0;
+        laser_set_state(l, LOCK_RAILED, "output at its %s limit %.3f V",
+                        l->pid.output_v >= c->output_max_v ? "upper" : "lower", l->pid.output_v);
+        return;
+    }
+    l->railed_since_ns = 0;
+    if (abs_e <= c->tolerance_mhz) {
+        if (++l->in_tolerance >= c->locked_after) {
+            l->have_locked_output = true;
+            l->locked_output_v = l->pid.output_v;
+            l->relocks = 0;
+            laser_set_state(l, LOCK_LOCKED, "within %.3g MHz for %d readings", c->tolerance_mhz,
+                            l->in_tolerance);
+            return;
+        }
+    } else {
+        l->in_tolerance = 0;
+    }
+    if (l->state != LOCK_LOCKED || l->in_tolerance == 0)
+        laser_set_state(l, LOCK_ACQUIRING, "error %.3f MHz, tolerance %.3g MHz", error_mhz,
+                        c->tolerance_mhz);
+}
+
+static void laser_engage(struct laser *l, double target_thz)
+{
+    l->in_tolerance = 0;
+    l->outside_capture = 0;
+    l->railed_since_ns = 0;
+    pid_engage(&l->pid, l->pid.output_v, target_thz, now_ns(l));
+    l->pid_gen++;
+}
+
+static void laser_work(uv_work_t *w)
+{
+    struct laser *l = w->data;
+
+    l->job_rc = 0;
+    if (l->job_step) {
+        l->job_result = pid_step(&l->job_pid, l->job_measured_thz, l->job_t_ns,
+                                 &l->job_output_v, &l->job_error_mhz);
+        if (l->job_result == PID_REFUSED)
+            return;
+    }
+    l->job_rc = l->act->write(l->act_dev, l->job_output_v, l->cfg->actuator.timeout_ms);
+}
+
+static void laser_after_work(uv_work_t *w, int status)
+{
+    struct laser *l = w->data;
+    struct laser_change *waiter = l->job_waiter;
+    int rc = status < 0 ? status : l->job_rc;
+
+    l->busy = false;
+    l->job_waiter = NULL;
+    if (rc < 0) {
+        l->write_errors++;
+        pid_hold(&l->pid);
+        laser_set_state(l, LOCK_FAULT, "actuator write of %.4f V failed: %s", l->job_output_v,
+                        rc == -ECANCELED || status < 0 ? uv_strerror(rc) : strerror(-rc));
+        if (waiter) {
+            waiter->cb(waiter->arg, rc);
+            free(waiter);
+        }
+        lasers_check_stopped(l->owner);
+        return;
+    }
+    l->writes++;
+    l->owner->outputs_dirty = true;
+    if (!l->job_step) {
+        /* A plain write: set_output, a restart or a relock. */
+        struct pid_params p = l->pid.p;
+        double ramp = l->pid.ramp_mhz_per_s;
+
+        pid_init(&l->pid, &p, l->pid.setpoint_thz, l->job_output_v);
+        l->pid.ramp_mhz_per_s = ramp;
+        if (l->state == LOCK_FAULT)
+            laser_set_state(l, l->lock_on ? LOCK_ACQUIRING : LOCK_OFF, "actuator writes again");
+        if (l->lock_on && l->state != LOCK_LOST)
+            pid_engage(&l->pid, l->job_output_v, l->pid.target_thz, now_ns(l));
+        if (waiter) {
+            store_save(&l->owner->store, &waiter->w, change_durable, waiter);
+        }
+        lasers_check_stopped(l->owner);
+        return;
+    }
+    if (l->job_result == PID_REFUSED) {
+        lasers_check_stopped(l->owner);
+        return;
+    }
+    if (l->pid_gen == l->job_gen) {
+        l->pid = l->job_pid;
+    } else {
+        /* A client changed setpoint or gains while the step ran: keep the
+         * change, take the output the actuator now has, restart dt. */
+        l->pid.output_v = l->job_pid.output_v;
+        l->pid.integral_v = l->job_pid.integral_v;
+        l->pid.railed = l->job_pid.railed;
+        pid_hold(&l->pid);
+    }
+    l->error_mhz = l->job_error_mhz;
+    struct laser_sample *s = hist_last(l);
+    if (s && s->t_ns == l->job_t_ns) {
+        s->output_v = l->pid.output_v;
+        s->error_mhz = l->job_error_mhz;
+    }
+    if (l->lock_on && l->state != LOCK_LOST && !l->owner->stopping)
+        laser_evaluate(l, l->job_error_mhz, l->job_t_ns);
+    if (s && s->t_ns == l->job_t_ns)
+        s->state = l->state;
+    lasers_check_stopped(l->owner);
+}
+
+static void laser_job_start(struct laser *l)
+{
+    int rc;
+
+    l->work.data = l;
+    l->job_gen = l->pid_gen;
+    rc = uv_queue_work(l->owner->loop, &l->work, laser_work, laser_after_work);
+    if (rc < 0) {
+        log_error("laser \"%s\": cannot queue actuator job: %s", l->cfg->name, uv_strerror(rc));
+        return;
+    }
+    l->busy = true;
+}
+
+static void laser_try_relock(struct laser *l, uint64_t t_ns)
+{
+    const struct laser_config *c = l->cfg;
+
+    if (!c->auto_relock || l->relocks >= c->relock_attempts || l->busy)
+        return;
+    if ((double)(t_ns - l->lost_ns) * 1e-9 < c->relock_delay_s)
+        return;
+    l->relocks++;
+    l->in_tolerance = 0;
+    l->outside_capture = 0;
+    l->railed_since_ns = 0;
+    l->job_step = false;
+    l->job_output_v = l->have_locked_output ? l->locked_output_v : l->pid.output_v;
+    laser_set_state(l, LOCK_ACQUIRING, "relock attempt %d of %d from %.4f V", l->relocks,
+                    c->relock_attempts, l->job_output_v);
+    pid_set_setpoint(&l->pid, l->pid.setpoint_thz, 0, t_ns);
+    laser_job_start(l);
+}
+
+void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx)
+{
+    struct lasers *ls = ctx;
+    struct laser *l = lasers_find_channel(ls, r->channel);
+    struct laser_sample s;
+    uint64_t now;
+
+    (void)m;
+    if (l == NULL)
+        return;
+    now = clock_now_ns(ls->clk);
+    memset(&s, 0, sizeof(s));
+    s.t_ns = r->t_ns;
+    s.time_unix = r->time_unix;
+    s.seq = r->seq;
+    s.status = r->status;
+    s.frequency_thz = r->status == WM_OK ? r->frequency_thz : (double)NAN;
+    s.error_mhz = r->status == WM_OK
+                      ? (r->frequency_thz - (l->lock_on ? l->pid.target_thz : l->pid.setpoint_thz)) * 1e6
+                      : (double)NAN;
+    s.output_v = l->pid.output_v;
+    if (!l->lock_on || ls->stopping) {
+        l->error_mhz = s.error_mhz;
+        s.state = l->state;
+        hist_push(l, &s);
+        return;
+    }
+    if (l->state == LOCK_LOST) {
+        l->error_mhz = s.error_mhz;
+        s.state = l->state;
+        hist_push(l, &s);
+        laser_try_relock(l, r->t_ns);
+        return;
+    }
+    /* Bad, stale or straddling readings never reach the controller. */
+    const char *bad = NULL;
+    char why[96];
+    if (r->status != WM_OK) {
+        snprintf(why, sizeof(why), "reading %s", wm_status_name(r->status));
+        bad = why;
+    } else if (r->straddled) {
+        bad = "reading straddles a switch";
+    } else if ((double)(now - r->t_ns) * 1e-9 > l->cfg->stale_s) {
+        snprintf(why, sizeof(why), "reading %.1f s old", (double)(now - r->t_ns) * 1e-9);
+        bad = why;
+    }
+    if (bad) {
+        pid_hold(&l->pid);
+        laser_set_state(l, LOCK_HOLDING, "%s: output held at %.4f V", bad, l->pid.output_v);
+        s.state = l->state;
+        hist_push(l, &s);
+        return;
+    }
+    s.state = l->state;
+    hist_push(l, &s);
+    if (l->busy)
+        return; /* one step in flight; this reading is not queued behind it */
+    l->job_pid = l->pid;
+    l->job_step = true;
+    l->job_measured_thz = r->frequency_thz;
+    l->job_t_ns = r->t_ns;
+    laser_job_start(l);
+}
+
+/* ---- client changes ---- */
+
+int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per_s,
+                       laser_change_cb cb, void *arg)
+{
+    if (!isfinite(setpoint_thz) || setpoint_thz < l->cfg->min_thz ||
+        setpoint_thz > l->cfg->max_thz)
+        return -ERANGE;
+    if (!isfinite(ramp_mhz_per_s) || ramp_mhz_per_s < 0)
+        return -EINVAL;
+    pid_set_setpoint(&l->pid, setpoint_thz, ramp_mhz_per_s, now_ns(l));
+    l->pid.ramp_mhz_per_s = ramp_mhz_per_s;
+    l->pid_gen++;
+    l->in_tolerance = 0;
+    log_info("laser \"%s\": setpoint %.9f THz, ramp %g MHz/s", l->cfg->name, setpoint_thz,
+             ramp_mhz_per_s);
+    return laser_commit(l, cb, arg);
+}
+
+int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg)
+{
+    if (on && (l->act == NULL || strcmp(l->cfg->actuator.driver, "none") == 0))
+        return -ENOTSUP;
+    if (on && !l->lock_on) {
+        l->lock_on = true;
+        l->relocks = 0;
+        laser_engage(l, l->pid.setpoint_thz);
+        laser_set_state(l, LOCK_ACQUIRING, "locked by a client at %.4f V", l->pid.output_v);
+    } else if (!on && l->lock_on) {
+        l->lock_on = false;
+        pid_hold(&l->pid);
+        l->pid_gen++;
+        laser_set_state(l, LOCK_OFF, "unlocked by a client, output held at %.4f V",
+                        l->pid.output_v);
+    }
+    return laser_commit(l, cb, arg);
+}
+
+int laser_set_gains(struct laser *l, double kp, double ki, double kd, laser_change_cb cb,
+                    void *arg)
+{
+    struct pid_params p = l->pid.p;
+
+    if (!isfinite(kp) || !isfinite(ki) || !isfinite(kd) || kp < 0 || ki < 0 || kd < 0)
+        return -ERANGE;
+    p.kp_v_per_mhz = kp;
+    p.ki_v_per_mhz_s = ki;
+    p.kd_v_s_per_mhz = kd;
+    pid_set_params(&l->pid, &p);
+    l->pid_gen++;
+    log_info("laser \"%s\": gains kp %g V/MHz, ki %g V/(MHz s), kd %g V s/MHz", l->cfg->name, kp,
+             ki, kd);
+    return laser_commit(l, cb, arg);
+}
+
+int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void *arg)
+{
+    struct laser_change *ch;
+
+    if (l->act == NULL || strcmp(l->cfg->actuator.driver, "none") == 0)
+        return -ENOTSUP;
+    if (l->lock_on)
+        return -EPERM;
+    if (!isfinite(output_v) || output_v < l->cfg->output_min_v || output_v > l->cfg->output_max_v)
+        return -ERANGE;
+    if (l->busy)
+        return -EBUSY;
+    if ((ch = calloc(1, sizeof(*ch))) == NULL)
+        return -ENOMEM;
+    ch->cb = cb;
+    ch->arg = arg;
+    l->job_step = false;
+    l->job_output_v = output_v;
+    l->job_waiter = ch;
+    laser_job_start(l);
+    if (!l->busy) {
+        l->job_waiter = NULL;
+        free(ch);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* ---- life cycle ---- */
+
+static void save_timer_cb(uv_timer_t *t)
+{
+    struct lasers *ls = t->data;
+
+    if (ls->outputs_dirty && !ls->stopping)
+        store_save(&ls->store, NULL, NULL, NULL);
+}
+
+int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
+                const struct clock *clk, struct meter *meter, const char *state_dir, char *err,
+                size_t errlen)
+{
+    json_t *state = NULL, *saved_lasers = NULL;
+    char lerr[512];
+    int rc;
+
+    memset(ls, 0, sizeof(*ls));
+    ls->loop = loop;
+    ls->cfg = cfg;
+    ls->clk = clk;
+    ls->meter = meter;
+    store_init(&ls->store, loop, state_dir, lasers_snapshot, ls);
+    rc = store_load(&ls->store, &state, lerr, sizeof(lerr));
+    if (rc == 0) {
+        saved_lasers = json_object_get(state, "lasers");
+        log_info("state: loaded %s", ls->store.path);
+    } else if (rc == -ENOENT) {
+        log_info("state: no %s yet; starting from the config", ls->store.path);
+    } else {
+        log_error("state: %s; starting from the config", lerr);
+    }
+    for (int i = 0; i < cfg->nlasers; i++) {
+        struct laser *l = &ls->l[i];
+        const struct laser_config *c = &cfg->lasers[i];
+
+        l->owner = ls;
+        l->cfg = c;
+        l->error_mhz = NAN;
+        l->state = LOCK_OFF;
+        snprintf(l->reason, sizeof(l->reason), "not locked");
+        l->since_ns = clock_now_ns(clk);
+        l->since_unix = clk->wall_s(clk->ctx);
+        l->act = act_driver_find(c->actuator.driver);
+        if (l->act == NULL) {
+            snprintf(err, errlen, "laser \"%s\": unknown actuator driver \"%s\"", c->name,
+                     c->actuator.driver);
+            rc = -EINVAL;
+            goto fail;
+        }
+        rc = l->act->open(c, meter->drv, meter->dev, &l->act_dev, err, errlen);
+        if (rc < 0) {
+            l->act = NULL;
+            goto fail;
+        }
+        if (c->history_depth > 0 &&
+            (l->hist = calloc((size_t)c->history_depth, sizeof(*l->hist))) == NULL) {
+            snprintf(err, errlen, "laser \"%s\": out of memory for history", c->name);
+            rc = -ENOMEM;
+            goto fail;
+        }
+        ls->n++;
+    }
+    for (int i = 0; i < ls->n; i++)
+        laser_restore(&ls->l[i], saved_lasers ? json_object_get(saved_lasers, ls->l[i].cfg->name)
+                                              : NULL);
+    json_decref(state);
+    uv_timer_init(loop, &ls->save_timer);
+    ls->save_timer.data = ls;
+    uint64_t every_ms = (uint64_t)(cfg->state_save_interval_s * 1000);
+    uv_timer_start(&ls->save_timer, save_timer_cb, every_ms, every_ms);
+    /* Write the file at once: a start from the config is acknowledged too. */
+    store_save(&ls->store, NULL, NULL, NULL);
+    return 0;
+fail:
+    json_decref(state);
+    for (int i = 0; i < CONFIG_MAX_LASERS; i++) {
+        if (ls->l[i].act && ls->l[i].act_dev)
+            ls->l[i].act->close(ls->l[i].act_dev);
+        free(ls->l[i].hist);
+    }
+    return rc;
+}
+
+static void save_timer_closed(uv_handle_t *h)
+{
+    struct lasers *ls = h->data;
+
+    if (ls->on_stopped)
+        ls->on_stopped(ls);
+}
+
+static void lasers_final_saved(struct store *st)
+{
+    struct lasers *ls = (struct lasers *)((char *)st - offsetof(struct lasers, store));
+
+    uv_close((uv_handle_t *)&ls->save_timer, save_timer_closed);
+}
+
+static void lasers_check_stopped(struct lasers *ls)
+{
+    if (!ls->stopping || ls->on_stopped == NULL)
+        return;
+    for (int i = 0; i < ls->n; i++)
+        if (ls->l[i].busy)
+            return;
+    if (uv_is_closing((uv_handle_t *)&ls->save_timer) || ls->store.on_idle)
+        return;
+    /* Every job is done: save the outputs a last time, then close. */
+    store_save(&ls->store, NULL, NULL, NULL);
+    store_when_idle(&ls->store, lasers_final_saved);
+}
+
+void lasers_stop(struct lasers *ls, void (*cb)(struct lasers *ls))
+{
+    ls->stopping = true;
+    ls->on_stopped = cb;
+    uv_timer_stop(&ls->save_timer);
+    lasers_check_stopped(ls);
+}
+
+void lasers_fini(struct lasers *ls)
+{
+    for (int i = 0; i < ls->n; i++) {
+        if (ls->l[i].act && ls->l[i].act_dev)
+            ls->l[i].act->close(ls->l[i].act_dev);
+        free(ls->l[i].hist);
+        ls->l[i].hist = NULL;
+    }
+}
+
+struct laser *lasers_find(struct lasers *ls, const char *name)
+{
+    for (int i = 0; i < ls->n; i++)
+        if (strcmp(ls->l[i].cfg->name, name) == 0)
+            return &ls->l[i];
+    return NULL;
+}
+
+struct laser *lasers_find_channel(struct lasers *ls, int channel)
+{
+    for (int i = 0; i < ls->n; i++)
+        if (ls->l[i].cfg->channel == channel)
+            return &ls->l[i];
+    return NULL;
+}
+
+int lasers_jobs(const struct lasers *ls)
+{
+    int n = ls->store.busy ? 1 : 0;
+
+    for (int i = 0; i < ls->n; i++)
+        n += ls->l[i].busy;
+    return n;
+}
