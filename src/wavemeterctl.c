@@ -23,7 +23,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: wavemeterctl [-c HOST:PORT] [-r] [-t MS] METHOD [KEY=VALUE... | JSON]\n"
-               "  -c, --connect HOST:PORT  daemon address (default 127.0.0.1:7420)\n"
+               "  -c, --connect HOST:PORT  daemon address (default $WAVEMETERD_ADDR or 127.0.0.1:7420)\n"
                "  -r, --raw                print the answer line as received\n"
                "  -t, --timeout MS         give up after MS milliseconds (default 10000)\n"
                "Params: KEY=VALUE pairs (VALUE parsed as JSON, else taken as a string),\n"
@@ -108,7 +108,7 @@ int main(int argc, char **argv)
         {"timeout", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *addr = getenv("WAVEMETERD");
+    const char *addr = getenv("WAVEMETERD_ADDR");
     int timeout_ms = DEFAULT_TIMEOUT_MS, opt, fd, rc = 2;
     bool raw = false;
     json_t *req, *params = NULL, *ans;

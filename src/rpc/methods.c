@@ -46,6 +46,21 @@ static bool params_only(struct rpc_call *call, json_t *params, const char *const
     return true;
 }
 
+
+/* A laser's name from a param. Labs name lasers by wavelength ("399",
+ * "866"), and a shell or a client easily sends those as numbers: an integer
+ * is taken as the name it spells. NULL if neither string nor integer. */
+static const char *laser_name_param(json_t *v, char *buf, size_t len)
+{
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return buf;
+    }
+    return NULL;
+}
+
 /*
  * The channel named by "channel" (number) or "laser" (name). With required
  * false and neither given, *out is NULL and true is returned. On error the
@@ -76,14 +91,15 @@ static bool param_channel(struct rpc_call *call, json_t *params, struct daemon *
         return true;
     }
     if (name) {
-        if (!json_is_string(name)) {
+        char buf[32];
+        const char *n = laser_name_param(name, buf, sizeof(buf));
+        if (n == NULL) {
             rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"laser\" must be a string", NULL);
             return false;
         }
-        *out = meter_channel_by_name(&d->meter, json_string_value(name));
+        *out = meter_channel_by_name(&d->meter, n);
         if (*out == NULL) {
-            rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL, "Invalid params: no laser \"%s\"",
-                            json_string_value(name));
+            rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL, "Invalid params: no laser \"%s\"", n);
             return false;
         }
         return true;
@@ -218,18 +234,19 @@ static const char *const laser_params[] = {"laser", NULL};
 static struct laser *param_laser(struct rpc_call *call, json_t *params, struct daemon *d)
 {
     json_t *name = json_object_get(params, "laser");
+    char buf[32];
+    const char *n = laser_name_param(name, buf, sizeof(buf));
     struct laser *l;
 
-    if (!json_is_string(name)) {
+    if (n == NULL) {
         rpc_call_error(call, RPC_INVALID_PARAMS,
                        name ? "Invalid params: \"laser\" must be a string"
                             : "Invalid params: \"laser\" is required",
                        NULL);
         return NULL;
     }
-    if ((l = lasers_find(&d->lasers, json_string_value(name))) == NULL)
-        rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL, "Invalid params: no laser \"%s\"",
-                        json_string_value(name));
+    if ((l = lasers_find(&d->lasers, n)) == NULL)
+        rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL, "Invalid params: no laser \"%s\"", n);
     return l;
 }
 
