@@ -485,7 +485,8 @@ int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg)
 {
     if (on && (l->act == NULL || strcmp(l->cfg->actuator.driver, "none") == 0))
         return -ENOTSUP;
-    if (on && !l->lock_on) {
+    if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
+        /* Locking a lost laser again is how a user says "try again from here". */
         l->lock_on = true;
         l->relocks = 0;
         laser_engage(l, l->pid.setpoint_thz);
