@@ -24,9 +24,9 @@ enum {
     RPC_DEVICE_UNAVAILABLE = -32003,
     RPC_RATE_LIMITED = -32004,
     RPC_BUSY = -32005,
-    RPC_NOT_READY = -32006,       /* no reading yet */
-    RPC_STORAGE_FAILED = -32007,  /* change could not be made durable: not applied */
-    RPC_LASER_LOCKED = -32010,    /* operation needs the laser unlocked */
+    RPC_NOT_READY = -32006,      /* no reading yet */
+    RPC_STORAGE_FAILED = -32007, /* change could not be made durable: not applied */
+    RPC_LASER_LOCKED = -32010,   /* operation needs the laser unlocked */
     RPC_LASER_NO_ACTUATOR = -32011,
     RPC_LASER_FAULT = -32012,
     RPC_OUT_OF_RANGE = -32013,
@@ -35,8 +35,10 @@ enum {
 struct rpc_call;
 
 /* A method handler, on the loop thread. params is a JSON object (borrowed,
- * positional params already named), never NULL. It must eventually call
- * rpc_call_result or rpc_call_error exactly once, now or later. */
+ * positional params already named), never NULL, valid until the call is
+ * answered. It must eventually call rpc_call_result or rpc_call_error exactly
+ * once, now or later (a second answer is a bug: assert). A notification's
+ * call runs like any other; its answer is discarded. */
 typedef void (*rpc_handler)(struct rpc_call *call, json_t *params, void *ctx);
 
 struct rpc_method {
@@ -51,8 +53,8 @@ struct rpc_method {
 struct rpc_server {
     const struct rpc_method *methods;
     size_t nmethods;
-    void *ctx;            /* passed to every handler */
-    size_t max_batch;
+    void *ctx;        /* passed to every handler */
+    size_t max_batch; /* most requests in one batch; 0 = no limit */
     /* Optional second lookup (e.g. sim.* methods); may be NULL. */
     const struct rpc_method *(*find)(void *ctx, const char *name);
 };
@@ -68,28 +70,37 @@ typedef void (*rpc_done_cb)(void *owner, struct rpc_line *line, char *out);
  * done is called exactly once, possibly before this returns. The line frees
  * itself after calling done. peer is opaque, available to handlers through
  * rpc_call_peer.
+ * Returns NULL when done has already been called (every call answered at
+ * once): there is nothing left to abandon. When even the line object cannot
+ * be allocated, done is called with line NULL and out NULL. done must not
+ * call rpc_line_abandon on its line.
  */
 struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf, size_t len,
                                   rpc_done_cb done, void *owner, void *peer);
 
 /* The owner goes away before the line is done: done will not be called; the
  * pending calls still run to completion (their effects still happen) and
- * their answers are discarded. */
+ * their answers are discarded. Calls of a batch not yet started (a handler
+ * made the owner go away while the line was being dispatched) are not
+ * started. line may be NULL (no-op); at most once per line. */
 void rpc_line_abandon(struct rpc_line *line);
 
 /* An error line not tied to a request (e.g. line too long): new malloc'd text. */
 char *rpc_error_text(int code, const char *message);
 
-/* Answer a call. result: steals the reference. Calls done on the line when it
- * was the last pending call; the call object is invalid afterwards. */
+/* Answer a call. result: steals the reference; NULL (e.g. a failed json_pack)
+ * answers -32603. Calls done on the line when it was the last pending call;
+ * the call object is invalid afterwards. */
 void rpc_call_result(struct rpc_call *call, json_t *result);
-/* data: steals, may be NULL. message is copied. */
+/* data: steals, may be NULL. message is copied; NULL gives the standard text
+ * for the code. */
 void rpc_call_error(struct rpc_call *call, int code, const char *message, json_t *data);
 void rpc_call_errorf(struct rpc_call *call, int code, json_t *data, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* The peer passed to rpc_line_process, or NULL when the line was abandoned. */
 void *rpc_call_peer(const struct rpc_call *call);
+/* The method name as the client sent it; valid until the call is answered. */
 const char *rpc_call_method(const struct rpc_call *call);
 
 #endif

@@ -20,22 +20,27 @@ typedef void (*linebuf_overflow_cb)(void *ctx);
 struct linebuf {
     char *buf;
     size_t len, cap;
-    size_t max_bytes;  /* longest line accepted, newline excluded */
-    bool discarding;   /* inside an over-long line: drop until newline */
+    size_t max_bytes; /* longest line accepted, newline excluded */
+    bool discarding;  /* inside an over-long line: drop until newline */
 };
 
 void linebuf_init(struct linebuf *lb, size_t max_bytes);
 void linebuf_fini(struct linebuf *lb);
 
 /* Feed n bytes; calls line_cb / overflow_cb zero or more times, in stream
- * order. Returns 0, or -ENOMEM (the partial line is dropped). */
+ * order. A line is passed straight from data when it lies wholly inside it,
+ * else from the buffer; either way it is valid only during the callback.
+ * Callbacks must not call linebuf functions on this linebuf. Returns 0, or
+ * -ENOMEM (the partial line is dropped, up to its newline). */
 int linebuf_feed(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb line_cb,
                  linebuf_overflow_cb overflow_cb, void *ctx);
 
 /* Bytes of an incomplete line held (for end-of-stream handling). */
 size_t linebuf_pending(const struct linebuf *lb);
 
-/* At end of stream, a final line without a newline is delivered as a line. */
+/* At end of stream, a final line without a newline is delivered as a line
+ * (one trailing CR removed; nothing if blank or being discarded). Leaves the
+ * linebuf empty and ready for reuse. */
 void linebuf_flush(struct linebuf *lb, linebuf_line_cb line_cb, void *ctx);
 
 #endif

@@ -1,1 +1,474 @@
-/* placeholder */ typedef int wmd_placeholder_t;
+/*
+ * jsonrpc: the JSON-RPC 2.0 envelope. Owns parsing one line, checking each
+ * request, naming positional params, dispatching to the method table and
+ * assembling the one answer line, in request order, once every call is
+ * answered. It never sees a socket and never knows what a method does.
+ */
+#include "jsonrpc.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* How every answer is written: one line of compact JSON, members in the
+ * order they were added (a method's result reads as it was built), UTF-8 as
+ * is. Real numbers keep jansson's default of 17 significant digits, which
+ * round-trips every double (1 kHz at 800 THz needs 10). */
+#define RPC_DUMP_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY)
+
+/* Written when even an error answer cannot be built (out of memory). */
+#define RPC_FALLBACK_ERROR "{\"code\":-32603,\"message\":\"Internal error\"}"
+
+/* One request of a line (a single request is a batch of one). */
+struct rpc_call {
+    struct rpc_line *line;
+    json_t *id;     /* new reference; NULL for a notification */
+    json_t *method; /* the method name string, new reference, while running */
+    json_t *params; /* new reference, while running */
+    char *out;      /* the answer, NULL when there is nothing to write */
+    bool running;   /* handed to a handler and not answered yet */
+};
+
+struct rpc_line {
+    const struct rpc_server *srv;
+    rpc_done_cb done;
+    void *owner;
+    void *peer;
+    bool batch;
+    bool abandoned;
+    /* Calls not answered yet, plus one held by rpc_line_process while it
+     * dispatches, so a handler answering at once cannot finish the line
+     * under the loop that is still starting the others. */
+    size_t pending;
+    size_t ncalls;
+    struct rpc_call calls[];
+};
+
+static char *vformat(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+static char *format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *vformat(const char *fmt, va_list ap) {
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return NULL;
+    char *s = malloc((size_t)n + 1);
+    if (s)
+        vsnprintf(s, (size_t)n + 1, fmt, ap);
+    return s;
+}
+
+static char *format(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = vformat(fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* A JSON string for a message that may not be valid UTF-8 (jansson cuts its
+ * error text at a fixed length, possibly inside a character): non-ASCII
+ * bytes become '?' rather than the message being lost. New reference. */
+static json_t *message_value(const char *s) {
+    json_t *v = json_string(s);
+    if (v)
+        return v;
+    char *copy = strdup(s);
+    if (!copy)
+        return NULL;
+    for (char *p = copy; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    v = json_string(copy);
+    free(copy);
+    return v;
+}
+
+static const char *default_message(int code) {
+    switch (code) {
+    case RPC_PARSE_ERROR:
+        return "Parse error";
+    case RPC_INVALID_REQUEST:
+        return "Invalid Request";
+    case RPC_METHOD_NOT_FOUND:
+        return "Method not found";
+    case RPC_INVALID_PARAMS:
+        return "Invalid params";
+    case RPC_INTERNAL_ERROR:
+        return "Internal error";
+    default:
+        return "Server error";
+    }
+}
+
+/* {"code":..,"message":..,"data":..}: new reference, NULL when out of
+ * memory. data: steals, may be NULL. message NULL: the standard text. */
+static json_t *error_value(int code, const char *message, json_t *data) {
+    json_t *err = json_object();
+    /* json_object_set_new steals its value even when it fails. */
+    if (err && json_object_set_new(err, "code", json_integer(code)) == 0 &&
+        json_object_set_new(err, "message",
+                            message_value(message ? message : default_message(code))) == 0) {
+        if (!data || json_object_set_new(err, "data", data) == 0)
+            return err;
+        json_decref(err);
+        return NULL;
+    }
+    json_decref(err);
+    json_decref(data);
+    return NULL;
+}
+
+/* An id as text. A real id is written with the fewest digits that read back
+ * as the same double, so 0.1 comes back as 0.1 and not 0.10000000000000001;
+ * that is as close to "unchanged" as a parsed number allows. */
+static char *id_text(const json_t *id) {
+    if (!id)
+        return strdup("null");
+    size_t flags = RPC_DUMP_FLAGS;
+    if (json_is_real(id)) {
+        double v = json_real_value(id);
+        for (int prec = 1; prec <= 17; prec++) {
+            char buf[40];
+            snprintf(buf, sizeof buf, "%.*g", prec, v);
+            if (strtod(buf, NULL) == v) {
+                flags |= JSON_REAL_PRECISION(prec);
+                break;
+            }
+        }
+    }
+    return json_dumps(id, flags);
+}
+
+/* One response object as text: {"jsonrpc":"2.0","id":..,"result"|"error":..}.
+ * Written by hand around dumped parts so the id can keep its own number
+ * format. id: borrowed, NULL for null. value: steals; NULL means it could
+ * not be built. Returns malloc'd text, or NULL when out of memory. */
+static char *response_text(const json_t *id, const char *member, json_t *value) {
+    char *idt = id_text(id);
+    char *vt = value ? json_dumps(value, RPC_DUMP_FLAGS) : NULL;
+    json_decref(value);
+    if (!vt) {
+        /* Nothing a method builds fails to dump except by exhaustion;
+         * still answer, so the client is not left waiting. */
+        member = "error";
+        vt = strdup(RPC_FALLBACK_ERROR);
+    }
+    char *out = NULL;
+    if (idt && vt)
+        out = format("{\"jsonrpc\":\"2.0\",\"id\":%s,\"%s\":%s}", idt, member, vt);
+    free(idt);
+    free(vt);
+    return out;
+}
+
+static char *error_text(const json_t *id, int code, const char *message, json_t *data) {
+    return response_text(id, "error", error_value(code, message, data));
+}
+
+char *rpc_error_text(int code, const char *message) {
+    return error_text(NULL, code, message, NULL);
+}
+
+/* Answer for a line that jansson would not load. Some of its failures are
+ * valid JSON that we cannot represent (an integer beyond 64 bits, a \u0000
+ * in a string, nesting past jansson's depth limit) or will not guess at (a
+ * duplicated member: which "id" or "method" did the client mean?): those are
+ * -32600, not -32700, because the text itself is well-formed. */
+static char *load_error_text(const json_error_t *err) {
+    int code;
+    const char *what;
+    switch (json_error_code(err)) {
+    case json_error_numeric_overflow:
+    case json_error_null_character:
+    case json_error_null_byte_in_key:
+    case json_error_stack_overflow:
+    case json_error_duplicate_key:
+        code = RPC_INVALID_REQUEST;
+        what = "Invalid Request";
+        break;
+    case json_error_out_of_memory:
+        code = RPC_INTERNAL_ERROR;
+        what = "Internal error";
+        break;
+    default:
+        code = RPC_PARSE_ERROR;
+        what = "Parse error";
+        break;
+    }
+    char *msg = format("%s: %s", what, err->text);
+    char *out = error_text(NULL, code, msg ? msg : what, NULL);
+    free(msg);
+    return out;
+}
+
+/* Whether req is a valid request object; if not, *why is the -32600 message
+ * (malloc'd; NULL when out of memory). Only the four members the
+ * specification defines are accepted: a request with anything else
+ * ("jsonrpc" misspelt, "param" for "params", a 1.0-style "version") is more
+ * likely a client bug than an extension, and silently ignoring the member
+ * would run a call the client did not mean. */
+static bool is_request(json_t *req, char **why) {
+    const char *reason = NULL;
+    json_t *v;
+    if (!json_is_object(req)) {
+        reason = "not an object";
+    } else if (!json_is_string(v = json_object_get(req, "jsonrpc")) ||
+               strcmp(json_string_value(v), "2.0") != 0) {
+        reason = "\"jsonrpc\" must be \"2.0\"";
+    } else if (!json_is_string(json_object_get(req, "method"))) {
+        reason = "\"method\" must be a string";
+    } else if ((v = json_object_get(req, "params")) && !json_is_object(v) && !json_is_array(v)) {
+        reason = "\"params\" must be an array or an object";
+    } else if ((v = json_object_get(req, "id")) && !json_is_string(v) && !json_is_number(v) &&
+               !json_is_null(v)) {
+        reason = "\"id\" must be a string, a number or null";
+    } else {
+        const char *key;
+        json_object_foreach(req, key, v) {
+            if (strcmp(key, "jsonrpc") != 0 && strcmp(key, "method") != 0 &&
+                strcmp(key, "params") != 0 && strcmp(key, "id") != 0) {
+                *why = format("Invalid Request: unknown member \"%s\"", key);
+                return false;
+            }
+        }
+        return true;
+    }
+    *why = format("Invalid Request: %s", reason);
+    return false;
+}
+
+static const struct rpc_method *find_method(const struct rpc_server *srv, const char *name) {
+    for (size_t i = 0; i < srv->nmethods; i++)
+        if (strcmp(srv->methods[i].name, name) == 0)
+            return &srv->methods[i];
+    return srv->find ? srv->find(srv->ctx, name) : NULL;
+}
+
+/* The params object a handler sees: new reference, or NULL with *why set
+ * (malloc'd -32602 message, or NULL when out of memory). */
+static json_t *named_params(const struct rpc_method *m, json_t *params, char **why) {
+    *why = NULL;
+    if (!params)
+        return json_object();
+    if (json_is_object(params))
+        return json_incref(params);
+
+    size_t n = json_array_size(params), nnames = 0;
+    while (m->params && m->params[nnames])
+        nnames++;
+    if (n > 0 && !m->params) {
+        *why = strdup("Invalid params: positional params not accepted, use an object");
+        return NULL;
+    }
+    if (n > nnames) {
+        *why = format("Invalid params: too many params (max %zu)", nnames);
+        return NULL;
+    }
+    json_t *obj = json_object();
+    for (size_t i = 0; obj && i < n; i++) {
+        if (json_object_set(obj, m->params[i], json_array_get(params, i)) < 0) {
+            json_decref(obj);
+            obj = NULL;
+        }
+    }
+    return obj;
+}
+
+/* Frees the line once nothing is pending; calls done first unless the owner
+ * has gone. Returns the line, or NULL when it was freed. */
+static struct rpc_line *line_release(struct rpc_line *line) {
+    assert(line->pending > 0);
+    if (--line->pending > 0)
+        return line;
+
+    if (!line->abandoned) {
+        char *out = NULL;
+        if (!line->batch) {
+            out = line->calls[0].out;
+            line->calls[0].out = NULL;
+        } else {
+            size_t size = 2, count = 0;
+            for (size_t i = 0; i < line->ncalls; i++) {
+                if (line->calls[i].out) {
+                    size += strlen(line->calls[i].out) + 1;
+                    count++;
+                }
+            }
+            /* A batch of notifications gets nothing at all, not []. */
+            if (count > 0 && (out = malloc(size)) != NULL) {
+                char *p = out;
+                *p++ = '[';
+                for (size_t i = 0; i < line->ncalls; i++) {
+                    const char *s = line->calls[i].out;
+                    if (!s)
+                        continue;
+                    if (p > out + 1)
+                        *p++ = ',';
+                    size_t len = strlen(s);
+                    memcpy(p, s, len);
+                    p += len;
+                }
+                *p++ = ']';
+                *p = '\0';
+            }
+        }
+        line->done(line->owner, line, out);
+    }
+    for (size_t i = 0; i < line->ncalls; i++)
+        free(line->calls[i].out);
+    free(line);
+    return NULL;
+}
+
+/* Check one request and start its call. Answers that need no handler are
+ * written into call->out at once. */
+static void dispatch(struct rpc_line *line, struct rpc_call *call, json_t *req) {
+    char *why = NULL;
+    if (!is_request(req, &why)) {
+        /* Not a request, so not a notification either: always answered,
+         * with id null as the specification asks when the request is
+         * invalid. */
+        call->out = error_text(NULL, RPC_INVALID_REQUEST, why, NULL);
+        free(why);
+        return;
+    }
+
+    json_t *id = json_object_get(req, "id");
+    json_t *name = json_object_get(req, "method");
+    const struct rpc_method *m = find_method(line->srv, json_string_value(name));
+    if (!m || !m->fn) {
+        if (id) {
+            char *msg = format("Method not found: %s", json_string_value(name));
+            call->out = error_text(id, RPC_METHOD_NOT_FOUND, msg, NULL);
+            free(msg);
+        }
+        return;
+    }
+    json_t *params = named_params(m, json_object_get(req, "params"), &why);
+    if (!params) {
+        if (id)
+            call->out =
+                why ? error_text(id, RPC_INVALID_PARAMS, why, NULL)
+                    : error_text(id, RPC_INTERNAL_ERROR, "Internal error: out of memory", NULL);
+        free(why);
+        return;
+    }
+
+    call->id = json_incref(id);
+    call->method = json_incref(name);
+    call->params = params;
+    call->running = true;
+    line->pending++;
+    m->fn(call, params, line->srv->ctx);
+}
+
+struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf, size_t len,
+                                  rpc_done_cb done, void *owner, void *peer) {
+    json_error_t err;
+    json_t *doc = json_loadb(buf, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
+    size_t n = json_is_array(doc) ? json_array_size(doc) : 0;
+    bool batch = n > 0 && (srv->max_batch == 0 || n <= srv->max_batch);
+
+    struct rpc_line *line = calloc(1, sizeof *line + (batch ? n : 1) * sizeof line->calls[0]);
+    if (!line) {
+        json_decref(doc);
+        done(owner, NULL, NULL);
+        return NULL;
+    }
+    line->srv = srv;
+    line->done = done;
+    line->owner = owner;
+    line->peer = peer;
+    line->batch = batch;
+    line->ncalls = batch ? n : 1;
+    line->pending = 1;
+    for (size_t i = 0; i < line->ncalls; i++)
+        line->calls[i].line = line;
+
+    if (!doc) {
+        line->calls[0].out = load_error_text(&err);
+    } else if (batch) {
+        /* A handler may make the owner go away (and abandon this line):
+         * the calls not started by then are not started at all. */
+        for (size_t i = 0; i < n && !line->abandoned; i++)
+            dispatch(line, &line->calls[i], json_array_get(doc, i));
+    } else if (json_is_array(doc) && n == 0) {
+        line->calls[0].out =
+            error_text(NULL, RPC_INVALID_REQUEST, "Invalid Request: empty batch", NULL);
+    } else if (json_is_array(doc)) {
+        char *msg = format("Invalid Request: batch too large (%zu > %zu)", n, srv->max_batch);
+        line->calls[0].out = error_text(NULL, RPC_INVALID_REQUEST, msg, NULL);
+        free(msg);
+    } else {
+        dispatch(line, &line->calls[0], doc);
+    }
+    json_decref(doc);
+    return line_release(line);
+}
+
+void rpc_line_abandon(struct rpc_line *line) {
+    if (!line)
+        return;
+    assert(!line->abandoned);
+    line->abandoned = true;
+    line->peer = NULL;
+    /* Answers already written will never be sent. */
+    for (size_t i = 0; i < line->ncalls; i++) {
+        free(line->calls[i].out);
+        line->calls[i].out = NULL;
+    }
+}
+
+/* value: steals. */
+static void call_answer(struct rpc_call *call, const char *member, json_t *value) {
+    /* Invariant: a handler answers exactly once. (A second answer after the
+     * line was freed cannot be caught here; ASan reports it.) */
+    assert(call->running);
+    struct rpc_line *line = call->line;
+    call->running = false;
+    if (call->id && !line->abandoned)
+        call->out = response_text(call->id, member, value);
+    else
+        json_decref(value);
+    json_decref(call->id);
+    json_decref(call->method);
+    json_decref(call->params);
+    call->id = call->method = call->params = NULL;
+    line_release(line);
+}
+
+void rpc_call_result(struct rpc_call *call, json_t *result) {
+    /* A handler passing json_pack(...) straight through gets NULL when
+     * packing failed: that is our failure, not the client's. */
+    if (!result)
+        call_answer(call, "error",
+                    error_value(RPC_INTERNAL_ERROR, "Internal error: no result", NULL));
+    else
+        call_answer(call, "result", result);
+}
+
+void rpc_call_error(struct rpc_call *call, int code, const char *message, json_t *data) {
+    call_answer(call, "error", error_value(code, message, data));
+}
+
+void rpc_call_errorf(struct rpc_call *call, int code, json_t *data, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = vformat(fmt, ap);
+    va_end(ap);
+    rpc_call_error(call, code, msg, data);
+    free(msg);
+}
+
+void *rpc_call_peer(const struct rpc_call *call) {
+    return call->line->abandoned ? NULL : call->line->peer;
+}
+
+const char *rpc_call_method(const struct rpc_call *call) {
+    return json_string_value(call->method);
+}

@@ -1,0 +1,551 @@
+/*
+ * test_jsonrpc: the envelope against a tiny method table. Synchronous cases
+ * are a table of input line and exact output line (NULL: nothing written);
+ * asynchronous answers, batch ordering and abandon have their own tests.
+ */
+#include "jsonrpc.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Calls held by "later" until a test answers them. */
+static struct rpc_call *held[16];
+static size_t n_held;
+
+static void m_echo(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)ctx;
+    rpc_call_result(call, json_incref(params));
+}
+
+static void m_sum(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)ctx;
+    json_t *a = json_object_get(params, "a"), *b = json_object_get(params, "b");
+    if (!json_is_number(a) || !json_is_number(b)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"a\" and \"b\" must be numbers",
+                       NULL);
+        return;
+    }
+    rpc_call_result(call, json_real(json_number_value(a) + json_number_value(b)));
+}
+
+static void m_fail(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)params, (void)ctx;
+    rpc_call_error(call, -32000, "failed as asked", json_pack("{s:s}", "why", "asked"));
+}
+
+static void m_failf(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)ctx;
+    rpc_call_errorf(call, RPC_OUT_OF_RANGE, NULL, "setpoint %.3f THz out of range",
+                    json_number_value(json_object_get(params, "thz")));
+}
+
+static void m_default_message(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)params, (void)ctx;
+    rpc_call_error(call, RPC_INTERNAL_ERROR, NULL, NULL);
+}
+
+static void m_null(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)params, (void)ctx;
+    rpc_call_result(call, NULL);
+}
+
+static void m_whoami(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)params;
+    rpc_call_result(call, json_pack("{s:s,s:s,s:s}", "method", rpc_call_method(call), "peer",
+                                    (const char *)rpc_call_peer(call), "ctx", (const char *)ctx));
+}
+
+static void m_later(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)params, (void)ctx;
+    ck_assert_uint_lt(n_held, sizeof held / sizeof held[0]);
+    held[n_held++] = call;
+}
+
+static const char *const sum_params[] = {"a", "b", NULL};
+static const char *const later_params[] = {"tag", NULL};
+
+static const struct rpc_method methods[] = {
+    {"echo", m_echo, NULL},
+    {"sum", m_sum, sum_params},
+    {"fail", m_fail, NULL},
+    {"failf", m_failf, NULL},
+    {"default_message", m_default_message, NULL},
+    {"null", m_null, NULL},
+    {"whoami", m_whoami, NULL},
+    {"later", m_later, later_params},
+};
+
+static void m_pong(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)params, (void)ctx;
+    rpc_call_result(call, json_string("pong"));
+}
+
+static const struct rpc_method sim_ping = {"sim.ping", m_pong, NULL};
+
+static const struct rpc_method *find_sim(void *ctx, const char *name) {
+    (void)ctx;
+    return strcmp(name, "sim.ping") == 0 ? &sim_ping : NULL;
+}
+
+static char ctx_name[] = "server-ctx";
+static char peer_name[] = "peer-1";
+
+static const struct rpc_server server = {
+    .methods = methods,
+    .nmethods = sizeof methods / sizeof methods[0],
+    .ctx = ctx_name,
+    .max_batch = 4,
+    .find = find_sim,
+};
+
+/* What done reported for one line. */
+struct outcome {
+    int n_done;
+    struct rpc_line *line;
+    char *out;
+};
+
+static void on_done(void *owner, struct rpc_line *line, char *out) {
+    struct outcome *o = owner;
+    o->n_done++;
+    o->line = line;
+    o->out = out;
+    /* One line on the wire: the answer itself never holds a newline. */
+    ck_assert_ptr_null(out ? strchr(out, '\n') : NULL);
+}
+
+static struct rpc_line *process(const char *in, struct outcome *o) {
+    memset(o, 0, sizeof *o);
+    return rpc_line_process(&server, in, strlen(in), on_done, o, peer_name);
+}
+
+#define E(code, msg)                                                                               \
+    "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":" #code ",\"message\":\"" msg "\"}}"
+#define INVALID(msg) E(-32600, "Invalid Request: " msg)
+#define NOT_OBJECT INVALID("not an object")
+
+struct row {
+    const char *label;
+    const char *in;
+    const char *want; /* NULL: nothing is written */
+};
+
+static const struct row rows[] = {
+    /* Plain requests and ids. */
+    {"request with named params",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"x\":1},\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"x\":1}}"},
+    {"members in any order",
+     "{\"id\":7,\"params\":{\"b\":2,\"a\":1},\"method\":\"echo\",\"jsonrpc\":\"2.0\"}",
+     "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"b\":2,\"a\":1}}"},
+    {"id null is a request", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":null}",
+     "{\"jsonrpc\":\"2.0\",\"id\":null,\"result\":{}}"},
+    {"string id", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":\"a-\\u00e9\"}",
+     "{\"jsonrpc\":\"2.0\",\"id\":\"a-\xc3\xa9\",\"result\":{}}"},
+    {"negative integer id", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":-9223372036854775808}",
+     "{\"jsonrpc\":\"2.0\",\"id\":-9223372036854775808,\"result\":{}}"},
+    {"real id 1.5", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1.5}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1.5,\"result\":{}}"},
+    {"real id 0.1 not widened", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":0.1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":0.1,\"result\":{}}"},
+    {"real id 1.0 stays real", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1.0}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1.0,\"result\":{}}"},
+    {"real id 0.30000000000000004",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":0.30000000000000004}",
+     "{\"jsonrpc\":\"2.0\",\"id\":0.30000000000000004,\"result\":{}}"},
+    {"missing params is an empty object", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}",
+     "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}"},
+    {"empty positional params, no names",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":[],\"id\":3}",
+     "{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}"},
+
+    /* Notifications: never answered, whatever happens. */
+    {"notification", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"x\":1}}", NULL},
+    {"notification to unknown method", "{\"jsonrpc\":\"2.0\",\"method\":\"nope\"}", NULL},
+    {"notification with too many params",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2,3]}", NULL},
+    {"notification that fails", "{\"jsonrpc\":\"2.0\",\"method\":\"fail\"}", NULL},
+    {"notification with null result", "{\"jsonrpc\":\"2.0\",\"method\":\"null\"}", NULL},
+
+    /* Parse errors, and a good line right after one. */
+    {"invalid JSON", "{\"jsonrpc\":\"2.0\",\"method\"",
+     E(-32700, "Parse error: ':' expected near end of file")},
+    {"good line after a parse error", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":4}",
+     "{\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{}}"},
+    {"trailing garbage", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":4} x",
+     E(-32700, "Parse error: end of file expected near 'x'")},
+    {"two texts on one line", "{} {}", E(-32700, "Parse error: end of file expected near '{'")},
+    {"bare word", "hello", E(-32700, "Parse error: invalid token near 'hello'")},
+    {"invalid UTF-8", "\"\xff\"", E(-32700, "Parse error: unable to decode byte 0xff near '\\\"'")},
+
+    /* Valid JSON that is not a request. */
+    {"a string", "\"hello\"", NOT_OBJECT},
+    {"a number", "1", NOT_OBJECT},
+    {"null", "null", NOT_OBJECT},
+    {"method not a string", "{\"method\":1}", INVALID("\\\"jsonrpc\\\" must be \\\"2.0\\\"")},
+    {"method a number, jsonrpc fine", "{\"jsonrpc\":\"2.0\",\"method\":1,\"id\":1}",
+     INVALID("\\\"method\\\" must be a string")},
+    {"method missing", "{\"jsonrpc\":\"2.0\",\"id\":1}",
+     INVALID("\\\"method\\\" must be a string")},
+    {"params a number", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":5,\"id\":1}",
+     INVALID("\\\"params\\\" must be an array or an object")},
+    {"params a string", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":\"x\"}",
+     INVALID("\\\"params\\\" must be an array or an object")},
+    {"params null", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":null,\"id\":1}",
+     INVALID("\\\"params\\\" must be an array or an object")},
+    {"id true", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":true}",
+     INVALID("\\\"id\\\" must be a string, a number or null")},
+    {"id object", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":{}}",
+     INVALID("\\\"id\\\" must be a string, a number or null")},
+    {"id array", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":[1]}",
+     INVALID("\\\"id\\\" must be a string, a number or null")},
+    {"jsonrpc 1.0", "{\"jsonrpc\":\"1.0\",\"method\":\"echo\",\"id\":1}",
+     INVALID("\\\"jsonrpc\\\" must be \\\"2.0\\\"")},
+    {"jsonrpc a number", "{\"jsonrpc\":2.0,\"method\":\"echo\",\"id\":1}",
+     INVALID("\\\"jsonrpc\\\" must be \\\"2.0\\\"")},
+    {"jsonrpc missing", "{\"method\":\"echo\",\"id\":1}",
+     INVALID("\\\"jsonrpc\\\" must be \\\"2.0\\\"")},
+    {"jsonrpc missing, no id: still answered", "{\"method\":\"echo\"}",
+     INVALID("\\\"jsonrpc\\\" must be \\\"2.0\\\"")},
+    {"extra member", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1,\"param\":{}}",
+     INVALID("unknown member \\\"param\\\"")},
+    {"huge integer id",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":123456789012345678901234567890}",
+     INVALID("too big integer")},
+    {"huge negative integer id",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":-123456789012345678901234567890}",
+     INVALID("too big negative integer")},
+    {"real id overflow", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1e400}",
+     INVALID("real number overflow near '1e400'")},
+    {"\\u0000 in a string",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"s\":\"a\\u0000\"},\"id\":1}",
+     INVALID("\\\\u0000 is not allowed without JSON_ALLOW_NUL near '\\\"a\\\\u0000\\\"'")},
+    {"duplicate member", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1,\"id\":2}",
+     INVALID("duplicate object key near '\\\"id\\\"'")},
+
+    /* Batches. */
+    {"empty batch", "[]", INVALID("empty batch")},
+    {"batch of one non-request", "[1]", "[" NOT_OBJECT "]"},
+    {"batch of three non-requests", "[1,2,3]", "[" NOT_OBJECT "," NOT_OBJECT "," NOT_OBJECT "]"},
+    {"nested empty batch", "[[]]", "[" NOT_OBJECT "]"},
+    {"batch of notifications",
+     "[{\"jsonrpc\":\"2.0\",\"method\":\"echo\"},{\"jsonrpc\":\"2.0\",\"method\":\"nope\"}]", NULL},
+    {"mixed batch",
+     "[{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"a\":1},\"id\":\"1\"},"
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\"},"
+     "{\"foo\":\"boo\"},"
+     "{\"jsonrpc\":\"2.0\",\"method\":\"nope\",\"id\":\"5\"}]",
+     "[{\"jsonrpc\":\"2.0\",\"id\":\"1\",\"result\":{\"a\":1}}," INVALID(
+         "\\\"jsonrpc\\\" must be \\\"2.0\\\"") ","
+                                                "{\"jsonrpc\":\"2.0\",\"id\":\"5\",\"error\":{"
+                                                "\"code\":-32601,\"message\":\"Method not found: "
+                                                "nope\"}}]"},
+    {"batch at max_batch",
+     "[{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2],\"id\":1},1,2,3]",
+     "[{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":3.0}," NOT_OBJECT "," NOT_OBJECT "," NOT_OBJECT
+     "]"},
+    {"batch with id null and a notification",
+     "[{\"jsonrpc\":\"2.0\",\"method\":\"echo\"},{\"jsonrpc\":\"2.0\",\"method\":\"fail\",\"id\":"
+     "null}]",
+     "[{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32000,\"message\":\"failed as "
+     "asked\",\"data\":{\"why\":\"asked\"}}}]"},
+    {"batch over max_batch", "[1,2,3,4,5]", INVALID("batch too large (5 > 4)")},
+    {"parse error in a batch", "[1,", E(-32700, "Parse error: ']' expected near end of file")},
+
+    /* Method lookup and params. */
+    {"unknown method", "{\"jsonrpc\":\"2.0\",\"method\":\"nope\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32601,\"message\":\"Method not found: "
+     "nope\"}}"},
+    {"method names are case-sensitive", "{\"jsonrpc\":\"2.0\",\"method\":\"Echo\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32601,\"message\":\"Method not found: "
+     "Echo\"}}"},
+    {"empty method name", "{\"jsonrpc\":\"2.0\",\"method\":\"\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32601,\"message\":\"Method not found: "
+     "\"}}"},
+    {"second lookup", "{\"jsonrpc\":\"2.0\",\"method\":\"sim.ping\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"pong\"}"},
+    {"second lookup misses", "{\"jsonrpc\":\"2.0\",\"method\":\"sim.pong\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32601,\"message\":\"Method not found: "
+     "sim.pong\"}}"},
+    {"positional params named",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2.5],\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":3.5}"},
+    {"fewer positional params", "{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1],\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32602,\"message\":\"Invalid params: "
+     "\\\"a\\\" and \\\"b\\\" must be numbers\"}}"},
+    {"too many positional params",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2,3],\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32602,\"message\":\"Invalid params: too "
+     "many params (max 2)\"}}"},
+    {"positional params without names",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":[1],\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32602,\"message\":\"Invalid params: "
+     "positional params not accepted, use an object\"}}"},
+    {"named params passed as they are",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":{\"b\":1,\"a\":2},\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":3.0}"},
+
+    /* What handlers answer. */
+    {"error with data", "{\"jsonrpc\":\"2.0\",\"method\":\"fail\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32000,\"message\":\"failed as "
+     "asked\",\"data\":{\"why\":\"asked\"}}}"},
+    {"printf-style error",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"failf\",\"params\":{\"thz\":812.5},\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32013,\"message\":\"setpoint 812.500 THz "
+     "out of range\"}}"},
+    {"error with the standard message",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"default_message\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32603,\"message\":\"Internal error\"}}"},
+    {"NULL result is an internal error", "{\"jsonrpc\":\"2.0\",\"method\":\"null\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32603,\"message\":\"Internal error: no "
+     "result\"}}"},
+    {"method, peer and ctx", "{\"jsonrpc\":\"2.0\",\"method\":\"whoami\",\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"method\":\"whoami\",\"peer\":\"peer-1\",\"ctx\":"
+     "\"server-ctx\"}}"},
+    {"unicode preserved",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"s\":\"h\xc3\xa9llo \xe2\x9c\x93 "
+     "\xf0\x9d\x84\x9e\",\"\xc3\xa9\":\"\\u00e9\\ud834\\udd1e\"},\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"s\":\"h\xc3\xa9llo \xe2\x9c\x93 "
+     "\xf0\x9d\x84\x9e\",\"\xc3\xa9\":\"\xc3\xa9\xf0\x9d\x84\x9e\"}}"},
+    {"newline in a string stays escaped",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"s\":\"a\\nb\\u2028\"},\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"s\":\"a\\nb\xe2\x80\xa8\"}}"},
+    /* 17 significant digits: the text differs, the double read back is the same. */
+    {"1 kHz at 800 THz survives",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"thz\":800.000000001},\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"thz\":800.00000000099999}}"},
+};
+
+START_TEST(test_rows) {
+    const struct row *r = &rows[_i];
+    struct outcome o;
+    struct rpc_line *line = process(r->in, &o);
+    /* Every method here answers at once: done has run, the line is gone. */
+    ck_assert_msg(line == NULL, "%s: line still pending", r->label);
+    ck_assert_msg(o.n_done == 1, "%s: done called %d times", r->label, o.n_done);
+    ck_assert_msg(o.line != NULL, "%s: done without its line", r->label);
+    ck_assert_msg(r->want ? o.out && strcmp(o.out, r->want) == 0 : o.out == NULL,
+                  "%s:\n  in   %s\n  got  %s\n  want %s", r->label, r->in,
+                  o.out ? o.out : "(nothing)", r->want ? r->want : "(nothing)");
+    free(o.out);
+}
+END_TEST
+
+START_TEST(test_nul_byte_in_line) {
+    /* A raw NUL is not JSON: a parse error, not a truncated request. */
+    static const char in[] = "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":1}\0x";
+    struct outcome o;
+    memset(&o, 0, sizeof o);
+    ck_assert_ptr_null(rpc_line_process(&server, in, sizeof in - 1, on_done, &o, NULL));
+    ck_assert_int_eq(o.n_done, 1);
+    ck_assert_str_eq(o.out, E(-32700, "Parse error: end of file expected near end of file"));
+    free(o.out);
+}
+END_TEST
+
+START_TEST(test_error_text) {
+    char *s = rpc_error_text(RPC_INVALID_REQUEST, "Invalid Request: line longer than 65536 bytes");
+    ck_assert_str_eq(s, INVALID("line longer than 65536 bytes"));
+    free(s);
+    s = rpc_error_text(RPC_BUSY, NULL);
+    ck_assert_str_eq(s, E(-32005, "Server error"));
+    free(s);
+    s = rpc_error_text(RPC_INVALID_REQUEST, NULL);
+    ck_assert_str_eq(s, E(-32600, "Invalid Request"));
+    free(s);
+    /* Text cut inside a character is still written, with the bytes masked. */
+    s = rpc_error_text(RPC_PARSE_ERROR, "Parse error: near 'ab\xc3'");
+    ck_assert_str_eq(s, E(-32700, "Parse error: near 'ab?'"));
+    free(s);
+}
+END_TEST
+
+START_TEST(test_deep_nesting) {
+    /* Valid JSON nested past jansson's depth limit: not a request we can
+     * read, so -32600, not a parse error. */
+    enum { DEPTH = 3000 };
+    char *in = malloc(2 * DEPTH);
+    ck_assert_ptr_nonnull(in);
+    memset(in, '[', DEPTH);
+    memset(in + DEPTH, ']', DEPTH);
+    struct outcome o;
+    memset(&o, 0, sizeof o);
+    ck_assert_ptr_null(rpc_line_process(&server, in, 2 * DEPTH, on_done, &o, NULL));
+    free(in);
+    ck_assert_int_eq(o.n_done, 1);
+    ck_assert_str_eq(o.out, INVALID("maximum parsing depth reached near '['"));
+    free(o.out);
+}
+END_TEST
+
+static void answer_later(size_t i, int value) {
+    char tag[16];
+    snprintf(tag, sizeof tag, "r%d", value);
+    rpc_call_result(held[i], json_string(tag));
+    held[i] = NULL;
+}
+
+START_TEST(test_async_single) {
+    struct outcome o;
+    n_held = 0;
+    struct rpc_line *line =
+        process("{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"params\":[\"x\"],\"id\":9}", &o);
+    ck_assert_ptr_nonnull(line);
+    ck_assert_int_eq(o.n_done, 0);
+    ck_assert_uint_eq(n_held, 1);
+    ck_assert_str_eq(rpc_call_method(held[0]), "later");
+    ck_assert_str_eq(rpc_call_peer(held[0]), "peer-1");
+    answer_later(0, 1);
+    ck_assert_int_eq(o.n_done, 1);
+    ck_assert_ptr_eq(o.line, line);
+    ck_assert_str_eq(o.out, "{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":\"r1\"}");
+    free(o.out);
+}
+END_TEST
+
+START_TEST(test_async_notification) {
+    /* A notification handled later still holds the line, and its answer is
+     * dropped: done reports nothing to write. */
+    struct outcome o;
+    n_held = 0;
+    struct rpc_line *line = process("{\"jsonrpc\":\"2.0\",\"method\":\"later\"}", &o);
+    ck_assert_ptr_nonnull(line);
+    ck_assert_int_eq(o.n_done, 0);
+    rpc_call_error(held[0], RPC_TIMEOUT, "timed out", json_integer(5));
+    ck_assert_int_eq(o.n_done, 1);
+    ck_assert_ptr_null(o.out);
+}
+END_TEST
+
+START_TEST(test_async_batch_order) {
+    /* Answers come back 4, 2, 1; the batch still answers in request order,
+     * and only once the last call is answered. */
+    struct outcome o;
+    n_held = 0;
+    struct rpc_line *line = process("[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1},"
+                                    "{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":2},"
+                                    "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":3},"
+                                    "{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":4}]",
+                                    &o);
+    ck_assert_ptr_nonnull(line);
+    ck_assert_uint_eq(n_held, 3);
+    answer_later(2, 4);
+    ck_assert_int_eq(o.n_done, 0);
+    answer_later(1, 2);
+    ck_assert_int_eq(o.n_done, 0);
+    answer_later(0, 1);
+    ck_assert_int_eq(o.n_done, 1);
+    ck_assert_ptr_eq(o.line, line);
+    ck_assert_str_eq(o.out, "[{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"r1\"},"
+                            "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":\"r2\"},"
+                            "{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}},"
+                            "{\"jsonrpc\":\"2.0\",\"id\":4,\"result\":\"r4\"}]");
+    free(o.out);
+}
+END_TEST
+
+START_TEST(test_async_batch_notification_last) {
+    /* The last call to finish is a notification: the line waits for it,
+     * then writes the other answers without a gap. */
+    struct outcome o;
+    n_held = 0;
+    struct rpc_line *line = process("[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1},"
+                                    "{\"jsonrpc\":\"2.0\",\"method\":\"later\"},"
+                                    "{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":3}]",
+                                    &o);
+    ck_assert_ptr_nonnull(line);
+    answer_later(2, 3);
+    answer_later(0, 1);
+    ck_assert_int_eq(o.n_done, 0);
+    answer_later(1, 2);
+    ck_assert_int_eq(o.n_done, 1);
+    ck_assert_str_eq(o.out, "[{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"r1\"},"
+                            "{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":\"r3\"}]");
+    free(o.out);
+}
+END_TEST
+
+START_TEST(test_abandon) {
+    /* The owner goes away with calls in flight: they still complete, their
+     * answers are freed quietly (ASan/valgrind check), done never runs. */
+    struct outcome o;
+    n_held = 0;
+    struct rpc_line *line =
+        process("[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1},"
+                "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2},"
+                "{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"params\":{\"k\":[1,2]},\"id\":3}]",
+                &o);
+    ck_assert_ptr_nonnull(line);
+    answer_later(0, 1);
+    rpc_line_abandon(line);
+    ck_assert_ptr_null(rpc_call_peer(held[1]));
+    ck_assert_str_eq(rpc_call_method(held[1]), "later");
+    rpc_call_error(held[1], RPC_TIMEOUT, "timed out", json_pack("{s:i}", "after_ms", 5));
+    ck_assert_int_eq(o.n_done, 0);
+}
+END_TEST
+
+START_TEST(test_abandon_before_any_answer) {
+    struct outcome o;
+    n_held = 0;
+    struct rpc_line *line =
+        process("{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"params\":[\"x\"],\"id\":1}", &o);
+    ck_assert_ptr_nonnull(line);
+    rpc_line_abandon(line);
+    rpc_line_abandon(NULL);
+    answer_later(0, 1);
+    ck_assert_int_eq(o.n_done, 0);
+}
+END_TEST
+
+#ifndef NDEBUG
+START_TEST(test_double_answer_asserts) {
+    /* The line is still alive (the second call is pending), so a second
+     * answer to the first call is caught by the invariant check. */
+    struct outcome o;
+    n_held = 0;
+    process("[{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1},"
+            "{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":2}]",
+            &o);
+    struct rpc_call *call = held[0];
+    rpc_call_result(call, json_true());
+    rpc_call_result(call, json_true());
+}
+END_TEST
+#endif
+
+static Suite *jsonrpc_suite(void) {
+    Suite *s = suite_create("jsonrpc");
+    TCase *tc = tcase_create("envelope");
+    tcase_add_loop_test(tc, test_rows, 0, (int)(sizeof rows / sizeof rows[0]));
+    tcase_add_test(tc, test_nul_byte_in_line);
+    tcase_add_test(tc, test_error_text);
+    tcase_add_test(tc, test_deep_nesting);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("async");
+    tcase_add_test(tc, test_async_single);
+    tcase_add_test(tc, test_async_notification);
+    tcase_add_test(tc, test_async_batch_order);
+    tcase_add_test(tc, test_async_batch_notification_last);
+    tcase_add_test(tc, test_abandon);
+    tcase_add_test(tc, test_abandon_before_any_answer);
+#ifndef NDEBUG
+    /* Only where a failed assert can end a forked child, not the runner. */
+    const char *fork_env = getenv("CK_FORK");
+    if (!fork_env || strcmp(fork_env, "no") != 0)
+        tcase_add_test_raise_signal(tc, test_double_answer_asserts, SIGABRT);
+#endif
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(jsonrpc_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
