@@ -9,17 +9,16 @@
 #include <stdint.h>
 
 struct clock {
-    uint64_t (*now_ns)(void *ctx);         /* monotonic nanoseconds */
+    uint64_t (*now_ns)(void *ctx);            /* monotonic nanoseconds */
     void (*sleep_ns)(void *ctx, uint64_t ns); /* any thread; returns after ns */
-    double (*wall_s)(void *ctx);           /* Unix time, only for display */
+    double (*wall_s)(void *ctx);              /* Unix time, only for display */
     void *ctx;
 };
 
 /* The real clock: CLOCK_MONOTONIC, nanosleep, CLOCK_REALTIME. Static storage. */
 const struct clock *clock_system(void);
 
-static inline uint64_t clock_now_ns(const struct clock *c)
-{
+static inline uint64_t clock_now_ns(const struct clock *c) {
     return c->now_ns(c->ctx);
 }
 

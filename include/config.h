@@ -31,21 +31,21 @@ struct sim_laser_config {
 };
 
 struct actuator_config {
-    char driver[16];   /* "sim" or "none" (later: serial drivers, wlm analog) */
-    int timeout_ms;    /* every actuator write finishes or fails by then */
+    char driver[16]; /* "sim" or "none" (later: serial drivers, wlm analog) */
+    int timeout_ms;  /* every actuator write finishes or fails by then */
 };
 
 struct laser_config {
     char name[CONFIG_NAME_MAX];
-    int channel;      /* wavemeter channel, 1-based, unique */
+    int channel; /* wavemeter channel, 1-based, unique */
     int exposure_ms;
-    int settle_ms;    /* switch settle before the exposure */
+    int settle_ms; /* switch settle before the exposure */
     bool enabled;
     struct sim_laser_config sim;
     struct actuator_config actuator;
 
     /* Stabilization (issue 3). */
-    double setpoint_thz;  /* default: sim.nominal_thz */
+    double setpoint_thz;     /* default: sim.nominal_thz */
     double min_thz, max_thz; /* allowed setpoint range; default: setpoint +- 1 GHz */
     double kp_v_per_mhz;
     double ki_v_per_mhz_s;
@@ -55,20 +55,20 @@ struct laser_config {
     double output_min_v, output_max_v;
     double output_initial_v;
     double slew_v_per_s;
-    double ramp_mhz_per_s;       /* default setpoint ramp, 0 = step */
-    double capture_mhz;          /* |error| beyond this counts toward lost */
-    double tolerance_mhz;        /* |error| within this counts toward locked */
-    int locked_after;            /* readings within tolerance before "locked" */
-    int lost_after;              /* readings outside capture before "lost" */
-    double rail_timeout_s;       /* railed this long -> lost */
-    double max_gap_s;            /* longer gap between readings freezes the integrator */
-    double stale_s;              /* reading older than this never reaches the loop */
+    double ramp_mhz_per_s; /* default setpoint ramp, 0 = step */
+    double capture_mhz;    /* |error| beyond this counts toward lost */
+    double tolerance_mhz;  /* |error| within this counts toward locked */
+    int locked_after;      /* readings within tolerance before "locked" */
+    int lost_after;        /* readings outside capture before "lost" */
+    double rail_timeout_s; /* railed this long -> lost */
+    double max_gap_s;      /* longer gap between readings freezes the integrator */
+    double stale_s;        /* reading older than this never reaches the loop */
     enum restart_policy restart;
     bool auto_relock;
     int relock_attempts;
-    double relock_delay_s;       /* wait after lost before each relock attempt */
-    int history_depth;           /* readings kept per channel */
-    bool lock;                   /* lock at first start (no state file yet) */
+    double relock_delay_s; /* wait after lost before each relock attempt */
+    int history_depth;     /* readings kept per channel */
+    bool lock;             /* lock at first start (no state file yet) */
 };
 
 struct config {
@@ -76,8 +76,8 @@ struct config {
 
     char listen_host[64];
     int listen_port;
-    char log_level[8];       /* debug|info|notice|warning|error */
-    int threadpool_size;     /* UV_THREADPOOL_SIZE */
+    char log_level[8];   /* debug|info|notice|warning|error */
+    int threadpool_size; /* UV_THREADPOOL_SIZE */
 
     int max_line_bytes;
     int max_clients;
@@ -89,9 +89,9 @@ struct config {
     char state_dir[CONFIG_PATH_MAX];
     double state_save_interval_s;
 
-    char driver[16];         /* "sim" or "highfinesse" */
+    char driver[16]; /* "sim" or "highfinesse" */
     int read_timeout_ms;
-    uint64_t seed;           /* sim: 0 = from the clock */
+    uint64_t seed; /* sim: 0 = from the clock */
     char wlm_library[CONFIG_PATH_MAX];
 
     int nlasers;
@@ -112,8 +112,8 @@ void config_defaults(struct config *cfg);
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
 
 /* The same from a string; name is used in messages. */
-int config_parse(struct config *cfg, const char *name, const char *text, size_t len,
-                 char *err, size_t errlen);
+int config_parse(struct config *cfg, const char *name, const char *text, size_t len, char *err,
+                 size_t errlen);
 
 /* Find a laser by name or channel; NULL if none. A name matches first, so
  * "3" is the laser named "3" if there is one, else the one on channel 3. */
@@ -123,12 +123,12 @@ const char *config_restart_name(enum restart_policy p);
 
 /* One key the loader accepts, as its table defines it (for docs and tests). */
 struct config_key_info {
-    const char *section;       /* "", "limits", "state", "wavemeter", "lasers[]",
-                                  "lasers[].sim" or "lasers[].actuator" */
+    const char *section; /* "", "limits", "state", "wavemeter", "lasers[]",
+                            "lasers[].sim" or "lasers[].actuator" */
     const char *key;
-    const char *type;          /* "integer", "number", "boolean", "string", "object",
-                                  "array" */
-    bool has_range;            /* integer and number keys: min and max apply */
+    const char *type; /* "integer", "number", "boolean", "string", "object",
+                         "array" */
+    bool has_range;   /* integer and number keys: min and max apply */
     double min, max;
     const char *const *values; /* allowed strings, NULL-terminated; NULL if free */
     bool required;             /* no default (laser name and channel) */

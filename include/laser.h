@@ -18,8 +18,15 @@
 #include "pid.h"
 #include "store.h"
 
-enum lock_state { LOCK_OFF, LOCK_ACQUIRING, LOCK_LOCKED, LOCK_HOLDING, LOCK_RAILED, LOCK_LOST,
-                  LOCK_FAULT };
+enum lock_state {
+    LOCK_OFF,
+    LOCK_ACQUIRING,
+    LOCK_LOCKED,
+    LOCK_HOLDING,
+    LOCK_RAILED,
+    LOCK_LOST,
+    LOCK_FAULT
+};
 
 const char *laser_state_name(enum lock_state s);
 
@@ -29,8 +36,8 @@ struct laser_sample {
     double time_unix;
     uint64_t seq;
     enum wm_status status;
-    double frequency_thz;   /* NAN unless status ok */
-    double error_mhz;       /* NAN unless ok and a target exists */
+    double frequency_thz; /* NAN unless status ok */
+    double error_mhz;     /* NAN unless ok and a target exists */
     double output_v;
     enum lock_state state;
 };
@@ -47,10 +54,10 @@ struct laser {
     const struct laser_config *cfg;
     const struct act_driver *act;
     void *act_dev;
-    struct pid pid;           /* gains, limits, setpoint, target, output */
-    uint64_t pid_gen;         /* bumped by every client change to pid */
+    struct pid pid;   /* gains, limits, setpoint, target, output */
+    uint64_t pid_gen; /* bumped by every client change to pid */
 
-    bool lock_on;             /* the user wants it locked */
+    bool lock_on; /* the user wants it locked */
     enum lock_state state;
     char reason[128];
     double since_unix;
@@ -60,18 +67,18 @@ struct laser {
     int outside_capture;      /* consecutive readings outside the capture range */
     uint64_t railed_since_ns; /* 0 = not railed */
     bool have_locked_output;
-    double locked_output_v;   /* last output while locked: where relock returns */
-    int relocks;              /* relock attempts since the last lock */
+    double locked_output_v; /* last output while locked: where relock returns */
+    int relocks;            /* relock attempts since the last lock */
     uint64_t lost_ns;
 
     /* The actuator job: inputs copied in, outputs read back on the loop. */
     uv_work_t work;
     bool busy;
-    struct pid job_pid;       /* job input and output */
+    struct pid job_pid; /* job input and output */
     uint64_t job_gen;
     double job_measured_thz;
     uint64_t job_t_ns;
-    bool job_step;            /* false: just write job_output_v */
+    bool job_step; /* false: just write job_output_v */
     double job_output_v;
     enum pid_result job_result;
     double job_error_mhz;
@@ -91,7 +98,7 @@ struct lasers {
     int n;
     struct laser l[CONFIG_MAX_LASERS];
     struct store store;
-    uv_timer_t save_timer;    /* periodic save of outputs */
+    uv_timer_t save_timer; /* periodic save of outputs */
     bool outputs_dirty;
     bool stopping;
     void (*on_stopped)(struct lasers *ls);

@@ -10,8 +10,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum log_level { LOG_LVL_ERROR = 3, LOG_LVL_WARNING = 4, LOG_LVL_NOTICE = 5, LOG_LVL_INFO = 6,
-                 LOG_LVL_DEBUG = 7 };
+enum log_level {
+    LOG_LVL_ERROR = 3,
+    LOG_LVL_WARNING = 4,
+    LOG_LVL_NOTICE = 5,
+    LOG_LVL_INFO = 6,
+    LOG_LVL_DEBUG = 7
+};
 
 /* Called once at start-up from main; detects the journal. */
 void log_init(enum log_level level);

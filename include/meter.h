@@ -19,13 +19,13 @@
 struct reading {
     int channel;
     enum wm_status status;
-    double frequency_thz;   /* valid when status is WM_OK */
+    double frequency_thz; /* valid when status is WM_OK */
     int exposure_ms;
-    uint64_t t_ns;          /* monotonic acquisition time */
+    uint64_t t_ns; /* monotonic acquisition time */
     double time_unix;
-    uint64_t seq;           /* per-channel count of readings */
-    uint64_t switch_seq;    /* switch moves so far, when it was taken */
-    bool straddled;         /* the switch moved during it: never used by a lock */
+    uint64_t seq;        /* per-channel count of readings */
+    uint64_t switch_seq; /* switch moves so far, when it was taken */
+    bool straddled;      /* the switch moved during it: never used by a lock */
     char detail[96];
 };
 
@@ -55,9 +55,9 @@ struct meter {
 
     enum meter_state state;
     uv_work_t work;
-    bool busy;              /* a read job is in flight */
-    int cur;                /* index of the channel being read */
-    int switch_channel;     /* where the switch is (0 = unknown) */
+    bool busy;          /* a read job is in flight */
+    int cur;            /* index of the channel being read */
+    int switch_channel; /* where the switch is (0 = unknown) */
     uint64_t switch_seq;
     struct wm_read_req req; /* the job's input (copied before queueing) */
     struct wm_sample res;   /* the job's output */
@@ -67,7 +67,7 @@ struct meter {
     int cycle_reads;
     uint64_t consecutive_errors;
     char last_error[128];
-    uv_timer_t backoff;     /* retry after device errors */
+    uv_timer_t backoff; /* retry after device errors */
     unsigned backoff_ms;
 
     meter_reading_cb on_reading;
@@ -76,8 +76,8 @@ struct meter {
 };
 
 /* Opens the driver named in cfg. Returns 0 or < 0 with err filled. */
-int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg,
-               const struct clock *clk, char *err, size_t errlen);
+int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const struct clock *clk,
+               char *err, size_t errlen);
 /* Queue the first read. */
 void meter_start(struct meter *m, meter_reading_cb cb, void *ctx);
 /* Stop re-queuing; cb runs (on the loop) once no job is in flight and the

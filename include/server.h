@@ -22,14 +22,14 @@ struct server {
     const struct config *cfg;
     const struct rpc_server *rpc;
     uv_tcp_t listener;
-    uv_timer_t sweep;           /* idle and write-stall checks */
-    struct client *clients;     /* doubly linked */
+    uv_timer_t sweep;       /* idle and write-stall checks */
+    struct client *clients; /* doubly linked */
     int nclients;
     uint64_t accepted, refused;
     bool listening;
-    char bound[80];             /* "127.0.0.1:7420" as bound (port resolved) */
+    char bound[80]; /* "127.0.0.1:7420" as bound (port resolved) */
     void (*on_closed)(struct server *s);
-    int closing;                /* handles still to close during stop */
+    int closing; /* handles still to close during stop */
 };
 
 /* Bind and listen on host:port from cfg. Returns 0 or < 0 with err set

@@ -14,8 +14,12 @@
 extern const struct wm_driver sim_driver;
 extern const struct act_driver sim_actuator;
 
-enum sim_fault { SIM_FAULT_NONE, SIM_FAULT_NO_SIGNAL, SIM_FAULT_UNDEREXPOSED,
-                 SIM_FAULT_OVEREXPOSED };
+enum sim_fault {
+    SIM_FAULT_NONE,
+    SIM_FAULT_NO_SIGNAL,
+    SIM_FAULT_UNDEREXPOSED,
+    SIM_FAULT_OVEREXPOSED
+};
 
 /* Parse a fault name ("none", "no_signal", ...); -EINVAL if unknown. */
 int sim_fault_parse(const char *name, enum sim_fault *out);

@@ -20,23 +20,23 @@ const char *wm_status_name(enum wm_status s);
 
 /* What one read job asks of the device: a copy, owned by the job. */
 struct wm_read_req {
-    int channel;      /* 1-based */
+    int channel; /* 1-based */
     int exposure_ms;
-    int settle_ms;    /* spent only when switched */
-    bool switched;    /* the switch must move to this channel first */
-    int timeout_ms;   /* the whole read finishes or fails by then */
+    int settle_ms;  /* spent only when switched */
+    bool switched;  /* the switch must move to this channel first */
+    int timeout_ms; /* the whole read finishes or fails by then */
 };
 
 /* What one read job returns, by value. */
 struct wm_sample {
     enum wm_status status;
-    double frequency_thz;  /* valid when status is WM_OK */
+    double frequency_thz; /* valid when status is WM_OK */
     int exposure_ms;
-    uint64_t t_ns;         /* monotonic time at the end of the exposure */
-    double time_unix;      /* wall time of the same moment, for display */
-    bool straddled;        /* the switch moved during the exposure */
-    int err;               /* negative errno-style when status is WM_ERROR */
-    char detail[96];       /* human-readable cause for WM_ERROR */
+    uint64_t t_ns;    /* monotonic time at the end of the exposure */
+    double time_unix; /* wall time of the same moment, for display */
+    bool straddled;   /* the switch moved during the exposure */
+    int err;          /* negative errno-style when status is WM_ERROR */
+    char detail[96];  /* human-readable cause for WM_ERROR */
 };
 
 struct wm_driver {
@@ -59,8 +59,8 @@ struct act_driver {
     const char *name;
     /* Loop thread. wm_dev is the open wavemeter device (the sim actuator and
      * the wavemeter's own analog outputs need it). */
-    int (*open)(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev,
-                void **dev, char *err, size_t errlen);
+    int (*open)(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev, void **dev,
+                char *err, size_t errlen);
     void (*close)(void *dev);
     /* Pool thread, one call at a time per actuator; finishes within timeout_ms. */
     int (*write)(void *dev, double output_v, int timeout_ms);

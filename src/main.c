@@ -31,22 +31,19 @@ struct runtime {
     bool stopping;
 };
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: wavemeterd [options]\n"
-            "  -c, --config FILE      JSON config (default: the built-in simulator)\n"
-            "  -t, --check-config     validate the config and exit 0 (ok) or 1\n"
-            "  -l, --listen ADDR:PORT listen here instead of the config's address\n"
-            "  -L, --log-level LEVEL  debug, info, notice, warning or error\n"
-            "  -V, --version          print the version and exit\n"
-            "  -h, --help             this text\n"
-            "Docs: README.md, docs/CONFIG.md, docs/PROTOCOL.md\n");
+static void usage(FILE *f) {
+    fprintf(f, "usage: wavemeterd [options]\n"
+               "  -c, --config FILE      JSON config (default: the built-in simulator)\n"
+               "  -t, --check-config     validate the config and exit 0 (ok) or 1\n"
+               "  -l, --listen ADDR:PORT listen here instead of the config's address\n"
+               "  -L, --log-level LEVEL  debug, info, notice, warning or error\n"
+               "  -V, --version          print the version and exit\n"
+               "  -h, --help             this text\n"
+               "Docs: README.md, docs/CONFIG.md, docs/PROTOCOL.md\n");
 }
 
 /* "HOST:PORT" or "[V6]:PORT" into cfg; -EINVAL if malformed. */
-static int parse_listen(const char *arg, struct config *cfg)
-{
+static int parse_listen(const char *arg, struct config *cfg) {
     const char *colon = strrchr(arg, ':');
     const char *host = arg;
     size_t hlen;
@@ -70,8 +67,7 @@ static int parse_listen(const char *arg, struct config *cfg)
     return 0;
 }
 
-static void lag_cb(uv_timer_t *t)
-{
+static void lag_cb(uv_timer_t *t) {
     struct daemon *d = t->data;
     uint64_t now_ns = uv_hrtime();
 
@@ -82,14 +78,12 @@ static void lag_cb(uv_timer_t *t)
 }
 
 /* The watchdog is fed from the loop: if the loop blocks, systemd restarts us. */
-static void watchdog_cb(uv_timer_t *t)
-{
+static void watchdog_cb(uv_timer_t *t) {
     (void)t;
     sd_notify(0, "WATCHDOG=1");
 }
 
-static void status_cb(uv_timer_t *t)
-{
+static void status_cb(uv_timer_t *t) {
     struct runtime *rt = t->data;
     struct daemon *d = &rt->d;
 
@@ -99,15 +93,13 @@ static void status_cb(uv_timer_t *t)
                (double)d->meter.last_cycle_ns * 1e-6, d->server.nclients);
 }
 
-static void close_handle(uv_handle_t *h, void *arg)
-{
+static void close_handle(uv_handle_t *h, void *arg) {
     (void)arg;
     if (!uv_is_closing(h))
         uv_close(h, NULL);
 }
 
-static void stop_step_done(struct runtime *rt)
-{
+static void stop_step_done(struct runtime *rt) {
     if (--rt->pending_stops > 0)
         return;
     /* Everything with work in flight has finished; close what is left
@@ -115,27 +107,23 @@ static void stop_step_done(struct runtime *rt)
     uv_walk(&rt->loop, close_handle, NULL);
 }
 
-static void server_stopped(struct server *s)
-{
+static void server_stopped(struct server *s) {
     stop_step_done((struct runtime *)((char *)s - offsetof(struct runtime, d.server)));
 }
 
-static void lasers_stopped(struct lasers *ls)
-{
+static void lasers_stopped(struct lasers *ls) {
     stop_step_done((struct runtime *)((char *)ls - offsetof(struct runtime, d.lasers)));
 }
 
 /* No reading can arrive any more: let the lasers finish their writes and
  * save their state a last time. */
-static void meter_stopped(struct meter *m)
-{
+static void meter_stopped(struct meter *m) {
     struct runtime *rt = (struct runtime *)((char *)m - offsetof(struct runtime, d.meter));
 
     lasers_stop(&rt->d.lasers, lasers_stopped);
 }
 
-static void signal_cb(uv_signal_t *h, int signum)
-{
+static void signal_cb(uv_signal_t *h, int signum) {
     struct runtime *rt = h->data;
 
     if (rt->stopping)
@@ -151,8 +139,7 @@ static void signal_cb(uv_signal_t *h, int signum)
 
 /* $STATE_DIRECTORY under systemd (the first entry if several), else the
  * config's state.dir. */
-static void pick_state_dir(struct daemon *d)
-{
+static void pick_state_dir(struct daemon *d) {
     const char *env = getenv("STATE_DIRECTORY");
     size_t n;
 
@@ -167,12 +154,14 @@ static void pick_state_dir(struct daemon *d)
     }
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},    {"check-config", no_argument, NULL, 't'},
-        {"listen", required_argument, NULL, 'l'},    {"log-level", required_argument, NULL, 'L'},
-        {"version", no_argument, NULL, 'V'},         {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, 't'},
+        {"listen", required_argument, NULL, 'l'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     static struct runtime rt;
@@ -230,8 +219,8 @@ int main(int argc, char **argv)
         rc = -EINVAL;
     }
     if (rc == 0 && level_arg && log_level_parse(level_arg, &level) != 0) {
-        snprintf(err, sizeof(err), "--log-level \"%s\": expected debug, info, notice, warning or error",
-                 level_arg);
+        snprintf(err, sizeof(err),
+                 "--log-level \"%s\": expected debug, info, notice, warning or error", level_arg);
         rc = -EINVAL;
     }
     if (rc != 0) {

@@ -20,21 +20,21 @@
 /* Long enough for any read the daemon does (its own reads time out sooner). */
 #define DEFAULT_TIMEOUT_MS 10000
 
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: wavemeterctl [-c HOST:PORT] [-r] [-t MS] METHOD [KEY=VALUE... | JSON]\n"
-               "  -c, --connect HOST:PORT  daemon address (default $WAVEMETERD_ADDR or 127.0.0.1:7420)\n"
-               "  -r, --raw                print the answer line as received\n"
-               "  -t, --timeout MS         give up after MS milliseconds (default 10000)\n"
-               "Params: KEY=VALUE pairs (VALUE parsed as JSON, else taken as a string),\n"
-               "or one JSON object or array.\n"
-               "examples: wavemeterctl read\n"
-               "          wavemeterctl read laser=399\n"
-               "          wavemeterctl laser.set_setpoint laser=399 frequency_thz=751.52653\n");
+static void usage(FILE *f) {
+    fprintf(
+        f,
+        "usage: wavemeterctl [-c HOST:PORT] [-r] [-t MS] METHOD [KEY=VALUE... | JSON]\n"
+        "  -c, --connect HOST:PORT  daemon address (default $WAVEMETERD_ADDR or 127.0.0.1:7420)\n"
+        "  -r, --raw                print the answer line as received\n"
+        "  -t, --timeout MS         give up after MS milliseconds (default 10000)\n"
+        "Params: KEY=VALUE pairs (VALUE parsed as JSON, else taken as a string),\n"
+        "or one JSON object or array.\n"
+        "examples: wavemeterctl read\n"
+        "          wavemeterctl read laser=399\n"
+        "          wavemeterctl laser.set_setpoint laser=399 frequency_thz=751.52653\n");
 }
 
-static int dial(const char *hostport, int timeout_ms)
-{
+static int dial(const char *hostport, int timeout_ms) {
     char host[256];
     const char *colon = strrchr(hostport, ':');
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
@@ -73,8 +73,7 @@ static int dial(const char *hostport, int timeout_ms)
 }
 
 /* New reference: params from argv[0..n). NULL (with a message) on error. */
-static json_t *build_params(char **args, int n)
-{
+static json_t *build_params(char **args, int n) {
     json_t *params, *v;
     json_error_t jerr;
 
@@ -101,11 +100,12 @@ static json_t *build_params(char **args, int n)
     return params;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'}, {"raw", no_argument, NULL, 'r'},
-        {"timeout", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"connect", required_argument, NULL, 'c'},
+        {"raw", no_argument, NULL, 'r'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *addr = getenv("WAVEMETERD_ADDR");

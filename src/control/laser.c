@@ -35,13 +35,11 @@ static const char *const state_names[] = {
     [LOCK_FAULT] = "fault",
 };
 
-const char *laser_state_name(enum lock_state s)
-{
+const char *laser_state_name(enum lock_state s) {
     return state_names[s];
 }
 
-static uint64_t now_ns(const struct laser *l)
-{
+static uint64_t now_ns(const struct laser *l) {
     return clock_now_ns(l->owner->clk);
 }
 
@@ -49,8 +47,7 @@ static uint64_t now_ns(const struct laser *l)
 static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt, ...)
-{
+static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt, ...) {
     char reason[sizeof(l->reason)];
     va_list ap;
 
@@ -70,8 +67,7 @@ static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt,
     l->since_unix = l->owner->clk->wall_s(l->owner->clk->ctx);
 }
 
-static void params_from_config(struct pid_params *p, const struct laser_config *c)
-{
+static void params_from_config(struct pid_params *p, const struct laser_config *c) {
     p->kp_v_per_mhz = c->kp_v_per_mhz;
     p->ki_v_per_mhz_s = c->ki_v_per_mhz_s;
     p->kd_v_s_per_mhz = c->kd_v_s_per_mhz;
@@ -84,28 +80,26 @@ static void params_from_config(struct pid_params *p, const struct laser_config *
 
 /* ---- persistence ---- */
 
-static json_t *lasers_snapshot(void *ctx)
-{
+static json_t *lasers_snapshot(void *ctx) {
     struct lasers *ls = ctx;
     json_t *all = json_object();
 
     for (int i = 0; i < ls->n; i++) {
         const struct laser *l = &ls->l[i];
-        json_object_set_new(
-            all, l->cfg->name,
-            json_pack("{s:f, s:f, s:f, s:f, s:f, s:b, s:f}", "setpoint_thz", l->pid.setpoint_thz,
-                      "ramp_mhz_per_s", l->pid.ramp_mhz_per_s, "kp_v_per_mhz",
-                      l->pid.p.kp_v_per_mhz, "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s,
-                      "kd_v_s_per_mhz", l->pid.p.kd_v_s_per_mhz, "lock", l->lock_on, "output_v",
-                      l->pid.output_v));
+        json_object_set_new(all, l->cfg->name,
+                            json_pack("{s:f, s:f, s:f, s:f, s:f, s:b, s:f}", "setpoint_thz",
+                                      l->pid.setpoint_thz, "ramp_mhz_per_s", l->pid.ramp_mhz_per_s,
+                                      "kp_v_per_mhz", l->pid.p.kp_v_per_mhz, "ki_v_per_mhz_s",
+                                      l->pid.p.ki_v_per_mhz_s, "kd_v_s_per_mhz",
+                                      l->pid.p.kd_v_s_per_mhz, "lock", l->lock_on, "output_v",
+                                      l->pid.output_v));
     }
     ls->outputs_dirty = false;
     return json_pack("{s:i, s:f, s:o}", "version", STATE_VERSION, "saved_unix",
                      ls->clk->wall_s(ls->clk->ctx), "lasers", all);
 }
 
-static void change_durable(void *arg, int rc)
-{
+static void change_durable(void *arg, int rc) {
     struct laser_change *ch = arg;
 
     ch->cb(ch->arg, rc);
@@ -113,8 +107,7 @@ static void change_durable(void *arg, int rc)
 }
 
 /* Make the present state durable, then call cb. */
-static int laser_commit(struct laser *l, laser_change_cb cb, void *arg)
-{
+static int laser_commit(struct laser *l, laser_change_cb cb, void *arg) {
     struct laser_change *ch = calloc(1, sizeof(*ch));
 
     if (ch == NULL)
@@ -125,8 +118,7 @@ static int laser_commit(struct laser *l, laser_change_cb cb, void *arg)
     return 0;
 }
 
-static double saved_number(json_t *o, const char *key, double dflt, double lo, double hi)
-{
+static double saved_number(json_t *o, const char *key, double dflt, double lo, double hi) {
     json_t *v = json_object_get(o, key);
     double x;
 
@@ -137,8 +129,7 @@ static double saved_number(json_t *o, const char *key, double dflt, double lo, d
 }
 
 /* Apply the saved state of one laser (may be NULL) and its restart policy. */
-static void laser_restore(struct laser *l, json_t *saved)
-{
+static void laser_restore(struct laser *l, json_t *saved) {
     const struct laser_config *c = l->cfg;
     struct pid_params p;
     double setpoint = c->setpoint_thz, output = c->output_initial_v;
@@ -194,8 +185,7 @@ static void laser_restore(struct laser *l, json_t *saved)
 
 /* ---- history ---- */
 
-static void hist_push(struct laser *l, const struct laser_sample *s)
-{
+static void hist_push(struct laser *l, const struct laser_sample *s) {
     size_t cap = (size_t)l->cfg->history_depth;
 
     if (cap == 0 || l->hist == NULL)
@@ -206,8 +196,7 @@ static void hist_push(struct laser *l, const struct laser_sample *s)
         l->hist_len++;
 }
 
-static struct laser_sample *hist_last(struct laser *l)
-{
+static struct laser_sample *hist_last(struct laser *l) {
     size_t cap = (size_t)l->cfg->history_depth;
 
     if (l->hist_len == 0)
@@ -216,8 +205,7 @@ static struct laser_sample *hist_last(struct laser *l)
 }
 
 void laser_history(const struct laser *l, double seconds,
-                   void (*fn)(const struct laser_sample *s, void *arg), void *arg)
-{
+                   void (*fn)(const struct laser_sample *s, void *arg), void *arg) {
     size_t cap = (size_t)l->cfg->history_depth;
     uint64_t now = clock_now_ns(l->owner->clk);
     uint64_t window = seconds > 0 ? (uint64_t)(seconds * 1e9) : UINT64_MAX;
@@ -231,15 +219,15 @@ void laser_history(const struct laser *l, double seconds,
 
 /* ---- the lock state machine ---- */
 
-static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns)
-{
+static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns) {
     const struct laser_config *c = l->cfg;
     double abs_e = fabs(error_mhz);
 
     l->outside_capture = abs_e > c->capture_mhz ? l->outside_capture + 1 : 0;
     if (l->outside_capture >= c->lost_after) {
         l->lost_ns = t_ns;
-        laser_set_state(l, LOCK_LOST, "error %.1f MHz outside the %.0f MHz capture range for %d readings",
+        laser_set_state(l, LOCK_LOST,
+                        "error %.1f MHz outside the %.0f MHz capture range for %d readings",
                         error_mhz, c->capture_mhz, l->outside_capture);
         return;
     }
@@ -275,8 +263,7 @@ static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns)
                         c->tolerance_mhz);
 }
 
-static void laser_engage(struct laser *l, double target_thz)
-{
+static void laser_engage(struct laser *l, double target_thz) {
     l->in_tolerance = 0;
     l->outside_capture = 0;
     l->railed_since_ns = 0;
@@ -284,22 +271,20 @@ static void laser_engage(struct laser *l, double target_thz)
     l->pid_gen++;
 }
 
-static void laser_work(uv_work_t *w)
-{
+static void laser_work(uv_work_t *w) {
     struct laser *l = w->data;
 
     l->job_rc = 0;
     if (l->job_step) {
-        l->job_result = pid_step(&l->job_pid, l->job_measured_thz, l->job_t_ns,
-                                 &l->job_output_v, &l->job_error_mhz);
+        l->job_result = pid_step(&l->job_pid, l->job_measured_thz, l->job_t_ns, &l->job_output_v,
+                                 &l->job_error_mhz);
         if (l->job_result == PID_REFUSED)
             return;
     }
     l->job_rc = l->act->write(l->act_dev, l->job_output_v, l->cfg->actuator.timeout_ms);
 }
 
-static void laser_after_work(uv_work_t *w, int status)
-{
+static void laser_after_work(uv_work_t *w, int status) {
     struct laser *l = w->data;
     struct laser_change *waiter = l->job_waiter;
     int rc = status < 0 ? status : l->job_rc;
@@ -364,8 +349,7 @@ static void laser_after_work(uv_work_t *w, int status)
     lasers_check_stopped(l->owner);
 }
 
-static void laser_job_start(struct laser *l)
-{
+static void laser_job_start(struct laser *l) {
     int rc;
 
     l->work.data = l;
@@ -378,8 +362,7 @@ static void laser_job_start(struct laser *l)
     l->busy = true;
 }
 
-static void laser_try_relock(struct laser *l, uint64_t t_ns)
-{
+static void laser_try_relock(struct laser *l, uint64_t t_ns) {
     const struct laser_config *c = l->cfg;
 
     if (!c->auto_relock || l->relocks >= c->relock_attempts || l->busy)
@@ -398,8 +381,7 @@ static void laser_try_relock(struct laser *l, uint64_t t_ns)
     laser_job_start(l);
 }
 
-void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx)
-{
+void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
     struct lasers *ls = ctx;
     struct laser *l = lasers_find_channel(ls, r->channel);
     struct laser_sample s;
@@ -415,9 +397,10 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx)
     s.seq = r->seq;
     s.status = r->status;
     s.frequency_thz = r->status == WM_OK ? r->frequency_thz : (double)NAN;
-    s.error_mhz = r->status == WM_OK
-                      ? (r->frequency_thz - (l->lock_on ? l->pid.target_thz : l->pid.setpoint_thz)) * 1e6
-                      : (double)NAN;
+    s.error_mhz =
+        r->status == WM_OK
+            ? (r->frequency_thz - (l->lock_on ? l->pid.target_thz : l->pid.setpoint_thz)) * 1e6
+            : (double)NAN;
     s.output_v = l->pid.output_v;
     if (!l->lock_on || ls->stopping) {
         l->error_mhz = s.error_mhz;
@@ -465,10 +448,8 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx)
 /* ---- client changes ---- */
 
 int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per_s,
-                       laser_change_cb cb, void *arg)
-{
-    if (!isfinite(setpoint_thz) || setpoint_thz < l->cfg->min_thz ||
-        setpoint_thz > l->cfg->max_thz)
+                       laser_change_cb cb, void *arg) {
+    if (!isfinite(setpoint_thz) || setpoint_thz < l->cfg->min_thz || setpoint_thz > l->cfg->max_thz)
         return -ERANGE;
     if (!isfinite(ramp_mhz_per_s) || ramp_mhz_per_s < 0)
         return -EINVAL;
@@ -481,8 +462,7 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
     return laser_commit(l, cb, arg);
 }
 
-int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg)
-{
+int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg) {
     if (on && (l->act == NULL || strcmp(l->cfg->actuator.driver, "none") == 0))
         return -ENOTSUP;
     if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
@@ -502,8 +482,7 @@ int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg)
 }
 
 int laser_set_gains(struct laser *l, double kp, double ki, double kd, laser_change_cb cb,
-                    void *arg)
-{
+                    void *arg) {
     struct pid_params p = l->pid.p;
 
     if (!isfinite(kp) || !isfinite(ki) || !isfinite(kd) || kp < 0 || ki < 0 || kd < 0)
@@ -518,8 +497,7 @@ int laser_set_gains(struct laser *l, double kp, double ki, double kd, laser_chan
     return laser_commit(l, cb, arg);
 }
 
-int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void *arg)
-{
+int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void *arg) {
     struct laser_change *ch;
 
     if (l->act == NULL || strcmp(l->cfg->actuator.driver, "none") == 0)
@@ -548,8 +526,7 @@ int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void 
 
 /* ---- life cycle ---- */
 
-static void save_timer_cb(uv_timer_t *t)
-{
+static void save_timer_cb(uv_timer_t *t) {
     struct lasers *ls = t->data;
 
     if (ls->outputs_dirty && !ls->stopping)
@@ -558,8 +535,7 @@ static void save_timer_cb(uv_timer_t *t)
 
 int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
                 const struct clock *clk, struct meter *meter, const char *state_dir, char *err,
-                size_t errlen)
-{
+                size_t errlen) {
     json_t *state = NULL, *saved_lasers = NULL;
     char lerr[512];
     int rc;
@@ -611,8 +587,8 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
         ls->n++;
     }
     for (int i = 0; i < ls->n; i++)
-        laser_restore(&ls->l[i], saved_lasers ? json_object_get(saved_lasers, ls->l[i].cfg->name)
-                                              : NULL);
+        laser_restore(&ls->l[i],
+                      saved_lasers ? json_object_get(saved_lasers, ls->l[i].cfg->name) : NULL);
     json_decref(state);
     uv_timer_init(loop, &ls->save_timer);
     ls->save_timer.data = ls;
@@ -631,23 +607,20 @@ fail:
     return rc;
 }
 
-static void save_timer_closed(uv_handle_t *h)
-{
+static void save_timer_closed(uv_handle_t *h) {
     struct lasers *ls = h->data;
 
     if (ls->on_stopped)
         ls->on_stopped(ls);
 }
 
-static void lasers_final_saved(struct store *st)
-{
+static void lasers_final_saved(struct store *st) {
     struct lasers *ls = (struct lasers *)((char *)st - offsetof(struct lasers, store));
 
     uv_close((uv_handle_t *)&ls->save_timer, save_timer_closed);
 }
 
-static void lasers_check_stopped(struct lasers *ls)
-{
+static void lasers_check_stopped(struct lasers *ls) {
     if (!ls->stopping || ls->on_stopped == NULL)
         return;
     for (int i = 0; i < ls->n; i++)
@@ -660,16 +633,14 @@ static void lasers_check_stopped(struct lasers *ls)
     store_when_idle(&ls->store, lasers_final_saved);
 }
 
-void lasers_stop(struct lasers *ls, void (*cb)(struct lasers *ls))
-{
+void lasers_stop(struct lasers *ls, void (*cb)(struct lasers *ls)) {
     ls->stopping = true;
     ls->on_stopped = cb;
     uv_timer_stop(&ls->save_timer);
     lasers_check_stopped(ls);
 }
 
-void lasers_fini(struct lasers *ls)
-{
+void lasers_fini(struct lasers *ls) {
     for (int i = 0; i < ls->n; i++) {
         if (ls->l[i].act && ls->l[i].act_dev)
             ls->l[i].act->close(ls->l[i].act_dev);
@@ -678,24 +649,21 @@ void lasers_fini(struct lasers *ls)
     }
 }
 
-struct laser *lasers_find(struct lasers *ls, const char *name)
-{
+struct laser *lasers_find(struct lasers *ls, const char *name) {
     for (int i = 0; i < ls->n; i++)
         if (strcmp(ls->l[i].cfg->name, name) == 0)
             return &ls->l[i];
     return NULL;
 }
 
-struct laser *lasers_find_channel(struct lasers *ls, int channel)
-{
+struct laser *lasers_find_channel(struct lasers *ls, int channel) {
     for (int i = 0; i < ls->n; i++)
         if (ls->l[i].cfg->channel == channel)
             return &ls->l[i];
     return NULL;
 }
 
-int lasers_jobs(const struct lasers *ls)
-{
+int lasers_jobs(const struct lasers *ls) {
     int n = ls->store.busy ? 1 : 0;
 
     for (int i = 0; i < ls->n; i++)

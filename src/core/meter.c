@@ -20,9 +20,8 @@
 
 static void meter_queue_next(struct meter *m);
 
-int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg,
-               const struct clock *clk, char *err, size_t errlen)
-{
+int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const struct clock *clk,
+               char *err, size_t errlen) {
     int rc;
 
     memset(m, 0, sizeof(*m));
@@ -55,8 +54,7 @@ int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg,
 }
 
 /* Round robin over the enabled channels, starting after the current one. */
-static int meter_pick_next(const struct meter *m)
-{
+static int meter_pick_next(const struct meter *m) {
     for (int k = 1; k <= m->nch; k++) {
         int i = (m->cur + k + m->nch) % m->nch;
         if (m->ch[i].cfg->enabled)
@@ -65,15 +63,13 @@ static int meter_pick_next(const struct meter *m)
     return -1;
 }
 
-static void meter_work(uv_work_t *w)
-{
+static void meter_work(uv_work_t *w) {
     struct meter *m = w->data;
 
     m->rc = m->drv->read(m->dev, &m->req, &m->res);
 }
 
-static void meter_backoff_cb(uv_timer_t *t)
-{
+static void meter_backoff_cb(uv_timer_t *t) {
     struct meter *m = t->data;
 
     if (m->state == METER_BACKOFF) {
@@ -82,8 +78,7 @@ static void meter_backoff_cb(uv_timer_t *t)
     }
 }
 
-static void meter_backoff_closed(uv_handle_t *h)
-{
+static void meter_backoff_closed(uv_handle_t *h) {
     struct meter *m = h->data;
 
     m->state = METER_STOPPED;
@@ -91,13 +86,11 @@ static void meter_backoff_closed(uv_handle_t *h)
         m->on_stopped(m);
 }
 
-static void meter_finish_stop(struct meter *m)
-{
+static void meter_finish_stop(struct meter *m) {
     uv_close((uv_handle_t *)&m->backoff, meter_backoff_closed);
 }
 
-static void meter_store(struct meter *m, struct meter_channel *c)
-{
+static void meter_store(struct meter *m, struct meter_channel *c) {
     struct reading *r = &c->last;
 
     r->channel = c->cfg->channel;
@@ -117,8 +110,7 @@ static void meter_store(struct meter *m, struct meter_channel *c)
         c->not_ok++;
 }
 
-static void meter_after_work(uv_work_t *w, int status)
-{
+static void meter_after_work(uv_work_t *w, int status) {
     struct meter *m = w->data;
     struct meter_channel *c = &m->ch[m->cur];
     uint64_t now_ns = clock_now_ns(m->clk);
@@ -168,8 +160,7 @@ static void meter_after_work(uv_work_t *w, int status)
     meter_queue_next(m);
 }
 
-static void meter_queue_next(struct meter *m)
-{
+static void meter_queue_next(struct meter *m) {
     int next = meter_pick_next(m);
     const struct laser_config *lc;
     int rc;
@@ -200,8 +191,7 @@ static void meter_queue_next(struct meter *m)
     m->busy = true;
 }
 
-void meter_start(struct meter *m, meter_reading_cb cb, void *ctx)
-{
+void meter_start(struct meter *m, meter_reading_cb cb, void *ctx) {
     m->on_reading = cb;
     m->cb_ctx = ctx;
     m->state = METER_RUNNING;
@@ -209,8 +199,7 @@ void meter_start(struct meter *m, meter_reading_cb cb, void *ctx)
     meter_queue_next(m);
 }
 
-void meter_stop(struct meter *m, meter_stopped_cb cb)
-{
+void meter_stop(struct meter *m, meter_stopped_cb cb) {
     m->on_stopped = cb;
     if (m->state == METER_STOPPING || m->state == METER_STOPPED)
         return;
@@ -224,31 +213,27 @@ void meter_stop(struct meter *m, meter_stopped_cb cb)
         meter_finish_stop(m);
 }
 
-void meter_fini(struct meter *m)
-{
+void meter_fini(struct meter *m) {
     if (m->drv && m->dev)
         m->drv->close(m->dev);
     m->dev = NULL;
 }
 
-struct meter_channel *meter_channel_find(struct meter *m, int channel)
-{
+struct meter_channel *meter_channel_find(struct meter *m, int channel) {
     for (int i = 0; i < m->nch; i++)
         if (m->ch[i].cfg->channel == channel)
             return &m->ch[i];
     return NULL;
 }
 
-struct meter_channel *meter_channel_by_name(struct meter *m, const char *name)
-{
+struct meter_channel *meter_channel_by_name(struct meter *m, const char *name) {
     for (int i = 0; i < m->nch; i++)
         if (strcmp(m->ch[i].cfg->name, name) == 0)
             return &m->ch[i];
     return NULL;
 }
 
-const char *meter_state_name(const struct meter *m)
-{
+const char *meter_state_name(const struct meter *m) {
     switch (m->state) {
     case METER_IDLE:
         return "idle";
@@ -264,7 +249,6 @@ const char *meter_state_name(const struct meter *m)
     return "stopped";
 }
 
-bool meter_busy(const struct meter *m)
-{
+bool meter_busy(const struct meter *m) {
     return m->busy;
 }

@@ -19,8 +19,7 @@
 static void store_start(struct store *st);
 
 void store_init(struct store *st, uv_loop_t *loop, const char *dir, store_snapshot_fn fn,
-                void *ctx)
-{
+                void *ctx) {
     memset(st, 0, sizeof(*st));
     st->loop = loop;
     st->snapshot = fn;
@@ -30,8 +29,7 @@ void store_init(struct store *st, uv_loop_t *loop, const char *dir, store_snapsh
     snprintf(st->tmp, sizeof(st->tmp), "%s/state.json.tmp", dir);
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
+static int write_all(int fd, const char *p, size_t n) {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
@@ -46,8 +44,7 @@ static int write_all(int fd, const char *p, size_t n)
 }
 
 int store_write_file(const char *path, const char *tmp, const char *dir, const char *text,
-                     char *err, size_t errlen)
-{
+                     char *err, size_t errlen) {
     int fd, dfd, rc;
 
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -89,15 +86,13 @@ int store_write_file(const char *path, const char *tmp, const char *dir, const c
     return 0;
 }
 
-static void store_work(uv_work_t *w)
-{
+static void store_work(uv_work_t *w) {
     struct store *st = w->data;
 
     st->rc = store_write_file(st->path, st->tmp, st->dir, st->text, st->err, sizeof(st->err));
 }
 
-static void store_after_work(uv_work_t *w, int status)
-{
+static void store_after_work(uv_work_t *w, int status) {
     struct store *st = w->data;
     struct store_waiter **pp, *wt, *done = NULL;
     int rc = status < 0 ? status : st->rc;
@@ -110,7 +105,8 @@ static void store_after_work(uv_work_t *w, int status)
         st->gen_saved = st->gen_saving;
     } else {
         st->failures++;
-        log_warnx("state: cannot save %s: %s", st->path, status < 0 ? uv_strerror(status) : st->err);
+        log_warnx("state: cannot save %s: %s", st->path,
+                  status < 0 ? uv_strerror(status) : st->err);
     }
     /* Collect the waiters this save covers (or failed for), then call them:
      * a callback may ask for another save. */
@@ -143,8 +139,7 @@ static void store_after_work(uv_work_t *w, int status)
     }
 }
 
-static void store_start(struct store *st)
-{
+static void store_start(struct store *st) {
     json_t *snap = st->snapshot(st->ctx);
     int rc;
 
@@ -168,8 +163,7 @@ static void store_start(struct store *st)
     store_after_work(&st->work, 0);
 }
 
-void store_save(struct store *st, struct store_waiter *w, store_done_cb cb, void *arg)
-{
+void store_save(struct store *st, struct store_waiter *w, store_done_cb cb, void *arg) {
     st->gen_wanted++;
     if (w) {
         w->gen = st->gen_wanted;
@@ -182,13 +176,11 @@ void store_save(struct store *st, struct store_waiter *w, store_done_cb cb, void
         store_start(st);
 }
 
-bool store_busy(const struct store *st)
-{
+bool store_busy(const struct store *st) {
     return st->busy;
 }
 
-void store_when_idle(struct store *st, void (*cb)(struct store *st))
-{
+void store_when_idle(struct store *st, void (*cb)(struct store *st)) {
     if (!st->busy) {
         cb(st);
         return;
@@ -196,8 +188,7 @@ void store_when_idle(struct store *st, void (*cb)(struct store *st))
     st->on_idle = cb;
 }
 
-int store_load(struct store *st, json_t **out, char *err, size_t errlen)
-{
+int store_load(struct store *st, json_t **out, char *err, size_t errlen) {
     json_error_t jerr;
     char aside[sizeof(st->path) + 48];
     struct stat sb;

@@ -16,15 +16,15 @@
 struct sim_laser {
     bool present;
     double nominal_thz;
-    double offset_mhz;     /* configured offset plus every mode hop */
-    double drift_mhz;      /* random-walk state */
+    double offset_mhz; /* configured offset plus every mode hop */
+    double drift_mhz;  /* random-walk state */
     double drift_mhz_per_sqrt_s;
     double noise_mhz;
     double sensitivity_mhz_per_v;
     double lag_s;
-    double input_v;        /* what the actuator was last told */
-    double actual_v;       /* what the laser follows, lagging input_v */
-    uint64_t t_ns;         /* time the state was last advanced to */
+    double input_v;  /* what the actuator was last told */
+    double actual_v; /* what the laser follows, lagging input_v */
+    uint64_t t_ns;   /* time the state was last advanced to */
     enum sim_fault fault;
 };
 
@@ -48,8 +48,7 @@ static const char *const fault_names[] = {
     [SIM_FAULT_OVEREXPOSED] = "overexposed",
 };
 
-int sim_fault_parse(const char *name, enum sim_fault *out)
-{
+int sim_fault_parse(const char *name, enum sim_fault *out) {
     for (size_t i = 0; i < sizeof(fault_names) / sizeof(fault_names[0]); i++) {
         if (strcmp(name, fault_names[i]) == 0) {
             *out = (enum sim_fault)i;
@@ -59,19 +58,16 @@ int sim_fault_parse(const char *name, enum sim_fault *out)
     return -EINVAL;
 }
 
-const char *sim_fault_name(enum sim_fault f)
-{
+const char *sim_fault_name(enum sim_fault f) {
     return fault_names[f];
 }
 
 /* xoshiro256**, seeded through splitmix64: fast, and one seed gives one run. */
-static uint64_t rotl(uint64_t x, int k)
-{
+static uint64_t rotl(uint64_t x, int k) {
     return (x << k) | (x >> (64 - k));
 }
 
-static uint64_t rng_next(uint64_t s[4])
-{
+static uint64_t rng_next(uint64_t s[4]) {
     uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
 
     s[2] ^= s[0];
@@ -83,8 +79,7 @@ static uint64_t rng_next(uint64_t s[4])
     return result;
 }
 
-static void rng_seed(uint64_t s[4], uint64_t seed)
-{
+static void rng_seed(uint64_t s[4], uint64_t seed) {
     for (int i = 0; i < 4; i++) {
         uint64_t z = (seed += 0x9e3779b97f4a7c15u);
         z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
@@ -95,8 +90,7 @@ static void rng_seed(uint64_t s[4], uint64_t seed)
 
 /* A standard normal deviate (Box-Muller; one of the pair is thrown away,
  * which costs nothing that matters at wavemeter rates). */
-static double rng_gauss(uint64_t s[4])
-{
+static double rng_gauss(uint64_t s[4]) {
     double u1 = ((double)(rng_next(s) >> 11) + 1.0) * 0x1.0p-53;
     double u2 = (double)(rng_next(s) >> 11) * 0x1.0p-53;
 
@@ -104,8 +98,7 @@ static double rng_gauss(uint64_t s[4])
 }
 
 /* Advance one laser's drift and actuator lag to now. Caller holds mu. */
-static void laser_advance(struct sim_dev *d, struct sim_laser *l, uint64_t now_ns)
-{
+static void laser_advance(struct sim_dev *d, struct sim_laser *l, uint64_t now_ns) {
     double dt_s;
 
     if (now_ns <= l->t_ns)
@@ -119,15 +112,13 @@ static void laser_advance(struct sim_dev *d, struct sim_laser *l, uint64_t now_n
         l->actual_v = l->input_v;
 }
 
-static double laser_true_thz(const struct sim_laser *l)
-{
+static double laser_true_thz(const struct sim_laser *l) {
     return l->nominal_thz +
            (l->offset_mhz + l->drift_mhz + l->sensitivity_mhz_per_v * l->actual_v) * 1e-6;
 }
 
 static int sim_open(const struct config *cfg, const struct clock *clk, void **devp, char *err,
-                    size_t errlen)
-{
+                    size_t errlen) {
     struct sim_dev *d = calloc(1, sizeof(*d));
     uint64_t now_ns;
 
@@ -166,8 +157,7 @@ static int sim_open(const struct config *cfg, const struct clock *clk, void **de
     return 0;
 }
 
-static void sim_close(void *dev)
-{
+static void sim_close(void *dev) {
     struct sim_dev *d = dev;
 
     if (d == NULL)
@@ -176,8 +166,7 @@ static void sim_close(void *dev)
     free(d);
 }
 
-static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *out)
-{
+static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *out) {
     struct sim_dev *d = dev;
     struct sim_laser *l;
     uint64_t spend_ms = (uint64_t)req->exposure_ms + (req->switched ? (uint64_t)req->settle_ms : 0);
@@ -192,8 +181,7 @@ static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *
     pthread_mutex_lock(&d->mu);
     out->t_ns = clock_now_ns(d->clk);
     out->time_unix = d->clk->wall_s(d->clk->ctx);
-    if (req->channel < 1 || req->channel > CONFIG_MAX_LASERS ||
-        !d->lasers[req->channel].present) {
+    if (req->channel < 1 || req->channel > CONFIG_MAX_LASERS || !d->lasers[req->channel].present) {
         out->status = WM_ERROR;
         snprintf(out->detail, sizeof(out->detail), "no simulated laser on channel %d",
                  req->channel);
@@ -208,8 +196,7 @@ static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *
     }
     if (spend_ms > budget_ms) {
         out->status = WM_ERROR;
-        snprintf(out->detail, sizeof(out->detail), "read timed out after %d ms",
-                 req->timeout_ms);
+        snprintf(out->detail, sizeof(out->detail), "read timed out after %d ms", req->timeout_ms);
         rc = -ETIMEDOUT;
         goto out;
     }
@@ -235,15 +222,13 @@ out:
     return rc;
 }
 
-static struct sim_laser *laser_get(struct sim_dev *d, int channel)
-{
+static struct sim_laser *laser_get(struct sim_dev *d, int channel) {
     if (channel < 1 || channel > CONFIG_MAX_LASERS || !d->lasers[channel].present)
         return NULL;
     return &d->lasers[channel];
 }
 
-int sim_set_fault(void *dev, int channel, enum sim_fault fault)
-{
+int sim_set_fault(void *dev, int channel, enum sim_fault fault) {
     struct sim_dev *d = dev;
     struct sim_laser *l;
     int rc = 0;
@@ -257,8 +242,7 @@ int sim_set_fault(void *dev, int channel, enum sim_fault fault)
     return rc;
 }
 
-int sim_set_connected(void *dev, bool connected)
-{
+int sim_set_connected(void *dev, bool connected) {
     struct sim_dev *d = dev;
 
     pthread_mutex_lock(&d->mu);
@@ -267,8 +251,7 @@ int sim_set_connected(void *dev, bool connected)
     return 0;
 }
 
-bool sim_connected(void *dev)
-{
+bool sim_connected(void *dev) {
     struct sim_dev *d = dev;
     bool c;
 
@@ -278,8 +261,7 @@ bool sim_connected(void *dev)
     return c;
 }
 
-int sim_mode_hop(void *dev, int channel, double jump_mhz)
-{
+int sim_mode_hop(void *dev, int channel, double jump_mhz) {
     struct sim_dev *d = dev;
     struct sim_laser *l;
     int rc = 0;
@@ -293,8 +275,7 @@ int sim_mode_hop(void *dev, int channel, double jump_mhz)
     return rc;
 }
 
-int sim_peek(void *dev, int channel, double *input_v, double *true_thz)
-{
+int sim_peek(void *dev, int channel, double *input_v, double *true_thz) {
     struct sim_dev *d = dev;
     struct sim_laser *l;
     int rc = 0;
@@ -321,8 +302,7 @@ const struct wm_driver sim_driver = {
 };
 
 static int sim_act_open(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev,
-                        void **devp, char *err, size_t errlen)
-{
+                        void **devp, char *err, size_t errlen) {
     struct sim_act *a;
 
     if (wm != &sim_driver) {
@@ -340,13 +320,11 @@ static int sim_act_open(const struct laser_config *lc, const struct wm_driver *w
     return 0;
 }
 
-static void sim_act_close(void *dev)
-{
+static void sim_act_close(void *dev) {
     free(dev);
 }
 
-static int sim_act_write(void *dev, double output_v, int timeout_ms)
-{
+static int sim_act_write(void *dev, double output_v, int timeout_ms) {
     struct sim_act *a = dev;
     struct sim_laser *l;
     int rc = 0;

@@ -53,20 +53,17 @@ struct client {
 static void client_close(struct client *c);
 static void client_flush(struct client *c);
 
-const char *server_client_name(const struct client *c)
-{
+const char *server_client_name(const struct client *c) {
     return c->name;
 }
 
-static size_t pause_mark(const struct client *c)
-{
+static size_t pause_mark(const struct client *c) {
     /* Stop reading a client whose unread answers reach a quarter of the hard
      * cap: a pipelining client is slowed down, not dropped. */
     return (size_t)c->srv->cfg->write_queue_max_bytes / 4;
 }
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     /* One 64 KiB buffer per read call; linebuf copies only partial lines. */
     static char slab[65536];
 
@@ -75,8 +72,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = sizeof(slab);
 }
 
-static void client_closed_cb(uv_handle_t *h)
-{
+static void client_closed_cb(uv_handle_t *h) {
     struct client *c = h->data;
     struct server *s = c->srv;
     struct pending *p, *n;
@@ -101,24 +97,21 @@ static void client_closed_cb(uv_handle_t *h)
         s->on_closed(s);
 }
 
-static void client_close(struct client *c)
-{
+static void client_close(struct client *c) {
     if (c->closing)
         return;
     c->closing = true;
     uv_close((uv_handle_t *)&c->tcp, client_closed_cb);
 }
 
-static void shutdown_cb(uv_shutdown_t *req, int status)
-{
+static void shutdown_cb(uv_shutdown_t *req, int status) {
     (void)status;
     client_close(req->data);
 }
 
 /* After the peer's EOF: once every answer is handed to the kernel, shut our
  * side down (uv_shutdown waits for queued writes) and close. */
-static void client_maybe_finish(struct client *c)
-{
+static void client_maybe_finish(struct client *c) {
     if (!c->eof || c->head != NULL || c->closing || c->shutting)
         return;
     c->shutting = true;
@@ -127,8 +120,7 @@ static void client_maybe_finish(struct client *c)
         client_close(c);
 }
 
-static void write_cb(uv_write_t *req, int status)
-{
+static void write_cb(uv_write_t *req, int status) {
     struct write_req *wr = (struct write_req *)req;
     struct client *c = req->handle->data;
 
@@ -151,8 +143,7 @@ static void write_cb(uv_write_t *req, int status)
 }
 
 /* Takes ownership of text (NUL-terminated, no newline). */
-static void client_write(struct client *c, char *text)
-{
+static void client_write(struct client *c, char *text) {
     struct write_req *wr;
     size_t len = strlen(text);
     char *buf = realloc(text, len + 2);
@@ -188,8 +179,7 @@ static void client_write(struct client *c, char *text)
 }
 
 /* Write every answer at the head of the queue that is ready, in order. */
-static void client_flush(struct client *c)
-{
+static void client_flush(struct client *c) {
     struct pending *p;
 
     while ((p = c->head) != NULL && p->done) {
@@ -205,8 +195,7 @@ static void client_flush(struct client *c)
     client_maybe_finish(c);
 }
 
-static void line_done_cb(void *owner, struct rpc_line *line, char *out)
-{
+static void line_done_cb(void *owner, struct rpc_line *line, char *out) {
     struct pending *p = owner;
 
     (void)line;
@@ -219,8 +208,7 @@ static void line_done_cb(void *owner, struct rpc_line *line, char *out)
         client_flush(p->client);
 }
 
-static struct pending *client_enqueue(struct client *c)
-{
+static struct pending *client_enqueue(struct client *c) {
     struct pending *p = calloc(1, sizeof(*p));
 
     if (p == NULL)
@@ -234,8 +222,7 @@ static struct pending *client_enqueue(struct client *c)
     return p;
 }
 
-static void on_line(void *ctx, const char *line, size_t len)
-{
+static void on_line(void *ctx, const char *line, size_t len) {
     struct client *c = ctx;
     struct pending *p;
 
@@ -256,8 +243,7 @@ static void on_line(void *ctx, const char *line, size_t len)
     client_flush(c);
 }
 
-static void on_overflow(void *ctx)
-{
+static void on_overflow(void *ctx) {
     struct client *c = ctx;
     struct pending *p;
     char msg[96];
@@ -271,8 +257,7 @@ static void on_overflow(void *ctx)
     client_flush(c);
 }
 
-static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     struct client *c = stream->data;
 
     if (nread > 0) {
@@ -298,8 +283,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     client_close(c);
 }
 
-static void peer_name(uv_tcp_t *tcp, char *out, size_t outlen)
-{
+static void peer_name(uv_tcp_t *tcp, char *out, size_t outlen) {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     char host[64] = "?";
@@ -320,8 +304,7 @@ static void peer_name(uv_tcp_t *tcp, char *out, size_t outlen)
     snprintf(out, outlen, "%s:%d", host, port);
 }
 
-static void connection_cb(uv_stream_t *listener, int status)
-{
+static void connection_cb(uv_stream_t *listener, int status) {
     struct server *s = listener->data;
     struct client *c;
 
@@ -354,8 +337,7 @@ static void connection_cb(uv_stream_t *listener, int status)
         struct pending *p = client_enqueue(c);
 
         s->refused++;
-        log_warnx("client %s: refused, %d clients already connected", c->name,
-                  s->cfg->max_clients);
+        log_warnx("client %s: refused, %d clients already connected", c->name, s->cfg->max_clients);
         snprintf(msg, sizeof(msg), "Too many clients (max %d)", s->cfg->max_clients);
         if (p) {
             p->out = rpc_error_text(RPC_BUSY, msg);
@@ -370,8 +352,7 @@ static void connection_cb(uv_stream_t *listener, int status)
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 
-static void sweep_cb(uv_timer_t *t)
-{
+static void sweep_cb(uv_timer_t *t) {
     struct server *s = t->data;
     uint64_t now_ns = uv_hrtime();
     uint64_t idle_ns = (uint64_t)s->cfg->idle_timeout_s * 1000000000u;
@@ -394,8 +375,7 @@ static void sweep_cb(uv_timer_t *t)
 }
 
 int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
-                 const struct rpc_server *rpc, char *err, size_t errlen)
-{
+                 const struct rpc_server *rpc, char *err, size_t errlen) {
     struct sockaddr_storage ss;
     int len = sizeof(ss), rc;
 
@@ -436,16 +416,14 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
     return 0;
 }
 
-static void server_handle_closed(uv_handle_t *h)
-{
+static void server_handle_closed(uv_handle_t *h) {
     struct server *s = h->data;
 
     if (--s->closing == 0 && s->on_closed)
         s->on_closed(s);
 }
 
-void server_stop(struct server *s, void (*cb)(struct server *s))
-{
+void server_stop(struct server *s, void (*cb)(struct server *s)) {
     struct client *c;
 
     s->on_closed = cb;

@@ -21,15 +21,13 @@
 /* Speed of light, for vacuum wavelengths: lambda_nm = C_NM_THZ / f_thz. */
 #define C_NM_THZ 299792.458
 
-static double ns_to_ms(uint64_t ns)
-{
+static double ns_to_ms(uint64_t ns) {
     return (double)ns * 1e-6;
 }
 
 /* Members not in names (NULL-terminated) are refused with -32602 naming the
  * first one: a typo in a write must never be silently ignored. */
-static bool params_only(struct rpc_call *call, json_t *params, const char *const *names)
-{
+static bool params_only(struct rpc_call *call, json_t *params, const char *const *names) {
     const char *key;
     json_t *v;
 
@@ -46,12 +44,10 @@ static bool params_only(struct rpc_call *call, json_t *params, const char *const
     return true;
 }
 
-
 /* A laser's name from a param. Labs name lasers by wavelength ("399",
  * "866"), and a shell or a client easily sends those as numbers: an integer
  * is taken as the name it spells. NULL if neither string nor integer. */
-static const char *laser_name_param(json_t *v, char *buf, size_t len)
-{
+static const char *laser_name_param(json_t *v, char *buf, size_t len) {
     if (json_is_string(v))
         return json_string_value(v);
     if (json_is_integer(v)) {
@@ -67,19 +63,20 @@ static const char *laser_name_param(json_t *v, char *buf, size_t len)
  * call is answered and false returned.
  */
 static bool param_channel(struct rpc_call *call, json_t *params, struct daemon *d, bool required,
-                          struct meter_channel **out)
-{
+                          struct meter_channel **out) {
     json_t *ch = json_object_get(params, "channel");
     json_t *name = json_object_get(params, "laser");
 
     *out = NULL;
     if (ch && name) {
-        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: give \"channel\" or \"laser\", not both", NULL);
+        rpc_call_error(call, RPC_INVALID_PARAMS,
+                       "Invalid params: give \"channel\" or \"laser\", not both", NULL);
         return false;
     }
     if (ch) {
         if (!json_is_integer(ch)) {
-            rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"channel\" must be an integer", NULL);
+            rpc_call_error(call, RPC_INVALID_PARAMS,
+                           "Invalid params: \"channel\" must be an integer", NULL);
             return false;
         }
         *out = meter_channel_find(&d->meter, (int)json_integer_value(ch));
@@ -94,7 +91,8 @@ static bool param_channel(struct rpc_call *call, json_t *params, struct daemon *
         char buf[32];
         const char *n = laser_name_param(name, buf, sizeof(buf));
         if (n == NULL) {
-            rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"laser\" must be a string", NULL);
+            rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"laser\" must be a string",
+                           NULL);
             return false;
         }
         *out = meter_channel_by_name(&d->meter, n);
@@ -105,15 +103,15 @@ static bool param_channel(struct rpc_call *call, json_t *params, struct daemon *
         return true;
     }
     if (required) {
-        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"channel\" or \"laser\" is required", NULL);
+        rpc_call_error(call, RPC_INVALID_PARAMS,
+                       "Invalid params: \"channel\" or \"laser\" is required", NULL);
         return false;
     }
     return true;
 }
 
 /* New reference: one reading as clients see it. */
-json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns)
-{
+json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns) {
     const struct reading *r = &c->last;
     json_t *o = json_object();
 
@@ -139,15 +137,13 @@ json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns)
     return o;
 }
 
-static void m_ping(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_ping(struct rpc_call *call, json_t *params, void *ctx) {
     (void)ctx;
     if (params_only(call, params, NULL))
         rpc_call_result(call, json_string("pong"));
 }
 
-static void m_version(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_version(struct rpc_call *call, json_t *params, void *ctx) {
     (void)ctx;
     if (!params_only(call, params, NULL))
         return;
@@ -156,8 +152,7 @@ static void m_version(struct rpc_call *call, json_t *params, void *ctx)
                                     PROTOCOL_MINOR));
 }
 
-static void m_status(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     uint64_t now_ns = clock_now_ns(d->clk);
     json_t *chans = json_array();
@@ -168,27 +163,26 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx)
     }
     for (int i = 0; i < d->meter.nch; i++) {
         const struct meter_channel *c = &d->meter.ch[i];
-        json_array_append_new(chans, json_pack("{s:i, s:s, s:I, s:I, s:I}", "channel",
-                                               c->cfg->channel, "laser", c->cfg->name, "reads",
-                                               (json_int_t)c->reads, "errors",
-                                               (json_int_t)c->errors, "not_ok",
-                                               (json_int_t)c->not_ok));
+        json_array_append_new(
+            chans, json_pack("{s:i, s:s, s:I, s:I, s:I}", "channel", c->cfg->channel, "laser",
+                             c->cfg->name, "reads", (json_int_t)c->reads, "errors",
+                             (json_int_t)c->errors, "not_ok", (json_int_t)c->not_ok));
     }
-    json_t *drv = json_pack("{s:s, s:s}", "name", d->meter.drv->name, "state",
-                            meter_state_name(&d->meter));
+    json_t *drv =
+        json_pack("{s:s, s:s}", "name", d->meter.drv->name, "state", meter_state_name(&d->meter));
     if (d->meter.last_error[0])
         json_object_set_new(drv, "error", json_string(d->meter.last_error));
-    rpc_call_result(
-        call, json_pack("{s:f, s:o, s:f, s:o, s:i, s:{s:f, s:f}, s:i, s:b, s:i, s:s}", "uptime_s",
-                        ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver", drv, "cycle_ms",
-                        ns_to_ms(d->meter.last_cycle_ns), "channels", chans, "clients",
-                        d->server.nclients, "loop_lag_ms", "last", d->lag_last_ms, "max",
-                        d->lag_max_ms, "pool_jobs", (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers), "read_in_flight", meter_busy(&d->meter),
-                        "threadpool_size", d->cfg.threadpool_size, "state_dir", d->state_dir));
+    rpc_call_result(call, json_pack("{s:f, s:o, s:f, s:o, s:i, s:{s:f, s:f}, s:i, s:b, s:i, s:s}",
+                                    "uptime_s", ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver",
+                                    drv, "cycle_ms", ns_to_ms(d->meter.last_cycle_ns), "channels",
+                                    chans, "clients", d->server.nclients, "loop_lag_ms", "last",
+                                    d->lag_last_ms, "max", d->lag_max_ms, "pool_jobs",
+                                    (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers),
+                                    "read_in_flight", meter_busy(&d->meter), "threadpool_size",
+                                    d->cfg.threadpool_size, "state_dir", d->state_dir));
 }
 
-static void m_channels(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_channels(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     json_t *a;
 
@@ -206,8 +200,7 @@ static void m_channels(struct rpc_call *call, json_t *params, void *ctx)
 
 static const char *const read_params[] = {"channel", "laser", NULL};
 
-static void m_read(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_read(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
     uint64_t now_ns = clock_now_ns(d->clk);
@@ -225,14 +218,12 @@ static void m_read(struct rpc_call *call, json_t *params, void *ctx)
     rpc_call_result(call, a);
 }
 
-
 /* ---- lasers ---- */
 
 static const char *const laser_params[] = {"laser", NULL};
 
 /* The laser named by params.laser; answers the call and returns NULL if none. */
-static struct laser *param_laser(struct rpc_call *call, json_t *params, struct daemon *d)
-{
+static struct laser *param_laser(struct rpc_call *call, json_t *params, struct daemon *d) {
     json_t *name = json_object_get(params, "laser");
     char buf[32];
     const char *n = laser_name_param(name, buf, sizeof(buf));
@@ -251,8 +242,7 @@ static struct laser *param_laser(struct rpc_call *call, json_t *params, struct d
 }
 
 /* An optional finite number param; answers the call and returns false if bad. */
-static bool param_number(struct rpc_call *call, json_t *params, const char *key, double *out)
-{
+static bool param_number(struct rpc_call *call, json_t *params, const char *key, double *out) {
     json_t *v = json_object_get(params, key);
 
     if (v == NULL)
@@ -266,14 +256,12 @@ static bool param_number(struct rpc_call *call, json_t *params, const char *key,
     return true;
 }
 
-static json_t *num_or_null(double x)
-{
+static json_t *num_or_null(double x) {
     return isfinite(x) ? json_real(x) : json_null();
 }
 
 /* New reference: everything a client may want to know about one laser. */
-static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon *d)
-{
+static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon *d) {
     const struct laser_config *c = l->cfg;
     struct meter_channel *ch = meter_channel_find(&d->meter, c->channel);
     json_t *o = json_object();
@@ -295,12 +283,12 @@ static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon 
                                   "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s, "kd_v_s_per_mhz",
                                   l->pid.p.kd_v_s_per_mhz, "sensitivity_mhz_per_v",
                                   c->sensitivity_mhz_per_v));
-    json_object_set_new(
-        o, "limits",
-        json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "min_thz", c->min_thz, "max_thz",
-                  c->max_thz, "output_min_v", c->output_min_v, "output_max_v", c->output_max_v,
-                  "slew_v_per_s", c->slew_v_per_s, "capture_mhz", c->capture_mhz, "tolerance_mhz",
-                  c->tolerance_mhz));
+    json_object_set_new(o, "limits",
+                        json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "min_thz", c->min_thz,
+                                  "max_thz", c->max_thz, "output_min_v", c->output_min_v,
+                                  "output_max_v", c->output_max_v, "slew_v_per_s", c->slew_v_per_s,
+                                  "capture_mhz", c->capture_mhz, "tolerance_mhz",
+                                  c->tolerance_mhz));
     json_object_set_new(o, "restart", json_string(config_restart_name(c->restart)));
     json_object_set_new(o, "auto_relock", json_boolean(c->auto_relock));
     json_object_set_new(o, "relocks", json_integer(l->relocks));
@@ -311,8 +299,7 @@ static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon 
     return o;
 }
 
-static void m_lasers(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_lasers(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     uint64_t now = clock_now_ns(d->clk);
     json_t *a;
@@ -325,8 +312,7 @@ static void m_lasers(struct rpc_call *call, json_t *params, void *ctx)
     rpc_call_result(call, a);
 }
 
-static void m_laser_get(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_laser_get(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct laser *l;
 
@@ -342,23 +328,21 @@ struct write_call {
     struct laser *l;
 };
 
-static void write_done(void *arg, int rc)
-{
+static void write_done(void *arg, int rc) {
     struct write_call *w = arg;
 
     if (rc == 0)
         rpc_call_result(w->call, laser_json(w->l, clock_now_ns(w->d->clk), w->d));
     else if (rc == -ENOSPC || rc == -EIO || rc == -EROFS || rc == -EACCES || rc == -ENOENT)
-        rpc_call_errorf(w->call, RPC_STORAGE_FAILED, NULL,
-                        "Applied but not saved: state file: %s", strerror(-rc));
+        rpc_call_errorf(w->call, RPC_STORAGE_FAILED, NULL, "Applied but not saved: state file: %s",
+                        strerror(-rc));
     else
         rpc_call_errorf(w->call, RPC_LASER_FAULT, NULL, "Actuator write failed: %s",
                         rc < 0 ? strerror(-rc) : "unknown");
     free(w);
 }
 
-static void audit(struct rpc_call *call, json_t *params)
-{
+static void audit(struct rpc_call *call, json_t *params) {
     const struct client *c = rpc_call_peer(call);
     char *p = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
 
@@ -368,8 +352,7 @@ static void audit(struct rpc_call *call, json_t *params)
 }
 
 /* Answer a refused change (rc < 0 from a laser_* call) with the right code. */
-static void write_refused(struct rpc_call *call, struct laser *l, int rc)
-{
+static void write_refused(struct rpc_call *call, struct laser *l, int rc) {
     const struct laser_config *c = l->cfg;
 
     switch (rc) {
@@ -386,15 +369,13 @@ static void write_refused(struct rpc_call *call, struct laser *l, int rc)
                         c->name);
         break;
     default:
-        rpc_call_errorf(call, RPC_INTERNAL_ERROR, NULL, "laser \"%s\": %s", c->name,
-                        strerror(-rc));
+        rpc_call_errorf(call, RPC_INTERNAL_ERROR, NULL, "laser \"%s\": %s", c->name, strerror(-rc));
         break;
     }
 }
 
 static bool write_begin(struct rpc_call *call, json_t *params, struct daemon *d, struct laser *l,
-                        struct write_call **out)
-{
+                        struct write_call **out) {
     struct write_call *w = malloc(sizeof(*w));
 
     if (w == NULL) {
@@ -412,8 +393,7 @@ static bool write_begin(struct rpc_call *call, json_t *params, struct daemon *d,
 static const char *const setpoint_params[] = {"laser", "frequency_thz", "wavelength_nm",
                                               "ramp_mhz_per_s", NULL};
 
-static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct laser *l;
     struct write_call *w;
@@ -428,9 +408,9 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx)
         !param_number(call, params, "ramp_mhz_per_s", &ramp))
         return;
     if (isnan(f) == isnan(wl)) {
-        rpc_call_error(call, RPC_INVALID_PARAMS,
-                       "Invalid params: give exactly one of \"frequency_thz\" and \"wavelength_nm\"",
-                       NULL);
+        rpc_call_error(
+            call, RPC_INVALID_PARAMS,
+            "Invalid params: give exactly one of \"frequency_thz\" and \"wavelength_nm\"", NULL);
         return;
     }
     if (isnan(f))
@@ -456,8 +436,7 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx)
     }
 }
 
-static void lock_common(struct rpc_call *call, json_t *params, struct daemon *d, bool on)
-{
+static void lock_common(struct rpc_call *call, json_t *params, struct daemon *d, bool on) {
     struct laser *l;
     struct write_call *w;
     int rc;
@@ -476,20 +455,17 @@ static void lock_common(struct rpc_call *call, json_t *params, struct daemon *d,
     }
 }
 
-static void m_lock(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_lock(struct rpc_call *call, json_t *params, void *ctx) {
     lock_common(call, params, ctx, true);
 }
 
-static void m_unlock(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_unlock(struct rpc_call *call, json_t *params, void *ctx) {
     lock_common(call, params, ctx, false);
 }
 
 static const char *const gains_params[] = {"laser", "kp", "ki", "kd", NULL};
 
-static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct laser *l;
     struct write_call *w;
@@ -521,8 +497,7 @@ static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx)
 
 static const char *const output_params[] = {"laser", "output_v", NULL};
 
-static void m_set_output(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_set_output(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct laser *l;
     struct write_call *w;
@@ -540,8 +515,8 @@ static void m_set_output(struct rpc_call *call, json_t *params, void *ctx)
         rpc_call_errorf(call, RPC_INVALID_PARAMS,
                         json_pack("{s:f, s:f}", "output_min_v", l->cfg->output_min_v,
                                   "output_max_v", l->cfg->output_max_v),
-                        "Invalid params: %g V is outside laser \"%s\"'s output range [%g, %g] V",
-                        v, l->cfg->name, l->cfg->output_min_v, l->cfg->output_max_v);
+                        "Invalid params: %g V is outside laser \"%s\"'s output range [%g, %g] V", v,
+                        l->cfg->name, l->cfg->output_min_v, l->cfg->output_max_v);
         return;
     }
     if (!write_begin(call, params, d, l, &w))
@@ -558,14 +533,12 @@ struct history_acc {
     size_t n;
 };
 
-static void history_one(const struct laser_sample *s, void *arg)
-{
+static void history_one(const struct laser_sample *s, void *arg) {
     struct history_acc *h = arg;
     json_t *o = json_pack("{s:f, s:I, s:s, s:o, s:o, s:f, s:s}", "time", s->time_unix, "seq",
-                          (json_int_t)s->seq, "status", wm_status_name(s->status),
-                          "frequency_thz", num_or_null(s->frequency_thz), "error_mhz",
-                          num_or_null(s->error_mhz), "output_v", s->output_v, "state",
-                          laser_state_name(s->state));
+                          (json_int_t)s->seq, "status", wm_status_name(s->status), "frequency_thz",
+                          num_or_null(s->frequency_thz), "error_mhz", num_or_null(s->error_mhz),
+                          "output_v", s->output_v, "state", laser_state_name(s->state));
 
     json_array_append_new(h->samples, o);
     if (isfinite(s->error_mhz)) {
@@ -579,8 +552,7 @@ static void history_one(const struct laser_sample *s, void *arg)
 
 static const char *const history_params[] = {"laser", "channel", "seconds", NULL};
 
-static void m_history(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
     struct laser *l;
@@ -600,11 +572,11 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx)
     mean = h.n ? h.sum / (double)h.n : (double)NAN;
     var = h.n > 1 ? (h.sum2 - h.sum * mean) / (double)(h.n - 1) : (double)NAN;
     rpc_call_result(call,
-                    json_pack("{s:s, s:i, s:o, s:{s:I, s:o, s:o, s:o, s:o}}", "laser",
-                              c->cfg->name, "channel", c->cfg->channel, "samples", h.samples,
-                              "error_mhz", "n", (json_int_t)h.n, "mean", num_or_null(mean), "std",
-                              num_or_null(var > 0 ? sqrt(var) : (h.n > 1 ? 0.0 : (double)NAN)), "min",
-                              h.n ? json_real(h.min) : json_null(), "max",
+                    json_pack("{s:s, s:i, s:o, s:{s:I, s:o, s:o, s:o, s:o}}", "laser", c->cfg->name,
+                              "channel", c->cfg->channel, "samples", h.samples, "error_mhz", "n",
+                              (json_int_t)h.n, "mean", num_or_null(mean), "std",
+                              num_or_null(var > 0 ? sqrt(var) : (h.n > 1 ? 0.0 : (double)NAN)),
+                              "min", h.n ? json_real(h.min) : json_null(), "max",
                               h.n ? json_real(h.max) : json_null()));
 }
 
@@ -612,8 +584,7 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx)
 
 static const char *const sim_fault_params[] = {"channel", "laser", "fault", NULL};
 
-static void m_sim_fault(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_sim_fault(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
     json_t *f = json_object_get(params, "fault");
@@ -634,8 +605,7 @@ static void m_sim_fault(struct rpc_call *call, json_t *params, void *ctx)
 
 static const char *const sim_hop_params[] = {"channel", "laser", "jump_mhz", NULL};
 
-static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
     json_t *j = json_object_get(params, "jump_mhz");
@@ -651,8 +621,7 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx)
     rpc_call_result(call, json_true());
 }
 
-static void sim_connect(struct rpc_call *call, json_t *params, void *ctx, bool connected)
-{
+static void sim_connect(struct rpc_call *call, json_t *params, void *ctx, bool connected) {
     struct daemon *d = ctx;
 
     if (!params_only(call, params, NULL))
@@ -661,13 +630,11 @@ static void sim_connect(struct rpc_call *call, json_t *params, void *ctx, bool c
     rpc_call_result(call, json_true());
 }
 
-static void m_sim_disconnect(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_sim_disconnect(struct rpc_call *call, json_t *params, void *ctx) {
     sim_connect(call, params, ctx, false);
 }
 
-static void m_sim_connect(struct rpc_call *call, json_t *params, void *ctx)
-{
+static void m_sim_connect(struct rpc_call *call, json_t *params, void *ctx) {
     sim_connect(call, params, ctx, true);
 }
 
@@ -694,8 +661,7 @@ static const struct rpc_method sim_methods[] = {
     {.name = "sim.connect", .fn = m_sim_connect},
 };
 
-static const struct rpc_method *find_extra(void *ctx, const char *name)
-{
+static const struct rpc_method *find_extra(void *ctx, const char *name) {
     struct daemon *d = ctx;
 
     if (d->meter.drv != &sim_driver)
@@ -706,8 +672,7 @@ static const struct rpc_method *find_extra(void *ctx, const char *name)
     return NULL;
 }
 
-void methods_init(struct rpc_server *rpc, struct daemon *d)
-{
+void methods_init(struct rpc_server *rpc, struct daemon *d) {
     rpc->methods = methods;
     rpc->nmethods = sizeof(methods) / sizeof(methods[0]);
     rpc->ctx = d;

@@ -6,8 +6,7 @@
 #include <errno.h>
 #include <time.h>
 
-static uint64_t system_now_ns(void *ctx)
-{
+static uint64_t system_now_ns(void *ctx) {
     struct timespec ts;
 
     (void)ctx;
@@ -15,8 +14,7 @@ static uint64_t system_now_ns(void *ctx)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void system_sleep_ns(void *ctx, uint64_t ns)
-{
+static void system_sleep_ns(void *ctx, uint64_t ns) {
     struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
                           .tv_nsec = (long)(ns % 1000000000u)};
 
@@ -26,8 +24,7 @@ static void system_sleep_ns(void *ctx, uint64_t ns)
         ;
 }
 
-static double system_wall_s(void *ctx)
-{
+static double system_wall_s(void *ctx) {
     struct timespec ts;
 
     (void)ctx;
@@ -42,7 +39,6 @@ static const struct clock system_clock = {
     .ctx = NULL,
 };
 
-const struct clock *clock_system(void)
-{
+const struct clock *clock_system(void) {
     return &system_clock;
 }

@@ -24,8 +24,7 @@ static const char *const level_names[] = {
 
 /* systemd sets JOURNAL_STREAM=dev:inode for the stream stderr is connected to;
  * comparing it with fstat(2) is how sd-journal itself decides. */
-static bool stderr_is_journal(void)
-{
+static bool stderr_is_journal(void) {
     const char *js = getenv("JOURNAL_STREAM");
     unsigned long long dev, ino;
     struct stat st;
@@ -37,19 +36,16 @@ static bool stderr_is_journal(void)
     return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
-void log_init(enum log_level level)
-{
+void log_init(enum log_level level) {
     logger.level = level;
     logger.journal = stderr_is_journal();
 }
 
-void log_set_level(enum log_level level)
-{
+void log_set_level(enum log_level level) {
     logger.level = level;
 }
 
-int log_level_parse(const char *name, enum log_level *out)
-{
+int log_level_parse(const char *name, enum log_level *out) {
     for (int l = LOG_LVL_ERROR; l <= LOG_LVL_DEBUG; l++) {
         if (strcmp(name, level_names[l]) == 0) {
             *out = (enum log_level)l;
@@ -63,8 +59,7 @@ int log_level_parse(const char *name, enum log_level *out)
     return -EINVAL;
 }
 
-static void log_vline(enum log_level level, const char *suffix, const char *fmt, va_list ap)
-{
+static void log_vline(enum log_level level, const char *suffix, const char *fmt, va_list ap) {
     char line[1024];
     int n;
 
@@ -81,8 +76,7 @@ static void log_vline(enum log_level level, const char *suffix, const char *fmt,
     fprintf(stderr, "%s%s\n", line, suffix ? suffix : "");
 }
 
-void log_msg(enum log_level level, const char *fmt, ...)
-{
+void log_msg(enum log_level level, const char *fmt, ...) {
     va_list ap;
 
     va_start(ap, fmt);
@@ -90,8 +84,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
     va_end(ap);
 }
 
-void log_warn_err(int err, const char *fmt, ...)
-{
+void log_warn_err(int err, const char *fmt, ...) {
     char suffix[128];
     va_list ap;
 
@@ -102,8 +95,7 @@ void log_warn_err(int err, const char *fmt, ...)
 }
 
 bool log_ratelimit_ok(struct log_ratelimit *rl, uint64_t now_ns, uint64_t interval_ns,
-                      unsigned *suppressed)
-{
+                      unsigned *suppressed) {
     if (rl->last_ns != 0 && now_ns - rl->last_ns < interval_ns) {
         rl->suppressed++;
         return false;
