@@ -7,10 +7,12 @@
 #include <errno.h>
 #include <string.h>
 
+#include "highfinesse.h"
 #include "sim.h"
 
 static const struct wm_driver *const wm_drivers[] = {
     &sim_driver,
+    &highfinesse_driver,
 };
 
 static int none_open(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev,

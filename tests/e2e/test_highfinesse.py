@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""End to end: the real wavemeterd with driver "highfinesse" on a fake
+libwlmData.so (tests/fakes/fake_wlmdata.c, path in $FAKE_WLM_LIB), spoken to
+over TCP. The fake is scripted through its environment and a control file."""
+import os
+import re
+import tempfile
+
+from wmd import Daemon, fail, run_tests, wait_for
+
+LIB = os.environ.get("FAKE_WLM_LIB", "build/tests/libwlmData.so")
+# Results the driver throws away after a switch or an exposure change
+# (WLM_FLUSH_READS in src/drivers/highfinesse.c), plus the one it keeps.
+POLLS_AFTER_SWITCH = 3 + 1
+
+
+def hf_config(channels, library=None, **over):
+    lasers = [{"name": "L%d" % ch, "channel": ch, "exposure_ms": 5, "settle_ms": 5,
+               "actuator": {"driver": "none"}} for ch in channels]
+    cfg = {"listen": "127.0.0.1:0",
+           "wavemeter": {"driver": "highfinesse", "library": library or LIB},
+           "lasers": lasers}
+    cfg.update(over)
+    return cfg
+
+
+class Fake:
+    """Scratch files for one daemon: the control file and the call log."""
+
+    def __init__(self, **knobs):
+        self.dir = tempfile.mkdtemp(prefix="wmd-fake-wlm-")
+        self.control = os.path.join(self.dir, "control")
+        self.log = os.path.join(self.dir, "calls.log")
+        self.home = os.path.join(self.dir, "home")
+        os.makedirs(self.home)
+        open(self.control, "w").close()
+        self.env = {"FAKE_WLM_CONTROL": self.control, "FAKE_WLM_LOG": self.log,
+                    "HOME": self.home}
+        self.env.update({"FAKE_WLM_" + k.upper(): str(v) for k, v in knobs.items()})
+
+    def set(self, **knobs):
+        """Replace the control file: these knobs override the environment."""
+        tmp = self.control + ".tmp"
+        with open(tmp, "w") as f:
+            for k, v in knobs.items():
+                f.write("FAKE_WLM_%s=%s\n" % (k.upper(), v))
+        os.rename(tmp, self.control)
+
+    def calls(self):
+        with open(self.log) as f:
+            return [line.split() for line in f.read().splitlines()]
+
+
+def reading(d, laser):
+    return d.result("read", {"laser": laser})
+
+
+def wait_status(d, laser, status, detail=None, timeout=10):
+    """The first reading of laser with that status ("no reading yet" is none)
+    and, if given, detail in its detail."""
+    def ok():
+        r = reading(d, laser)
+        if r["seq"] > 0 and r["status"] == status and (detail is None or detail in r.get("detail", "")):
+            return r
+        return None
+    return wait_for(ok, timeout, "a %s reading of %s (detail %r)" % (status, laser, detail))
+
+
+def start_fails(cfg, fake, words):
+    d = Daemon(cfg, env=fake.env)
+    d.start(expect_ready=False)
+    rc = d.proc.wait(10)
+    log = d.log()
+    if rc != 1:
+        fail("exit %s, expected 1:\n%s" % (rc, log))
+    for w in words:
+        if w not in log:
+            fail("%r not in the log:\n%s" % (w, log))
+    if any(w in log for w in ("AddressSanitizer", "LeakSanitizer", "runtime error")):
+        fail("sanitizer report:\n" + log)
+    return log
+
+
+def test_reading():
+    fake = Fake(freqs="1:384.2281")
+    with Daemon(hf_config([1]), env=fake.env) as d:
+        r = wait_status(d, "L1", "ok")
+        if abs(r["frequency_thz"] - 384.2281) > 1e-9 or r["exposure_ms"] != 5:
+            fail("reading %r" % r)
+        if abs(r["wavelength_nm"] * r["frequency_thz"] - 299792.458) > 1e-6:
+            fail("wavelength %r" % r)
+        st = d.result("status")
+        if st["driver"]["name"] != "highfinesse":
+            fail("status %r" % st)
+        log = d.log()
+        for w in ("HighFinesse WS7, serial 4242", LIB):
+            if w not in log:
+                fail("%r not logged at start:\n%s" % (w, log))
+    calls = fake.calls()
+    # One laser on channel 1: no switch to own, so it is left alone.
+    if any(c[0] in ("SetSwitcherMode", "SetSwitcherChannel") for c in calls):
+        fail("switch touched with a single laser on channel 1: %r" % calls[:20])
+    if [c for c in calls if c[0] == "SetExposureNum"] != [["SetExposureNum", "1", "1", "5", "=", "0"]]:
+        fail("exposure not set exactly once: %r" % [c for c in calls if c[0] == "SetExposureNum"])
+
+
+def test_statuses():
+    fake = Fake(freqs="1:-1,2:-3,3:-4,4:-2,5:-8,6:0")
+    want = {"L1": "no_signal", "L2": "underexposed", "L3": "overexposed", "L4": "no_signal",
+            "L5": "no_signal", "L6": "error"}
+    with Daemon(hf_config([1, 2, 3, 4, 5, 6]), env=fake.env) as d:
+        for laser, status in want.items():
+            r = wait_status(d, laser, status)
+            if "frequency_thz" in r:
+                fail("frequency with status %s: %r" % (status, r))
+        wait_status(d, "L6", "error", detail="ErrNoValue (0)")
+
+
+def test_vendor_error_and_recovery():
+    fake = Fake(freqs="1:384.1,2:751.5")
+    with Daemon(hf_config([1, 2]), env=fake.env) as d:
+        wait_status(d, "L1", "ok")
+        fake.set(freqs="1:-26,2:751.5")
+        wait_status(d, "L1", "error", detail="GetFrequencyNum: ErrTCPErr (-26)")
+        wait_for(lambda: d.result("status")["driver"]["state"] == "error", 5, "driver state error")
+        if d.result("ping") != "pong":
+            fail("daemon not answering during vendor errors")
+        fake.set()
+        r = wait_status(d, "L1", "ok", timeout=20)
+        if abs(r["frequency_thz"] - 384.1) > 1e-9:
+            fail("after recovery: %r" % r)
+        # The server vanishes (GetWLMCount 0, ErrWlmMissing) and comes back.
+        fake.set(count=0)
+        for laser in ("L1", "L2"):
+            wait_status(d, laser, "error", detail="ErrWlmMissing (-5)", timeout=20)
+        fake.set()
+        wait_status(d, "L2", "ok", timeout=20)
+        wait_status(d, "L1", "ok", timeout=20)
+        if "ErrTCPErr" not in d.log():
+            fail("vendor error not logged:\n" + d.log())
+
+
+def test_switching():
+    # The fake keeps returning the previous channel's value for 3 reads after
+    # a switch, as the real pipeline does: no reading may show it.
+    fake = Fake(freqs="1:384.2281,2:751.5", pipeline=3)
+    with Daemon(hf_config([1, 2]), env=fake.env) as d:
+        wait_for(lambda: all(c["reads"] >= 5 for c in d.result("status")["channels"]), 20,
+                 "5 reads of each channel")
+        for laser, thz in (("L1", 384.2281), ("L2", 751.5)):
+            samples = d.result("history", {"laser": laser})["samples"]
+            bad = [s for s in samples if s["status"] != "ok" or abs(s["frequency_thz"] - thz) > 1e-9]
+            if not samples or bad:
+                fail("%s: %d samples, wrong ones %r" % (laser, len(samples), bad[:5]))
+    calls = fake.calls()
+    names = [c[0] for c in calls]
+    if "SetSwitcherMode" not in names or names.index("SetSwitcherMode") > names.index("SetSwitcherChannel"):
+        fail("switch not put in manual mode first: %r" % calls[:20])
+    if ["SetSwitcherMode", "0", "=", "0"] not in calls:
+        fail("SetSwitcherMode(0) missing")
+    # Split the log at the switches: every read follows a switch to its own
+    # channel, and each switch is followed by exactly the flush plus one read.
+    segments, cur = [], None
+    for c in calls:
+        if c[0] == "SetSwitcherChannel":
+            if c[-1] != "0":
+                fail("SetSwitcherChannel failed: %r" % c)
+            cur = [int(c[1]), 0]
+            segments.append(cur)
+        elif c[0] == "GetFrequencyNum":
+            if cur is None or int(c[1]) != cur[0]:
+                fail("GetFrequencyNum(%s) after SetSwitcherChannel(%s)" % (c[1], cur and cur[0]))
+            cur[1] += 1
+    chans = [s[0] for s in segments]
+    if len(segments) < 10 or any(a == b for a, b in zip(chans, chans[1:])):
+        fail("switches %r" % chans)
+    counts = {s[1] for s in segments[:-1]}  # the last one may have been cut by SIGTERM
+    if counts != {POLLS_AFTER_SWITCH}:
+        fail("reads per switch %r, expected %d" % (counts, POLLS_AFTER_SWITCH))
+    expo = [c for c in calls if c[0] == "SetExposureNum"]
+    if len(expo) != 2:
+        fail("exposure set more than once per channel: %r" % expo)
+
+
+def test_straddle():
+    # Someone else keeps moving the switch to channel 2 during every
+    # measurement of channel 1: those readings are marked, and the driver
+    # moves the switch back before the next one.
+    fake = Fake(freqs="1:384.2281,2:751.5")
+    cfg = hf_config([1, 2])
+    with Daemon(cfg, env=fake.env, log_level="debug") as d:
+        wait_for(lambda: d.result("status")["channels"][0]["reads"] >= 2, 10, "reads")
+        fake.set(foreign_switch=2)
+        wait_for(lambda: "channel 1: switch on 1 before and 2 after" in d.log(), 10,
+                 "a straddle of channel 1 to be logged")
+        fake.set()
+    # With a single laser on channel 3 the scheduler never switches again,
+    # so only the driver can notice the switch was moved.
+    fake = Fake(freqs="3:384.2281,2:751.5")
+    with Daemon(hf_config([3]), env=fake.env, log_level="debug") as d:
+        wait_status(d, "L3", "ok")
+        fake.set(foreign_switch=2)
+        wait_for(lambda: "switch found on 2, moving it back" in d.log(), 10, "the switch moved back")
+        fake.set()
+        wait_status(d, "L3", "ok")
+
+
+def test_switch_error():
+    fake = Fake(freqs="1:384.2281,2:751.5", switch_rc=-7)
+    with Daemon(hf_config([1, 2]), env=fake.env) as d:
+        wait_status(d, "L1", "error", detail="SetSwitcherChannel(1): ResERR_WlmBusy")
+        fake.set(switch_rc=0)
+        wait_status(d, "L1", "ok", timeout=20)
+        wait_status(d, "L2", "ok", timeout=20)
+
+
+def test_missing_library():
+    fake = Fake()
+    path = os.path.join(fake.dir, "nowhere", "libwlmData.so")
+    start_fails(hf_config([1], library=path), fake,
+                ["wavemeter: cannot load %s: " % path,
+                 "(install the HighFinesse Linux library or set wavemeter.library)"])
+
+
+def test_missing_symbol():
+    # Any shared library without the vendor's functions: the C library.
+    with open("/proc/self/maps") as f:
+        libc = next(l.split()[-1] for l in f if re.search(r"/libc[.-][^/]*so", l))
+    start_fails(hf_config([1], library=libc), Fake(), ["has no function GetWLMCount"])
+
+
+def test_no_server():
+    fake = Fake(count=0)
+    start_fails(hf_config([1]), fake,
+                ["no wavemeter server (GetWLMCount = 0): is wlmDataServer running and "
+                 "wlmData.ini pointing at it?"])
+
+
+def test_errormode_warning():
+    fake = Fake(freqs="1:384.2281")
+    ini_dir = os.path.join(fake.home, ".config", "HighFinesse")
+    os.makedirs(ini_dir)
+    with open(os.path.join(ini_dir, "wlmData.ini"), "w") as f:
+        f.write("[default]\naddress = 192.0.2.7\nport=7171\nerrormode = 9\n")
+    with Daemon(hf_config([1]), env=fake.env) as d:
+        wait_status(d, "L1", "ok")
+        log = d.log()
+        if not re.search(r"wlmData.ini:4: errormode=9 has the 8 bit set", log):
+            fail("no errormode warning:\n" + log)
+        if "server address 192.0.2.7, port 7171" not in log:
+            fail("ini settings not logged:\n" + log)
+
+
+def test_sim_methods_absent():
+    fake = Fake(freqs="1:384.2281")
+    with Daemon(hf_config([1]), env=fake.env) as d:
+        for m in ("sim.fault", "sim.disconnect", "sim.connect", "sim.mode_hop"):
+            e = d.call(m, {"laser": "L1", "fault": "none"} if m == "sim.fault" else None)["error"]
+            if e["code"] != -32601:
+                fail("%s with driver highfinesse: %r" % (m, e))
+
+
+run_tests([
+    ("reading", test_reading),
+    ("statuses", test_statuses),
+    ("vendor_error_and_recovery", test_vendor_error_and_recovery),
+    ("switching", test_switching),
+    ("straddle", test_straddle),
+    ("switch_error", test_switch_error),
+    ("missing_library", test_missing_library),
+    ("missing_symbol", test_missing_symbol),
+    ("no_server", test_no_server),
+    ("errormode_warning", test_errormode_warning),
+    ("sim_methods_absent", test_sim_methods_absent),
+])
