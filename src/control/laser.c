@@ -137,7 +137,7 @@ static void laser_restore(struct laser *l, json_t *saved) {
 
     params_from_config(&p, c);
     if (saved) {
-        double sp = saved_number(saved, "setpoint_thz", NAN, c->min_thz, c->max_thz);
+        double sp = saved_number(saved, "setpoint_thz", (double)NAN, c->min_thz, c->max_thz);
         if (isnan(sp))
             log_warnx("laser \"%s\": saved setpoint missing or outside [%.9f, %.9f] THz; using "
                       "the config's %.9f THz",
@@ -561,7 +561,7 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
 
         l->owner = ls;
         l->cfg = c;
-        l->error_mhz = NAN;
+        l->error_mhz = (double)NAN;
         l->state = LOCK_OFF;
         snprintf(l->reason, sizeof(l->reason), "not locked");
         l->since_ns = clock_now_ns(clk);

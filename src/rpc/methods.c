@@ -397,7 +397,7 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct laser *l;
     struct write_call *w;
-    double f = NAN, wl = NAN, ramp;
+    double f = (double)NAN, wl = (double)NAN, ramp;
     int rc;
 
     if (!params_only(call, params, setpoint_params) || (l = param_laser(call, params, d)) == NULL)
@@ -501,7 +501,7 @@ static void m_set_output(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct laser *l;
     struct write_call *w;
-    double v = NAN;
+    double v = (double)NAN;
     int rc;
 
     if (!params_only(call, params, output_params) || (l = param_laser(call, params, d)) == NULL ||

@@ -59,7 +59,8 @@ int log_level_parse(const char *name, enum log_level *out) {
     return -EINVAL;
 }
 
-static void log_vline(enum log_level level, const char *suffix, const char *fmt, va_list ap) {
+__attribute__((format(printf, 3, 0))) static void
+log_vline(enum log_level level, const char *suffix, const char *fmt, va_list ap) {
     char line[1024];
     int n;
 
