@@ -132,6 +132,8 @@ json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns) {
     json_object_set_new(o, "time", json_real(r->time_unix));
     json_object_set_new(o, "age_ms", json_real(round(ns_to_ms(now_ns - r->t_ns) * 1000) / 1000));
     json_object_set_new(o, "seq", json_integer((json_int_t)r->seq));
+    if (r->straddled) /* never used by a lock; shown so a user sees why */
+        json_object_set_new(o, "straddled", json_true());
     if (r->status == WM_ERROR && r->detail[0])
         json_object_set_new(o, "detail", json_string(r->detail));
     return o;
