@@ -25,7 +25,7 @@ enum {
     RPC_RATE_LIMITED = -32004,
     RPC_BUSY = -32005,
     RPC_NOT_READY = -32006,      /* no reading yet */
-    RPC_STORAGE_FAILED = -32007, /* change could not be made durable: not applied */
+    RPC_STORAGE_FAILED = -32007, /* applied, but the state file could not be written */
     RPC_LASER_LOCKED = -32010,   /* operation needs the laser unlocked */
     RPC_LASER_NO_ACTUATOR = -32011,
     RPC_LASER_FAULT = -32012,

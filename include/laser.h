@@ -74,7 +74,8 @@ struct laser {
     /* The actuator job: inputs copied in, outputs read back on the loop. */
     uv_work_t work;
     bool busy;
-    struct pid job_pid; /* job input and output */
+    bool held_during_job; /* a bad reading arrived while the step ran */
+    struct pid job_pid;   /* job input and output */
     uint64_t job_gen;
     double job_measured_thz;
     uint64_t job_t_ns;

@@ -342,8 +342,11 @@ static void laser_after_work(uv_work_t *w, int status) {
         s->output_v = l->pid.output_v;
         s->error_mhz = l->job_error_mhz;
     }
-    if (l->lock_on && l->state != LOCK_LOST && !l->owner->stopping)
+    /* A bad reading that came in while the step ran is newer news: the
+     * laser stays holding until the next good reading. */
+    if (l->lock_on && l->state != LOCK_LOST && !l->owner->stopping && !l->held_during_job)
         laser_evaluate(l, l->job_error_mhz, l->job_t_ns);
+    l->held_during_job = false;
     if (s && s->t_ns == l->job_t_ns)
         s->state = l->state;
     lasers_check_stopped(l->owner);
@@ -377,7 +380,11 @@ static void laser_try_relock(struct laser *l, uint64_t t_ns) {
     l->job_output_v = l->have_locked_output ? l->locked_output_v : l->pid.output_v;
     laser_set_state(l, LOCK_ACQUIRING, "relock attempt %d of %d from %.4f V", l->relocks,
                     c->relock_attempts, l->job_output_v);
+    /* Aim straight at the setpoint; the laser's ramp rate stays for later
+     * setpoint changes. */
+    double ramp = l->pid.ramp_mhz_per_s;
     pid_set_setpoint(&l->pid, l->pid.setpoint_thz, 0, t_ns);
+    l->pid.ramp_mhz_per_s = ramp;
     laser_job_start(l);
 }
 
@@ -428,7 +435,10 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         bad = why;
     }
     if (bad) {
+        /* A step still in flight must not undo the hold when it lands. */
         pid_hold(&l->pid);
+        l->pid_gen++;
+        l->held_during_job = l->busy;
         laser_set_state(l, LOCK_HOLDING, "%s: output held at %.4f V", bad, l->pid.output_v);
         s.state = l->state;
         hist_push(l, &s);

@@ -207,7 +207,11 @@ int store_load(struct store *st, json_t **out, char *err, size_t errlen) {
         return 0;
     }
     json_decref(j);
-    snprintf(aside, sizeof(aside), "%s.corrupt-%lld", st->path, (long long)time(NULL));
+    /* Nanoseconds in the name: two corrupt files in one second both stay. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(aside, sizeof(aside), "%s.corrupt-%lld.%09ld", st->path, (long long)ts.tv_sec,
+             ts.tv_nsec);
     if (rename(st->path, aside) != 0)
         snprintf(err, errlen, "%s: %d:%d: %s; could not move it aside: %s", st->path, jerr.line,
                  jerr.column, j ? "not an object" : jerr.text, strerror(errno));

@@ -247,7 +247,7 @@ static struct laser *param_laser(struct rpc_call *call, json_t *params, struct d
 static bool param_number(struct rpc_call *call, json_t *params, const char *key, double *out) {
     json_t *v = json_object_get(params, key);
 
-    if (v == NULL)
+    if (v == NULL || json_is_null(v)) /* null skips a positional param */
         return true;
     if (!json_is_number(v) || !isfinite(json_number_value(v))) {
         rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL,
@@ -529,9 +529,11 @@ static void m_set_output(struct rpc_call *call, json_t *params, void *ctx) {
     }
 }
 
+/* Error statistics by Welford's method: one pass, and no cancellation when
+ * the mean is large against the spread (an unlocked laser far off). */
 struct history_acc {
     json_t *samples;
-    double sum, sum2, min, max;
+    double mean, m2, min, max;
     size_t n;
 };
 
@@ -544,11 +546,13 @@ static void history_one(const struct laser_sample *s, void *arg) {
 
     json_array_append_new(h->samples, o);
     if (isfinite(s->error_mhz)) {
-        h->sum += s->error_mhz;
-        h->sum2 += s->error_mhz * s->error_mhz;
-        h->min = h->n == 0 || s->error_mhz < h->min ? s->error_mhz : h->min;
-        h->max = h->n == 0 || s->error_mhz > h->max ? s->error_mhz : h->max;
+        double x = s->error_mhz, delta = x - h->mean;
+
+        h->min = h->n == 0 || x < h->min ? x : h->min;
+        h->max = h->n == 0 || x > h->max ? x : h->max;
         h->n++;
+        h->mean += delta / (double)h->n;
+        h->m2 += delta * (x - h->mean);
     }
 }
 
@@ -571,15 +575,14 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
     l = lasers_find_channel(&d->lasers, c->cfg->channel);
     h.samples = json_array();
     laser_history(l, seconds, history_one, &h);
-    mean = h.n ? h.sum / (double)h.n : (double)NAN;
-    var = h.n > 1 ? (h.sum2 - h.sum * mean) / (double)(h.n - 1) : (double)NAN;
+    mean = h.n ? h.mean : (double)NAN;
+    var = h.n > 1 ? h.m2 / (double)(h.n - 1) : (double)NAN;
     rpc_call_result(call,
                     json_pack("{s:s, s:i, s:o, s:{s:I, s:o, s:o, s:o, s:o}}", "laser", c->cfg->name,
                               "channel", c->cfg->channel, "samples", h.samples, "error_mhz", "n",
                               (json_int_t)h.n, "mean", num_or_null(mean), "std",
-                              num_or_null(var > 0 ? sqrt(var) : (h.n > 1 ? 0.0 : (double)NAN)),
-                              "min", h.n ? json_real(h.min) : json_null(), "max",
-                              h.n ? json_real(h.max) : json_null()));
+                              num_or_null(sqrt(var)), "min", h.n ? json_real(h.min) : json_null(),
+                              "max", h.n ? json_real(h.max) : json_null()));
 }
 
 /* sim.* methods: present only when the simulator is the driver. */

@@ -589,9 +589,15 @@ def test_method_errors():
         gains = g
         # Gains: numbers >= 0 only; 1e400 (inf to some parsers) is never taken.
         for p in ({"laser": "L1", "kp": "0.1"}, {"laser": "L1", "ki": -0.1},
-                  {"laser": "L1", "kd": -1e-9}, {"laser": "L1", "kp": None},
-                  {"laser": "L1", "kp": True}):
+                  {"laser": "L1", "kd": -1e-9}, {"laser": "L1", "kp": True}):
             expect_error(c, "laser.set_gains", p, -32602)
+        # null skips a param (so positional calls can leave one out).
+        if c.result("laser.set_gains", ["L1", None, None, None])["gains"] != gains:
+            fail("null gains changed the gains")
+        l = c.result("laser.set_setpoint", ["L1", None, C_NM_THZ / 384.0002, 0])
+        if abs(l["setpoint_thz"] - 384.0002) > 1e-9:
+            fail("positional wavelength after a null frequency: %r" % l["setpoint_thz"])
+        c.result("laser.set_setpoint", ["L1", 384.0001])
         c.send('{"jsonrpc":"2.0","id":77,"method":"laser.set_gains",'
                '"params":{"laser":"L1","kp":1e400}}\n')
         ans = c.recv_json()
@@ -727,7 +733,7 @@ def test_history():
         expect_error(c, "history", {"channel": 9}, -32602)
 
 
-# ---- known daemon bugs (see KNOWN_BUGS below) ----
+# ---- regressions: bugs found by these tests, fixed ----
 
 def test_history_std_far_from_setpoint():
     # An unlocked laser 100 GHz from its setpoint (a diode that jumped a chip
@@ -777,18 +783,7 @@ SUITE = [
     ("method_errors", test_method_errors),
     ("ramp", test_setpoint_ramp_keeps_the_lock),
     ("history", test_history),
-]
-# Known daemon bugs: each asserts the right behaviour and fails today. As in
-# tests/inproc, they run with WMD_KNOWN_BUGS=1 or when named on the command
-# line; once a fix makes one pass, move it into SUITE.
-KNOWN_BUGS = [
     ("relock_keeps_ramp", test_relock_keeps_ramp_rate),
     ("history_std_far", test_history_std_far_from_setpoint),
 ]
-
-if os.environ.get("WMD_KNOWN_BUGS") == "1" or sys.argv[1:]:
-    SUITE += KNOWN_BUGS
-else:
-    for name, _ in KNOWN_BUGS:
-        print("skip %s (known daemon bug; WMD_KNOWN_BUGS=1 runs it)" % name, flush=True)
 run_tests(SUITE)
