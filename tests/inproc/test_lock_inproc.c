@@ -830,9 +830,13 @@ START_TEST(bug_rail_reason_names_wrong_limit) {
         feed_step(r, sp);
     }
     ck_assert_int_eq(l->state, LOCK_RAILED);
-    ck_assert_msg(strstr(l->reason, "upper") != NULL, "railed toward +2 V, reason \"%s\"",
-                  l->reason);
+    /* Stop first: a known bug fails on every run and must not leave its
+     * state directory behind each time. */
+    bool upper = strstr(l->reason, "upper") != NULL;
+    char reason[sizeof(l->reason)];
+    memcpy(reason, l->reason, sizeof(reason));
     rig_end(r);
+    ck_assert_msg(upper, "railed toward +2 V, reason \"%s\"", reason);
 }
 END_TEST
 
@@ -865,9 +869,11 @@ START_TEST(bug_relocked_after_one_reading_after_hold) {
     ck_assert_int_eq(l->state, LOCK_HOLDING);
     rig_advance(r, 0.02);
     feed_step(r, sp + 0.5e-6);
-    ck_assert_msg(l->state != LOCK_LOCKED,
-                  "\"locked\" after one good reading after a 5 s gap: \"%s\"", l->reason);
+    bool locked = l->state == LOCK_LOCKED;
+    char reason[sizeof(l->reason)];
+    memcpy(reason, l->reason, sizeof(reason));
     rig_end(r);
+    ck_assert_msg(!locked, "\"locked\" after one good reading after a 5 s gap: \"%s\"", reason);
 }
 END_TEST
 
