@@ -64,6 +64,7 @@ struct laser {
     uint64_t since_ns;
     double error_mhz;         /* last error, NAN if none */
     int in_tolerance;         /* consecutive readings within tolerance */
+    int out_tolerance;        /* consecutive readings outside it */
     int outside_capture;      /* consecutive readings outside the capture range */
     uint64_t railed_since_ns; /* 0 = not railed */
     bool have_locked_output;

@@ -231,40 +231,51 @@ static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns) {
                         error_mhz, c->capture_mhz, l->outside_capture);
         return;
     }
-    if (l->pid.railed) {
+    /* Railed means sitting on a limit, not on the way there under the slew
+     * limit: the rail timeout counts from when the output got there. */
+    double out = l->pid.output_v;
+    bool at_max = fabs(out - c->output_max_v) <= 1e-9, at_min = fabs(out - c->output_min_v) <= 1e-9;
+    if (at_max || at_min) {
         if (l->railed_since_ns == 0)
             l->railed_since_ns = t_ns;
         if ((double)(t_ns - l->railed_since_ns) * 1e-9 >= c->rail_timeout_s) {
             l->lost_ns = t_ns;
-            laser_set_state(l, LOCK_LOST, "output railed at %.3f V for %.0f s", l->pid.output_v,
+            laser_set_state(l, LOCK_LOST, "output railed at %.3f V for %.0f s", out,
                             c->rail_timeout_s);
             return;
         }
         l->in_tolerance = 0;
-        laser_set_state(l, LOCK_RAILED, "output at its %s limit %.3f V",
-                        l->pid.output_v >= c->output_max_v ? "upper" : "lower", l->pid.output_v);
+        laser_set_state(l, LOCK_RAILED, "output at its %s limit %.3f V", at_max ? "upper" : "lower",
+                        out);
         return;
     }
     l->railed_since_ns = 0;
     if (abs_e <= c->tolerance_mhz) {
+        l->out_tolerance = 0;
         if (++l->in_tolerance >= c->locked_after) {
             l->have_locked_output = true;
-            l->locked_output_v = l->pid.output_v;
+            l->locked_output_v = out;
             l->relocks = 0;
             laser_set_state(l, LOCK_LOCKED, "within %.3g MHz for %d readings", c->tolerance_mhz,
-                            l->in_tolerance);
+                            c->locked_after);
             return;
         }
     } else {
         l->in_tolerance = 0;
+        l->out_tolerance++;
     }
-    if (l->state != LOCK_LOCKED || l->in_tolerance == 0)
+    /* Hysteresis: one noisy reading does not unlock; locked_after readings
+     * in a row outside the tolerance do. */
+    if (l->state == LOCK_LOCKED && l->out_tolerance > 0 && l->out_tolerance < c->locked_after)
+        return;
+    if (l->state != LOCK_LOCKED || l->out_tolerance > 0)
         laser_set_state(l, LOCK_ACQUIRING, "error %.3f MHz, tolerance %.3g MHz", error_mhz,
                         c->tolerance_mhz);
 }
 
 static void laser_engage(struct laser *l, double target_thz) {
     l->in_tolerance = 0;
+    l->out_tolerance = 0;
     l->outside_capture = 0;
     l->railed_since_ns = 0;
     pid_engage(&l->pid, l->pid.output_v, target_thz, now_ns(l));
@@ -303,6 +314,10 @@ static void laser_after_work(uv_work_t *w, int status) {
         lasers_check_stopped(l->owner);
         return;
     }
+    if (l->job_step && l->job_result == PID_REFUSED) {
+        lasers_check_stopped(l->owner); /* nothing was written */
+        return;
+    }
     l->writes++;
     l->owner->outputs_dirty = true;
     if (!l->job_step) {
@@ -319,10 +334,6 @@ static void laser_after_work(uv_work_t *w, int status) {
         if (waiter) {
             store_save(&l->owner->store, &waiter->w, change_durable, waiter);
         }
-        lasers_check_stopped(l->owner);
-        return;
-    }
-    if (l->job_result == PID_REFUSED) {
         lasers_check_stopped(l->owner);
         return;
     }
@@ -374,6 +385,7 @@ static void laser_try_relock(struct laser *l, uint64_t t_ns) {
         return;
     l->relocks++;
     l->in_tolerance = 0;
+    l->out_tolerance = 0;
     l->outside_capture = 0;
     l->railed_since_ns = 0;
     l->job_step = false;
@@ -439,6 +451,9 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         pid_hold(&l->pid);
         l->pid_gen++;
         l->held_during_job = l->busy;
+        /* After a gap, "locked" needs locked_after fresh readings again. */
+        l->in_tolerance = 0;
+        l->out_tolerance = 0;
         laser_set_state(l, LOCK_HOLDING, "%s: output held at %.4f V", bad, l->pid.output_v);
         s.state = l->state;
         hist_push(l, &s);

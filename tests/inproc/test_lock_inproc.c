@@ -12,7 +12,7 @@
  * ahead of it. A run then depends on its seed and on which reading a test's
  * action (a fault, a hop, a new setpoint) lands before, since the pool thread
  * reads while the test runs; the bounds allow for a reading either way.
- * Tests that need an exact order (the known bugs) feed readings by hand.
+ * Tests that need an exact order feed readings by hand.
  */
 #include <check.h>
 #include <jansson.h>
@@ -797,19 +797,14 @@ START_TEST(test_hold_survives_step_in_flight) {
 }
 END_TEST
 
-/* ---- known bugs ----
- * Each asserts what the code should do and fails today. They run only as
- * their own ctest entries, marked WILL_FAIL (tests/CMakeLists.txt): when a
- * fix makes one pass, ctest reports it, and the test moves up into the
- * suite above. */
+/* ---- regressions: bugs these tests found, now fixed ---- */
 
 /*
- * src/control/laser.c, laser_evaluate: the "railed" reason names the limit
- * by output_v >= output_max_v ? "upper" : "lower". pid reports railed as soon
- * as the clamp acts, while the slew limit still has the output on its way
- * to the limit, so the first "railed" on the way up says "lower limit 1.800 V".
+ * "railed" once named the limit by output_v >= output_max_v while the slew
+ * limit still had the output on its way up ("lower limit 1.800 V"): railed
+ * now means sitting on a limit, and the reason names that one.
  */
-START_TEST(bug_rail_reason_names_wrong_limit) {
+START_TEST(test_rail_reason_names_the_limit) {
     struct rig *r = rig_new(1, 71);
     struct laser *l;
     double sp;
@@ -830,8 +825,7 @@ START_TEST(bug_rail_reason_names_wrong_limit) {
         feed_step(r, sp);
     }
     ck_assert_int_eq(l->state, LOCK_RAILED);
-    /* Stop first: a known bug fails on every run and must not leave its
-     * state directory behind each time. */
+    /* Stop first, so a failure does not leave its state directory behind. */
     bool upper = strstr(l->reason, "upper") != NULL;
     char reason[sizeof(l->reason)];
     memcpy(reason, l->reason, sizeof(reason));
@@ -841,13 +835,11 @@ START_TEST(bug_rail_reason_names_wrong_limit) {
 END_TEST
 
 /*
- * src/control/laser.c, lasers_on_reading/laser_evaluate: in_tolerance is
- * not reset when a bad reading puts the lock in "holding", so after any gap
- * the first good reading makes it "locked" again at once, with a reason that
- * counts the readings from before the gap ("within 2 MHz for 11 readings"):
- * locked_after readings in a row are not asked for after a gap.
+ * After a gap ("holding"), "locked" once came back with the first good
+ * reading, counting readings from before the gap: locked_after fresh
+ * readings in a row are needed again.
  */
-START_TEST(bug_relocked_after_one_reading_after_hold) {
+START_TEST(test_locked_needs_fresh_readings_after_hold) {
     struct rig *r = rig_new(1, 72);
     struct laser *l;
     double sp;
@@ -896,24 +888,9 @@ static Suite *lock_suite(void) {
     tcase_add_test(tc, test_setpoint_durable);
     tcase_add_test(tc, test_setpoint_save_fails);
     tcase_add_test(tc, test_restart_resumes);
+    tcase_add_test(tc, test_rail_reason_names_the_limit);
+    tcase_add_test(tc, test_locked_needs_fresh_readings_after_hold);
     suite_add_tcase(s, tc);
-    if (getenv("WMD_KNOWN_BUGS") != NULL) {
-        /* One tcase each, so ctest can run them one by one (CK_RUN_CASE). */
-        const struct {
-            const char *name;
-            const TTest *test;
-        } bugs[] = {
-            {"bug_rail_reason_names_wrong_limit", bug_rail_reason_names_wrong_limit},
-            {"bug_relocked_after_one_reading_after_hold",
-             bug_relocked_after_one_reading_after_hold},
-        };
-        for (size_t i = 0; i < sizeof(bugs) / sizeof(bugs[0]); i++) {
-            TCase *b = tcase_create(bugs[i].name);
-            tcase_set_timeout(b, 60);
-            tcase_add_test(b, bugs[i].test);
-            suite_add_tcase(s, b);
-        }
-    }
     return s;
 }
 
