@@ -32,6 +32,5 @@ int sim_set_connected(void *dev, bool connected);
 int sim_mode_hop(void *dev, int channel, double jump_mhz);
 /* The actual (lagged) actuator input in volts and the true frequency now. */
 int sim_peek(void *dev, int channel, double *input_v, double *true_thz);
-bool sim_connected(void *dev);
 
 #endif

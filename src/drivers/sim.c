@@ -251,16 +251,6 @@ int sim_set_connected(void *dev, bool connected) {
     return 0;
 }
 
-bool sim_connected(void *dev) {
-    struct sim_dev *d = dev;
-    bool c;
-
-    pthread_mutex_lock(&d->mu);
-    c = d->connected;
-    pthread_mutex_unlock(&d->mu);
-    return c;
-}
-
 int sim_mode_hop(void *dev, int channel, double jump_mhz) {
     struct sim_dev *d = dev;
     struct sim_laser *l;
