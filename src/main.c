@@ -154,6 +154,15 @@ static void pick_state_dir(struct daemon *d) {
     }
 }
 
+/* Start-up failed after the loop got handles: close them all, let anything
+ * queued finish (uv_run returns once nothing is left), then free. */
+static void abort_start(struct runtime *rt) {
+    uv_walk(&rt->loop, close_handle, NULL);
+    uv_run(&rt->loop, UV_RUN_DEFAULT);
+    meter_fini(&rt->d.meter);
+    uv_loop_close(&rt->loop);
+}
+
 int main(int argc, char **argv) {
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -250,22 +259,23 @@ int main(int argc, char **argv) {
     d->start_ns = clock_now_ns(d->clk);
     d->start_unix = d->clk->wall_s(d->clk->ctx);
 
+    /* Bind before anything queues pool work: a daemon that cannot listen
+     * (port in use) must exit 1 at once, with nothing in flight. */
     if ((rc = meter_init(&d->meter, &rt.loop, &d->cfg, d->clk, err, sizeof(err))) != 0) {
         log_error("wavemeter: %s", err);
+        return 1;
+    }
+    methods_init(&d->rpc, d);
+    if ((rc = server_start(&d->server, &rt.loop, &d->cfg, &d->rpc, err, sizeof(err))) != 0) {
+        log_error("%s", err);
+        abort_start(&rt);
         return 1;
     }
     pick_state_dir(d);
     if ((rc = lasers_init(&d->lasers, &rt.loop, &d->cfg, d->clk, &d->meter, d->state_dir, err,
                           sizeof(err))) != 0) {
         log_error("%s", err);
-        meter_fini(&d->meter);
-        return 1;
-    }
-    methods_init(&d->rpc, d);
-    if ((rc = server_start(&d->server, &rt.loop, &d->cfg, &d->rpc, err, sizeof(err))) != 0) {
-        log_error("%s", err);
-        lasers_fini(&d->lasers);
-        meter_fini(&d->meter);
+        abort_start(&rt);
         return 1;
     }
 
