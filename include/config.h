@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "acl.h"
+
 /* Up to 32 lasers: one HighFinesse switch has at most 8 (or 16 with the
  * external multiplexer), and labs with two switches still fit. */
 #define CONFIG_MAX_LASERS 32
@@ -86,6 +88,8 @@ struct config {
     int write_queue_max_bytes;
     int write_stall_timeout_s;
 
+    struct acl write_from; /* peers allowed to use write methods */
+
     char state_dir[CONFIG_PATH_MAX];
     double state_save_interval_s;
 
@@ -123,7 +127,7 @@ const char *config_restart_name(enum restart_policy p);
 
 /* One key the loader accepts, as its table defines it (for docs and tests). */
 struct config_key_info {
-    const char *section; /* "", "limits", "state", "wavemeter", "lasers[]",
+    const char *section; /* "", "limits", "state", "access", "wavemeter", "lasers[]",
                             "lasers[].sim" or "lasers[].actuator" */
     const char *key;
     const char *type; /* "integer", "number", "boolean", "string", "object",

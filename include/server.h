@@ -42,5 +42,7 @@ void server_stop(struct server *s, void (*cb)(struct server *s));
 
 /* For handlers: the peer's "ADDR:PORT" (for the audit log). */
 const char *server_client_name(const struct client *c);
+/* True when the peer's address is in the config's access.write_from. */
+bool server_client_may_write(const struct client *c);
 
 #endif

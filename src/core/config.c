@@ -45,6 +45,7 @@ enum key_type {
     KEY_OBJECT, /* nested object, keys in sub, offsets relative to the same base */
     KEY_LISTEN, /* "HOST:PORT" into listen_host and listen_port */
     KEY_LASERS, /* array of laser objects, [min, max] elements */
+    KEY_NETS,   /* array of "ADDR[/BITS]" strings into a struct acl */
 };
 
 #define KEY_REQUIRED 1u
@@ -102,6 +103,12 @@ static const struct key state_keys[] = {
     ROW_STR("dir", C, state_dir, "directory for the state file ($STATE_DIRECTORY wins)"),
     ROW_DBL("save_interval_s", C, state_save_interval_s, 0.1, 3600,
             "how often changed state is written, in s"),
+    ROW_END,
+};
+
+static const struct key access_keys[] = {
+    {"write_from", KEY_NETS, FIELD(C, write_from), 0, ACL_MAX, NULL, NULL, 0,
+     "networks whose clients may use write methods, e.g. [\"127.0.0.0/8\", \"10.1.0.0/16\"]"},
     ROW_END,
 };
 
@@ -196,6 +203,7 @@ static const struct key top_keys[] = {
             "libuv worker threads (UV_THREADPOOL_SIZE)"),
     ROW_OBJ("limits", limits_keys, "client and protocol limits"),
     ROW_OBJ("state", state_keys, "where lock state survives restarts"),
+    ROW_OBJ("access", access_keys, "who may change things"),
     ROW_OBJ("wavemeter", wavemeter_keys, "the instrument"),
     {"lasers", KEY_LASERS, 0, 0, 1, CONFIG_MAX_LASERS, NULL, NULL, 0,
      "the channels; replaces the built-in lasers"},
@@ -213,6 +221,7 @@ static const struct {
     {"", top_keys},
     {"limits", limits_keys},
     {"state", state_keys},
+    {"access", access_keys},
     {"wavemeter", wavemeter_keys},
     {"lasers[]", laser_keys},
     {"lasers[].sim", sim_keys},
@@ -385,6 +394,7 @@ bad:
 
 static int parse_object(struct loader *ld, const struct key *table, json_t *obj, void *base);
 static int parse_lasers(struct loader *ld, const struct key *row, json_t *v, struct config *cfg);
+static int parse_nets(struct loader *ld, const struct key *row, json_t *v, struct acl *acl);
 
 /* Check one value against its row and store it at base + row->offset. */
 static int parse_value(struct loader *ld, const struct key *row, json_t *v, void *base) {
@@ -446,6 +456,8 @@ static int parse_value(struct loader *ld, const struct key *row, json_t *v, void
         return parse_listen(ld, v, base);
     case KEY_LASERS:
         return parse_lasers(ld, row, v, base);
+    case KEY_NETS:
+        return parse_nets(ld, row, v, (struct acl *)(void *)field);
     }
     return fail(ld, "internal error: bad key type");
 }
@@ -616,6 +628,27 @@ static int parse_lasers(struct loader *ld, const struct key *row, json_t *v, str
     return 0;
 }
 
+static int parse_nets(struct loader *ld, const struct key *row, json_t *v, struct acl *acl) {
+    size_t n = json_array_size(v);
+    char why[128];
+
+    if (!json_is_array(v) || n > (size_t)row->max)
+        return fail(ld, "must be an array of at most %.0f \"ADDR[/BITS]\" strings", row->max);
+    memset(acl, 0, sizeof(*acl));
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(v, i);
+
+        path_push_index(ld, i);
+        if (!json_is_string(e))
+            return fail(ld, "must be a string \"ADDR[/BITS]\"");
+        if (acl_parse_net(json_string_value(e), &acl->nets[i], why, sizeof(why)) < 0)
+            return fail(ld, "%s", why);
+        acl->n = i + 1;
+        ld->depth--;
+    }
+    return 0;
+}
+
 static void laser_default(struct laser_config *l, const char *name, int channel, double nominal_thz,
                           double sensitivity_mhz_per_v) {
     laser_template(l);
@@ -639,6 +672,10 @@ void config_defaults(struct config *cfg) {
     cfg->write_queue_max_bytes = 1048576;
     cfg->write_stall_timeout_s = 10;
     copy_string(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/wavemeterd");
+    /* Writes from this host only, until the config names other networks. */
+    acl_parse_net("127.0.0.0/8", &cfg->write_from.nets[0], NULL, 0);
+    acl_parse_net("::1/128", &cfg->write_from.nets[1], NULL, 0);
+    cfg->write_from.n = 2;
     cfg->state_save_interval_s = 10;
     copy_string(cfg->driver, sizeof(cfg->driver), "sim");
     cfg->read_timeout_ms = 5000;
@@ -794,6 +831,7 @@ static const char *key_type_name(enum key_type t) {
     case KEY_OBJECT:
         return "object";
     case KEY_LASERS:
+    case KEY_NETS:
         return "array";
     }
     return "?";

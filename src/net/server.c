@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acl.h"
 #include "linebuf.h"
 #include "log.h"
 
@@ -40,6 +41,7 @@ struct client {
     struct linebuf lb;
     struct pending *head, *tail;
     char name[64];
+    struct sockaddr_storage peer;
     uint64_t last_active_ns;   /* last byte received or answer written */
     uint64_t stalled_since_ns; /* queue above the pause mark since; 0 = not */
     bool eof;                  /* the peer closed its sending side */
@@ -55,6 +57,10 @@ static void client_flush(struct client *c);
 
 const char *server_client_name(const struct client *c) {
     return c->name;
+}
+
+bool server_client_may_write(const struct client *c) {
+    return acl_allows(&c->srv->cfg->write_from, (const struct sockaddr *)&c->peer);
 }
 
 static size_t pause_mark(const struct client *c) {
@@ -283,13 +289,15 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     client_close(c);
 }
 
-static void peer_name(uv_tcp_t *tcp, char *out, size_t outlen) {
+static void peer_name(uv_tcp_t *tcp, struct sockaddr_storage *peer, char *out, size_t outlen) {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     char host[64] = "?";
     int port = 0;
 
+    memset(peer, 0, sizeof(*peer));
     if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) == 0) {
+        *peer = ss;
         if (ss.ss_family == AF_INET6) {
             struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
             uv_ip6_name(a, host, sizeof(host));
@@ -330,7 +338,7 @@ static void connection_cb(uv_stream_t *listener, int status) {
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    peer_name(&c->tcp, c->name, sizeof(c->name));
+    peer_name(&c->tcp, &c->peer, c->name, sizeof(c->name));
     c->last_active_ns = uv_hrtime();
     if (s->nclients > s->cfg->max_clients) {
         char msg[80];

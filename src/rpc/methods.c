@@ -220,6 +220,19 @@ static void m_read(struct rpc_call *call, json_t *params, void *ctx) {
     rpc_call_result(call, a);
 }
 
+/* Write methods are for the networks in access.write_from only; anyone the
+ * server accepts may read. Answers -32001 and returns false otherwise. */
+static bool write_allowed(struct rpc_call *call) {
+    const struct client *c = rpc_call_peer(call);
+
+    if (c != NULL && server_client_may_write(c))
+        return true;
+    rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
+                    "Unauthorized: %s may read but not change anything (see access.write_from)",
+                    c ? server_client_name(c) : "this client");
+    return false;
+}
+
 /* ---- lasers ---- */
 
 static const char *const laser_params[] = {"laser", NULL};
@@ -402,6 +415,9 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx) {
     double f = (double)NAN, wl = (double)NAN, ramp;
     int rc;
 
+    if (!write_allowed(call))
+        return;
+
     if (!params_only(call, params, setpoint_params) || (l = param_laser(call, params, d)) == NULL)
         return;
     ramp = l->pid.ramp_mhz_per_s;
@@ -443,6 +459,9 @@ static void lock_common(struct rpc_call *call, json_t *params, struct daemon *d,
     struct write_call *w;
     int rc;
 
+    if (!write_allowed(call))
+        return;
+
     if (!params_only(call, params, laser_params) || (l = param_laser(call, params, d)) == NULL)
         return;
     if (on && strcmp(l->cfg->actuator.driver, "none") == 0) {
@@ -473,6 +492,9 @@ static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx) {
     struct write_call *w;
     double kp, ki, kd;
     int rc;
+
+    if (!write_allowed(call))
+        return;
 
     if (!params_only(call, params, gains_params) || (l = param_laser(call, params, d)) == NULL)
         return;
@@ -505,6 +527,9 @@ static void m_set_output(struct rpc_call *call, json_t *params, void *ctx) {
     struct write_call *w;
     double v = (double)NAN;
     int rc;
+
+    if (!write_allowed(call))
+        return;
 
     if (!params_only(call, params, output_params) || (l = param_laser(call, params, d)) == NULL ||
         !param_number(call, params, "output_v", &v))
@@ -595,6 +620,9 @@ static void m_sim_fault(struct rpc_call *call, json_t *params, void *ctx) {
     json_t *f = json_object_get(params, "fault");
     enum sim_fault fault;
 
+    if (!write_allowed(call))
+        return;
+
     if (!params_only(call, params, sim_fault_params) || !param_channel(call, params, d, true, &c))
         return;
     if (!json_is_string(f) || sim_fault_parse(json_string_value(f), &fault) != 0) {
@@ -615,6 +643,9 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
     struct meter_channel *c;
     json_t *j = json_object_get(params, "jump_mhz");
 
+    if (!write_allowed(call))
+        return;
+
     if (!params_only(call, params, sim_hop_params) || !param_channel(call, params, d, true, &c))
         return;
     if (!json_is_number(j) || !isfinite(json_number_value(j))) {
@@ -628,6 +659,9 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
 
 static void sim_connect(struct rpc_call *call, json_t *params, void *ctx, bool connected) {
     struct daemon *d = ctx;
+
+    if (!write_allowed(call))
+        return;
 
     if (!params_only(call, params, NULL))
         return;

@@ -328,6 +328,32 @@ def test_ctl():
             fail("wavemeterctl error: %r" % (out,))
 
 
+def test_write_access():
+    # Writes only from access.write_from; everyone may read. Here loopback is
+    # not in the list, so this client is a reader.
+    cfg = sim_config([{"name": "399"}], access={"write_from": ["10.0.0.0/8", "fd00::/8"]})
+    with Daemon(cfg) as d:
+        wait_reading(d, "399")
+        with d.client() as c:
+            before = c.result("laser.get", {"laser": "399"})
+            for method, params in (("laser.lock", {"laser": "399"}),
+                                   ("laser.set_setpoint", {"laser": "399", "frequency_thz": 384.0001}),
+                                   ("laser.set_gains", {"laser": "399", "kp": 0.1}),
+                                   ("laser.set_output", {"laser": "399", "output_v": 1.0}),
+                                   ("sim.disconnect", None)):
+                e = c.call(method, params)
+                if e.get("error", {}).get("code") != -32001 or "127.0.0.1" not in e["error"]["message"]:
+                    fail("%s from a reader: %r" % (method, e))
+            after = c.result("laser.get", {"laser": "399"})
+            for k in ("lock", "setpoint_thz", "gains", "output_v"):
+                if before[k] != after[k]:
+                    fail("refused write changed %s: %r -> %r" % (k, before[k], after[k]))
+            if c.result("read", {"laser": "399"})["status"] != "ok":
+                fail("reading refused to a reader")
+            if "audit" in d.log():
+                fail("a refused write was audited as accepted")
+
+
 run_tests([
     ("netcat_defaults", test_netcat_defaults),
     ("methods", test_methods),
@@ -345,4 +371,5 @@ run_tests([
     ("bad_config", test_bad_config),
     ("port_in_use", test_port_in_use),
     ("wavemeterctl", test_ctl),
+    ("write_access", test_write_access),
 ])

@@ -167,6 +167,15 @@ static const struct {
      "t.json:3:5: key \"lasers[0].kp\": unknown key"},
     {"unknown key in a section", "{\"limits\": {\"max_client\": 3}}",
      "t.json:1:13: key \"limits.max_client\": unknown key"},
+    {"write_from host bits", "{\"access\": {\"write_from\": [\"::1\", \"10.1.2.3/8\"]}}",
+     "t.json:1:35: key \"access.write_from[1]\": \"10.1.2.3/8\": host bits set below the /8 "
+     "prefix"},
+    {"write_from not a list", "{\"access\": {\"write_from\": \"10.0.0.0/8\"}}",
+     "t.json:1:13: key \"access.write_from\": must be an array of at most 16 \"ADDR[/BITS]\" "
+     "strings"},
+    {"write_from hostname", "{\"access\": {\"write_from\": [\"labpc\"]}}",
+     "t.json:1:28: key \"access.write_from[0]\": \"labpc\" is not a numeric IPv4 or IPv6 "
+     "address"},
     {"unknown sim key",
      "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"sim\": {\"nominal\": 1}}]}",
      "t.json:1:49: key \"lasers[0].sim.nominal\": unknown key"},
