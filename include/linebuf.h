@@ -22,6 +22,7 @@ struct linebuf {
     size_t len, cap;
     size_t max_bytes; /* longest line accepted, newline excluded */
     bool discarding;  /* inside an over-long line: drop until newline */
+    bool stop;        /* set by a callback: linebuf_feed_some returns after it */
 };
 
 void linebuf_init(struct linebuf *lb, size_t max_bytes);
@@ -34,6 +35,14 @@ void linebuf_fini(struct linebuf *lb);
  * -ENOMEM (the partial line is dropped, up to its newline). */
 int linebuf_feed(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb line_cb,
                  linebuf_overflow_cb overflow_cb, void *ctx);
+
+/*
+ * Like linebuf_feed, but a callback may set lb->stop to make it return right
+ * after that line: *consumed is then the bytes taken, and the caller keeps
+ * the rest to feed again later (flow control). Otherwise *consumed is n.
+ */
+int linebuf_feed_some(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb line_cb,
+                      linebuf_overflow_cb overflow_cb, void *ctx, size_t *consumed);
 
 /* Bytes of an incomplete line held (for end-of-stream handling). */
 size_t linebuf_pending(const struct linebuf *lb);

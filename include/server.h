@@ -27,6 +27,7 @@ struct server {
     int nclients;
     uint64_t accepted, refused;
     bool listening;
+    bool stopping;  /* server_stop called: draining answers owed */
     char bound[80]; /* "127.0.0.1:7420" as bound (port resolved) */
     void (*on_closed)(struct server *s);
     int closing; /* handles still to close during stop */
@@ -36,12 +37,16 @@ struct server {
  * ("listen 127.0.0.1:7420: address already in use"). */
 int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
                  const struct rpc_server *rpc, char *err, size_t errlen);
-/* Stop accepting and close every client; cb runs when all handles closed.
- * Answers still pending are discarded (their effects still complete). */
+/* Stop accepting and reading; write the answers already owed (for up to
+ * 500 ms), then close every client; cb runs when all handles are closed.
+ * Answers still pending at the deadline are discarded (their effects still
+ * complete). */
 void server_stop(struct server *s, void (*cb)(struct server *s));
 
 /* For handlers: the peer's "ADDR:PORT" (for the audit log). */
 const char *server_client_name(const struct client *c);
+/* Clients whose reading is paused because they do not take their answers. */
+int server_clients_paused(const struct server *s);
 /* True when the peer's address is in the config's access.write_from. */
 bool server_client_may_write(const struct client *c);
 

@@ -26,6 +26,7 @@ void linebuf_init(struct linebuf *lb, size_t max_bytes) {
     lb->cap = 0;
     lb->max_bytes = max_bytes;
     lb->discarding = false;
+    lb->stop = false;
 }
 
 void linebuf_fini(struct linebuf *lb) {
@@ -85,10 +86,14 @@ static bool partial_too_long(const struct linebuf *lb, size_t len, char last) {
     return len > lb->max_bytes + 1 || (len == lb->max_bytes + 1 && last != '\r');
 }
 
-int linebuf_feed(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb line_cb,
-                 linebuf_overflow_cb overflow_cb, void *ctx) {
+/* The framing loop. With may_stop, it returns after the callback that set
+ * lb->stop, with *consumed the bytes taken (the rest are the caller's). */
+static int feed(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb line_cb,
+                linebuf_overflow_cb overflow_cb, void *ctx, bool may_stop, size_t *consumed) {
     const char *p = data, *end = data + n;
     int rc = 0;
+
+    *consumed = n;
 
     /* The buffer never holds a newline: each line is taken out as soon as
      * its newline arrives. So the search for the next newline starts at the
@@ -144,8 +149,24 @@ int linebuf_feed(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb
             reset(lb);
         }
         p = next;
+        if (may_stop && lb->stop && p < end) {
+            *consumed = (size_t)(p - data);
+            return rc;
+        }
     }
     return rc;
+}
+
+int linebuf_feed(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb line_cb,
+                 linebuf_overflow_cb overflow_cb, void *ctx) {
+    size_t consumed;
+
+    return feed(lb, data, n, line_cb, overflow_cb, ctx, false, &consumed);
+}
+
+int linebuf_feed_some(struct linebuf *lb, const char *data, size_t n, linebuf_line_cb line_cb,
+                      linebuf_overflow_cb overflow_cb, void *ctx, size_t *consumed) {
+    return feed(lb, data, n, line_cb, overflow_cb, ctx, true, consumed);
 }
 
 void linebuf_flush(struct linebuf *lb, linebuf_line_cb line_cb, void *ctx) {

@@ -18,6 +18,11 @@
 
 /* Idle and stall checks run once a second: both timeouts are whole seconds. */
 #define SWEEP_MS 1000
+/* Requests one client may have read and not yet been answered: enough for
+ * any sane pipeline, few enough that a flood cannot grow memory without end. */
+#define MAX_PENDING_LINES 1024
+/* At shutdown, answers still owed (a durable write finishing) get this long. */
+#define DRAIN_MS 500
 
 /* One input line's answer, in arrival order. */
 struct pending {
@@ -25,6 +30,7 @@ struct pending {
     struct client *client;
     struct rpc_line *line; /* NULL once done */
     char *out;             /* answer text, NULL for none */
+    size_t held;           /* bytes of out counted in the client's held_bytes */
     bool done;
 };
 
@@ -44,19 +50,34 @@ struct client {
     struct sockaddr_storage peer;
     uint64_t last_active_ns;   /* last byte received or answer written */
     uint64_t stalled_since_ns; /* queue above the pause mark since; 0 = not */
-    bool eof;                  /* the peer closed its sending side */
-    bool paused;               /* reading stopped: too much unread output */
-    bool in_process;           /* inside rpc_line_process */
-    bool shutting;             /* uv_shutdown issued: close follows */
-    bool closing;              /* uv_close issued */
+    size_t held_bytes;         /* answers done but waiting behind an earlier one */
+    size_t npending;           /* lines read and not yet written back */
+    char *stash;               /* bytes read but not framed while paused */
+    size_t stash_len;
+    bool eof;        /* the peer closed its sending side */
+    bool paused;     /* reading stopped: too much unread output */
+    bool in_process; /* inside rpc_line_process */
+    bool shutting;   /* uv_shutdown issued: close follows */
+    bool closing;    /* uv_close issued */
     uv_shutdown_t shutdown;
 };
 
 static void client_close(struct client *c);
 static void client_flush(struct client *c);
+static void server_handle_closed(uv_handle_t *h);
+static void on_line(void *ctx, const char *line, size_t len);
+static void on_overflow(void *ctx);
 
 const char *server_client_name(const struct client *c) {
     return c->name;
+}
+
+int server_clients_paused(const struct server *s) {
+    int n = 0;
+
+    for (const struct client *c = s->clients; c; c = c->next)
+        n += c->paused;
+    return n;
 }
 
 bool server_client_may_write(const struct client *c) {
@@ -91,6 +112,7 @@ static void client_closed_cb(uv_handle_t *h) {
         free(p);
     }
     linebuf_fini(&c->lb);
+    free(c->stash);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -99,6 +121,8 @@ static void client_closed_cb(uv_handle_t *h) {
         c->next->prev = c->prev;
     s->nclients--;
     free(c);
+    if (s->stopping && s->nclients == 0 && !uv_is_closing((uv_handle_t *)&s->sweep))
+        uv_close((uv_handle_t *)&s->sweep, server_handle_closed); /* drained early */
     if (s->on_closed && --s->closing == 0)
         s->on_closed(s);
 }
@@ -126,6 +150,79 @@ static void client_maybe_finish(struct client *c) {
         client_close(c);
 }
 
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* Bytes of answers this client has not taken yet: queued in libuv, plus
+ * answered but waiting behind an earlier answer (a durable write). */
+static size_t backlog(struct client *c) {
+    return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->held_bytes;
+}
+
+/* Flow control: a client that does not take its answers, or keeps many
+ * requests outstanding, is read no further until it catches up. */
+static bool client_over(struct client *c) {
+    return backlog(c) >= pause_mark(c) || c->npending >= MAX_PENDING_LINES;
+}
+
+static void client_pause(struct client *c) {
+    if (c->paused || c->closing)
+        return;
+    c->paused = true;
+    c->lb.stop = true; /* the rest of this read waits in the stash */
+    c->stalled_since_ns = uv_hrtime();
+    uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+/* Frame data; what is left when the client gets paused mid-read is kept in
+ * the stash and framed first on resume. */
+static void client_feed(struct client *c, const char *data, size_t n) {
+    size_t used = 0;
+
+    if (linebuf_feed_some(&c->lb, data, n, on_line, on_overflow, c, &used) < 0) {
+        log_warnx("client %s: out of memory for a line, closing", c->name);
+        client_close(c);
+        return;
+    }
+    if (used == n || c->closing)
+        return;
+    char *rest = malloc(n - used);
+    if (rest == NULL) {
+        log_warnx("client %s: out of memory, closing", c->name);
+        client_close(c);
+        return;
+    }
+    memcpy(rest, data + used, n - used);
+    free(c->stash);
+    c->stash = rest;
+    c->stash_len = n - used;
+}
+
+static void client_maybe_resume(struct client *c) {
+    if (!c->paused || c->closing || c->eof)
+        return;
+    if (backlog(c) >= pause_mark(c) / 2 || c->npending >= MAX_PENDING_LINES / 2)
+        return;
+    c->paused = false;
+    c->lb.stop = false;
+    c->stalled_since_ns = 0;
+    if (c->stash) {
+        char *stash = c->stash;
+        size_t len = c->stash_len;
+
+        c->stash = NULL;
+        c->stash_len = 0;
+        client_feed(c, stash, len);
+        free(stash);
+        if (c->paused || c->closing)
+            return;
+    }
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    if (rc != 0) {
+        log_warnx("client %s: cannot read again: %s", c->name, uv_strerror(rc));
+        client_close(c);
+    }
+}
+
 static void write_cb(uv_write_t *req, int status) {
     struct write_req *wr = (struct write_req *)req;
     struct client *c = req->handle->data;
@@ -139,13 +236,7 @@ static void write_cb(uv_write_t *req, int status) {
         return;
     }
     c->last_active_ns = uv_hrtime();
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < pause_mark(c) / 2) {
-        c->stalled_since_ns = 0;
-        if (c->paused && !c->closing && !c->eof) {
-            c->paused = false;
-            uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, NULL); /* see read_cb */
-        }
-    }
+    client_maybe_resume(c);
 }
 
 /* Takes ownership of text (NUL-terminated, no newline). */
@@ -172,15 +263,12 @@ static void client_write(struct client *c, char *text) {
         client_close(c);
         return;
     }
+    /* Reading stops at the pause mark, so only answers already owed can pass
+     * it; a client that lets them pile up to the cap is dropped. */
     size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
     if (queued > (size_t)c->srv->cfg->write_queue_max_bytes) {
         log_warnx("client %s: %zu bytes of answers unread, closing", c->name, queued);
         client_close(c);
-    } else if (queued >= pause_mark(c) && !c->paused) {
-        c->paused = true;
-        if (c->stalled_since_ns == 0)
-            c->stalled_since_ns = uv_hrtime();
-        uv_read_stop((uv_stream_t *)&c->tcp);
     }
 }
 
@@ -192,6 +280,8 @@ static void client_flush(struct client *c) {
         c->head = p->next;
         if (c->head == NULL)
             c->tail = NULL;
+        c->npending--;
+        c->held_bytes -= p->held;
         if (p->out && !c->closing)
             client_write(c, p->out);
         else
@@ -199,15 +289,24 @@ static void client_flush(struct client *c) {
         free(p);
     }
     client_maybe_finish(c);
+    if (!c->in_process)
+        client_maybe_resume(c);
+}
+
+/* p has its answer (out may be NULL: nothing to write). */
+static void pending_done(struct client *c, struct pending *p, char *out) {
+    p->line = NULL;
+    p->out = out;
+    p->done = true;
+    p->held = out ? strlen(out) : 0;
+    c->held_bytes += p->held;
 }
 
 static void line_done_cb(void *owner, struct rpc_line *line, char *out) {
     struct pending *p = owner;
 
     (void)line;
-    p->line = NULL;
-    p->out = out;
-    p->done = true;
+    pending_done(p->client, p, out);
     /* An answer given inside rpc_line_process is flushed by on_line, which
      * still holds p. */
     if (!p->client->in_process)
@@ -225,6 +324,7 @@ static struct pending *client_enqueue(struct client *c) {
     else
         c->head = p;
     c->tail = p;
+    c->npending++;
     return p;
 }
 
@@ -247,6 +347,8 @@ static void on_line(void *ctx, const char *line, size_t len) {
     if (!p->done)
         p->line = l;
     client_flush(c);
+    if (client_over(c))
+        client_pause(c);
 }
 
 static void on_overflow(void *ctx) {
@@ -258,9 +360,10 @@ static void on_overflow(void *ctx) {
         return;
     snprintf(msg, sizeof(msg), "Invalid Request: line longer than %d bytes",
              c->srv->cfg->max_line_bytes);
-    p->out = rpc_error_text(RPC_INVALID_REQUEST, msg);
-    p->done = true;
+    pending_done(c, p, rpc_error_text(RPC_INVALID_REQUEST, msg));
     client_flush(c);
+    if (client_over(c))
+        client_pause(c);
 }
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
@@ -268,10 +371,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 
     if (nread > 0) {
         c->last_active_ns = uv_hrtime();
-        if (linebuf_feed(&c->lb, buf->base, (size_t)nread, on_line, on_overflow, c) < 0) {
-            log_warnx("client %s: out of memory for a line, closing", c->name);
-            client_close(c);
-        }
+        client_feed(c, buf->base, (size_t)nread);
         return;
     }
     if (nread == 0)
@@ -347,10 +447,8 @@ static void connection_cb(uv_stream_t *listener, int status) {
         s->refused++;
         log_warnx("client %s: refused, %d clients already connected", c->name, s->cfg->max_clients);
         snprintf(msg, sizeof(msg), "Too many clients (max %d)", s->cfg->max_clients);
-        if (p) {
-            p->out = rpc_error_text(RPC_BUSY, msg);
-            p->done = true;
-        }
+        if (p)
+            pending_done(c, p, rpc_error_text(RPC_BUSY, msg));
         c->eof = true; /* answer the refusal, then close */
         client_flush(c);
         return;
@@ -431,16 +529,40 @@ static void server_handle_closed(uv_handle_t *h) {
         s->on_closed(s);
 }
 
-void server_stop(struct server *s, void (*cb)(struct server *s)) {
-    struct client *c;
+/* The drain deadline: whoever still waits for an answer is closed now. */
+static void drain_deadline_cb(uv_timer_t *t) {
+    struct server *s = t->data;
 
+    for (struct client *c = s->clients; c; c = c->next)
+        client_close(c);
+    uv_close((uv_handle_t *)&s->sweep, server_handle_closed);
+}
+
+void server_stop(struct server *s, void (*cb)(struct server *s)) {
     s->on_closed = cb;
     /* The listener, the sweep timer and every client still in the list (one
-     * already closing still gets its close callback) */
+     * already closing still gets its close callback). */
     s->closing = 2 + s->nclients;
     s->listening = false;
+    s->stopping = true;
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
-    uv_close((uv_handle_t *)&s->sweep, server_handle_closed);
-    for (c = s->clients; c; c = c->next)
-        client_close(c);
+    if (s->nclients == 0) {
+        uv_close((uv_handle_t *)&s->sweep, server_handle_closed);
+        return;
+    }
+    /* Read nothing more, but write the answers already owed (a write that
+     * is being made durable answers within milliseconds), then close each
+     * client as after its EOF; stragglers are closed at the deadline. */
+    uv_timer_start(&s->sweep, drain_deadline_cb, DRAIN_MS, 0);
+    for (struct client *c = s->clients, *n; c; c = n) {
+        n = c->next;
+        if (c->closing)
+            continue;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->eof = true;
+        c->paused = false;
+        free(c->stash);
+        c->stash = NULL;
+        client_flush(c);
+    }
 }

@@ -354,6 +354,40 @@ def test_write_access():
                 fail("a refused write was audited as accepted")
 
 
+def test_slow_reader_paused_then_served():
+    # A client that pipelines far more than the write cap and reads only
+    # later is paused (not dropped), and then gets every answer, in order.
+    import threading
+    n = 6000
+    with Daemon(sim_config([{}, {}, {}, {}])) as d:
+        wait_for(lambda: all(r["seq"] > 0 for r in d.result("read")), 10, "readings")
+        s = socket.create_connection(("127.0.0.1", d.port))
+        reqs = b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"read"}\n' % i for i in range(n))
+        sender = threading.Thread(target=s.sendall, args=(reqs,))
+        sender.start()
+        # Not reading yet: the daemon must pause this client, not close it.
+        wait_for(lambda: d.result("status")["clients_paused"] == 1, 10, "the client to be paused")
+        if "closing" in d.log():
+            fail("closed instead of paused:\n" + d.log())
+        buf, got = b"", 0
+        s.settimeout(10)
+        while got < n:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                fail("closed after %d of %d answers:\n%s" % (got, n, d.log()))
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                a = json.loads(line)
+                if a.get("id") != got or len(a["result"]) != 4:
+                    fail("answer %d: %r" % (got, line[:200]))
+                got += 1
+        sender.join(10)
+        s.close()
+        if "unread, closing" in d.log():
+            fail("slow reader was dropped:\n" + d.log())
+
+
 run_tests([
     ("netcat_defaults", test_netcat_defaults),
     ("methods", test_methods),
@@ -372,4 +406,5 @@ run_tests([
     ("port_in_use", test_port_in_use),
     ("wavemeterctl", test_ctl),
     ("write_access", test_write_access),
+    ("slow_reader", test_slow_reader_paused_then_served),
 ])

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -768,6 +769,38 @@ def test_relock_keeps_ramp_rate():
                  "target %r THz, setpoint %r THz" % (l["ramp_mhz_per_s"], l["target_thz"], new))
 
 
+def test_sigterm_answers_owed_writes():
+    # SIGTERM right behind a write: the daemon stops reading, but a write it
+    # took is answered before it closes, and an answered write is on disk.
+    answered = 0
+    for k in range(8):
+        d = Daemon(sim_config([fast()])).start()
+        try:
+            with d.client() as c:
+                c.result("ping")
+                want = 384.0 + (k + 1) * 1e-5
+                c.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "laser.set_setpoint",
+                                   "params": {"laser": "L1", "frequency_thz": want}}) + "\n")
+                d.proc.send_signal(signal.SIGTERM)
+                try:
+                    ans = c.recv_json(timeout=5)
+                except AssertionError:
+                    ans = None  # closed before the line was read: never taken
+                if d.proc.wait(5) != 0:
+                    fail("exit code %s" % d.proc.returncode)
+            with open(os.path.join(d.state_dir, "state.json")) as f:
+                saved = json.load(f)["lasers"]["L1"]["setpoint_thz"]
+            if ans is not None:
+                if ans.get("result", {}).get("setpoint_thz") != want or saved != want:
+                    fail("answer %r, saved %r, want %r" % (ans, saved, want))
+                answered += 1
+        finally:
+            d.stop()
+            shutil.rmtree(d.tmp, ignore_errors=True)
+    if answered == 0:
+        fail("no write sent just before SIGTERM was ever answered")
+
+
 SUITE = [
     ("converges", test_converges_from_200_mhz),
     ("noise_floor", test_locked_noise_floor),
@@ -785,5 +818,6 @@ SUITE = [
     ("history", test_history),
     ("relock_keeps_ramp", test_relock_keeps_ramp_rate),
     ("history_std_far", test_history_std_far_from_setpoint),
+    ("sigterm_answers_owed", test_sigterm_answers_owed_writes),
 ]
 run_tests(SUITE)
