@@ -18,6 +18,10 @@
 #define CONFIG_MAX_LASERS 32
 #define CONFIG_NAME_MAX 32
 #define CONFIG_PATH_MAX 256
+/* Bounds shared by the config keys and the methods that change the same
+ * values at run time, so a value a client may set always loads again. */
+#define CONFIG_GAIN_MAX 1000.0
+#define CONFIG_RAMP_MAX_MHZ_PER_S 1000000.0
 
 enum restart_policy { RESTART_RESUME, RESTART_RELEASE, RESTART_OFF };
 

@@ -47,7 +47,13 @@ struct lasers;
 
 /* A change waiting to be durable before its caller is answered. */
 struct laser_change;
-typedef void (*laser_change_cb)(void *arg, int rc);
+/* Which part of a change failed, when rc < 0. */
+enum laser_stage {
+    LASER_STAGE_ACTUATOR, /* the actuator write failed: nothing changed */
+    LASER_STAGE_STORE,    /* applied, but the state file could not be written */
+};
+/* rc 0: the change is applied and durable; else stage says what failed. */
+typedef void (*laser_change_cb)(void *arg, int rc, enum laser_stage stage);
 
 struct laser {
     struct lasers *owner;

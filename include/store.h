@@ -49,6 +49,9 @@ struct store {
     uint64_t saves, failures;
     struct store_waiter *waiters;
     void (*on_idle)(struct store *st);
+    /* Optional: called on the loop after a save failed, so the owner can
+     * mark its state dirty and have a later save try again. */
+    void (*on_failed)(void *ctx);
 };
 
 /* dir is the state directory; the file is dir/state.json. */

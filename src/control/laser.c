@@ -99,10 +99,18 @@ static json_t *lasers_snapshot(void *ctx) {
                      ls->clk->wall_s(ls->clk->ctx), "lasers", all);
 }
 
+/* The snapshot cleared outputs_dirty; it did not reach the disk, so the
+ * periodic save must try again (a full disk may have room by then). */
+static void lasers_save_failed(void *ctx) {
+    struct lasers *ls = ctx;
+
+    ls->outputs_dirty = true;
+}
+
 static void change_durable(void *arg, int rc) {
     struct laser_change *ch = arg;
 
-    ch->cb(ch->arg, rc);
+    ch->cb(ch->arg, rc, LASER_STAGE_STORE);
     free(ch);
 }
 
@@ -118,14 +126,21 @@ static int laser_commit(struct laser *l, laser_change_cb cb, void *arg) {
     return 0;
 }
 
-static double saved_number(json_t *o, const char *key, double dflt, double lo, double hi) {
+/* A saved value within [lo, hi], else dflt; a value that is there but
+ * refused is logged, so a restart never drops a setting silently. */
+static double saved_number(const struct laser *l, json_t *o, const char *key, double dflt,
+                           double lo, double hi) {
     json_t *v = json_object_get(o, key);
     double x;
 
-    if (!json_is_number(v))
+    if (v == NULL)
         return dflt;
-    x = json_number_value(v);
-    return isfinite(x) && x >= lo && x <= hi ? x : dflt;
+    x = json_is_number(v) ? json_number_value(v) : (double)NAN;
+    if (isfinite(x) && x >= lo && x <= hi)
+        return x;
+    log_warnx("laser \"%s\": saved %s is not a number in [%.10g, %.10g]; using %.10g", l->cfg->name,
+              key, lo, hi, dflt);
+    return dflt;
 }
 
 /* Apply the saved state of one laser (may be NULL) and its restart policy. */
@@ -137,22 +152,25 @@ static void laser_restore(struct laser *l, json_t *saved) {
 
     params_from_config(&p, c);
     if (saved) {
-        double sp = saved_number(saved, "setpoint_thz", (double)NAN, c->min_thz, c->max_thz);
+        double sp = saved_number(l, saved, "setpoint_thz", (double)NAN, c->min_thz, c->max_thz);
         if (isnan(sp))
             log_warnx("laser \"%s\": saved setpoint missing or outside [%.9f, %.9f] THz; using "
                       "the config's %.9f THz",
                       c->name, c->min_thz, c->max_thz, c->setpoint_thz);
         else
             setpoint = sp;
-        p.kp_v_per_mhz = saved_number(saved, "kp_v_per_mhz", p.kp_v_per_mhz, 0, 1e6);
-        p.ki_v_per_mhz_s = saved_number(saved, "ki_v_per_mhz_s", p.ki_v_per_mhz_s, 0, 1e6);
-        p.kd_v_s_per_mhz = saved_number(saved, "kd_v_s_per_mhz", p.kd_v_s_per_mhz, 0, 1e6);
-        output = saved_number(saved, "output_v", output, c->output_min_v, c->output_max_v);
+        p.kp_v_per_mhz = saved_number(l, saved, "kp_v_per_mhz", p.kp_v_per_mhz, 0, CONFIG_GAIN_MAX);
+        p.ki_v_per_mhz_s =
+            saved_number(l, saved, "ki_v_per_mhz_s", p.ki_v_per_mhz_s, 0, CONFIG_GAIN_MAX);
+        p.kd_v_s_per_mhz =
+            saved_number(l, saved, "kd_v_s_per_mhz", p.kd_v_s_per_mhz, 0, CONFIG_GAIN_MAX);
+        output = saved_number(l, saved, "output_v", output, c->output_min_v, c->output_max_v);
         lock = json_is_true(json_object_get(saved, "lock"));
     }
     pid_init(&l->pid, &p, setpoint, output);
     if (saved)
-        l->pid.ramp_mhz_per_s = saved_number(saved, "ramp_mhz_per_s", c->ramp_mhz_per_s, 0, 1e9);
+        l->pid.ramp_mhz_per_s = saved_number(l, saved, "ramp_mhz_per_s", c->ramp_mhz_per_s, 0,
+                                             CONFIG_RAMP_MAX_MHZ_PER_S);
     else
         l->pid.ramp_mhz_per_s = c->ramp_mhz_per_s;
     if (l->act == NULL || strcmp(c->actuator.driver, "none") == 0) {
@@ -308,7 +326,7 @@ static void laser_after_work(uv_work_t *w, int status) {
         laser_set_state(l, LOCK_FAULT, "actuator write of %.4f V failed: %s", l->job_output_v,
                         rc == -ECANCELED || status < 0 ? uv_strerror(rc) : strerror(-rc));
         if (waiter) {
-            waiter->cb(waiter->arg, rc);
+            waiter->cb(waiter->arg, rc, LASER_STAGE_ACTUATOR);
             free(waiter);
         }
         lasers_check_stopped(l->owner);
@@ -571,6 +589,7 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
     ls->clk = clk;
     ls->meter = meter;
     store_init(&ls->store, loop, state_dir, lasers_snapshot, ls);
+    ls->store.on_failed = lasers_save_failed;
     rc = store_load(&ls->store, &state, lerr, sizeof(lerr));
     if (rc == 0) {
         saved_lasers = json_object_get(state, "lasers");

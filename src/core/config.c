@@ -157,9 +157,10 @@ static const struct key laser_keys[] = {
     ROW_DBL("setpoint_thz", L, setpoint_thz, 1, 2000, "lock setpoint at start, in THz"),
     ROW_DBL("min_thz", L, min_thz, 1, 2000, "lowest setpoint a client may ask for, in THz"),
     ROW_DBL("max_thz", L, max_thz, 1, 2000, "highest setpoint a client may ask for, in THz"),
-    ROW_DBL("kp_v_per_mhz", L, kp_v_per_mhz, 0, 1000, "proportional gain, in V/MHz"),
-    ROW_DBL("ki_v_per_mhz_s", L, ki_v_per_mhz_s, 0, 1000, "integral gain, in V/(MHz s)"),
-    ROW_DBL("kd_v_s_per_mhz", L, kd_v_s_per_mhz, 0, 1000, "derivative gain, in V s/MHz; 0 = off"),
+    ROW_DBL("kp_v_per_mhz", L, kp_v_per_mhz, 0, CONFIG_GAIN_MAX, "proportional gain, in V/MHz"),
+    ROW_DBL("ki_v_per_mhz_s", L, ki_v_per_mhz_s, 0, CONFIG_GAIN_MAX, "integral gain, in V/(MHz s)"),
+    ROW_DBL("kd_v_s_per_mhz", L, kd_v_s_per_mhz, 0, CONFIG_GAIN_MAX,
+            "derivative gain, in V s/MHz; 0 = off"),
     ROW_DBL("sensitivity_mhz_per_v", L, sensitivity_mhz_per_v, -1000000, 1000000,
             "actuator sensitivity, signed, in MHz/V; its sign sets the loop sign, 0 = +"),
     ROW_DBL("output_min_v", L, output_min_v, -1000, 1000, "lowest actuator output, in V"),
@@ -167,7 +168,7 @@ static const struct key laser_keys[] = {
     ROW_DBL("output_initial_v", L, output_initial_v, -1000, 1000, "output at first start, in V"),
     ROW_DBL("slew_v_per_s", L, slew_v_per_s, 0, 1000000,
             "fastest output change, in V/s; 0 = unlimited"),
-    ROW_DBL("ramp_mhz_per_s", L, ramp_mhz_per_s, 0, 1000000,
+    ROW_DBL("ramp_mhz_per_s", L, ramp_mhz_per_s, 0, CONFIG_RAMP_MAX_MHZ_PER_S,
             "default rate for setpoint changes, in MHz/s; 0 = step"),
     ROW_DBL("capture_mhz", L, capture_mhz, 0.001, 1000000,
             "|error| beyond this counts toward lost, in MHz"),
@@ -704,6 +705,27 @@ static void set_error(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* Keys from different sections that must agree, checked once the whole file
+ * is read (the sections may come in any order): a read that cannot finish
+ * within the timeout would fail for ever. */
+static int check_read_times(struct loader *ld, const struct config *cfg) {
+    for (int i = 0; i < cfg->nlasers; i++) {
+        const struct laser_config *l = &cfg->lasers[i];
+
+        if (l->exposure_ms + l->settle_ms < cfg->read_timeout_ms)
+            continue;
+        ld->depth = 0;
+        path_push_key(ld, "lasers");
+        path_push_index(ld, (size_t)i);
+        path_push_key(ld, "exposure_ms");
+        return fail(ld,
+                    "exposure_ms + settle_ms (%d ms) must be less than "
+                    "wavemeter.read_timeout_ms (%d ms)",
+                    l->exposure_ms + l->settle_ms, cfg->read_timeout_ms);
+    }
+    return 0;
+}
+
 int config_parse(struct config *cfg, const char *name, const char *text, size_t len, char *err,
                  size_t errlen) {
     struct loader ld = {.name = name, .text = text, .len = len, .err = err, .errlen = errlen};
@@ -736,6 +758,8 @@ int config_parse(struct config *cfg, const char *name, const char *text, size_t 
     config_defaults(tmp);
     copy_string(tmp->source, sizeof(tmp->source), name);
     r = parse_object(&ld, top_keys, root, tmp);
+    if (r == 0)
+        r = check_read_times(&ld, tmp);
     if (r == 0)
         memcpy(cfg, tmp, sizeof(*cfg));
     free(tmp);

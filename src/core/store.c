@@ -105,6 +105,8 @@ static void store_after_work(uv_work_t *w, int status) {
         st->gen_saved = st->gen_saving;
     } else {
         st->failures++;
+        if (st->on_failed)
+            st->on_failed(st->ctx);
         log_warnx("state: cannot save %s: %s", st->path,
                   status < 0 ? uv_strerror(status) : st->err);
     }

@@ -344,12 +344,12 @@ struct write_call {
     struct laser *l;
 };
 
-static void write_done(void *arg, int rc) {
+static void write_done(void *arg, int rc, enum laser_stage stage) {
     struct write_call *w = arg;
 
     if (rc == 0)
         rpc_call_result(w->call, laser_json(w->l, clock_now_ns(w->d->clk), w->d));
-    else if (rc == -ENOSPC || rc == -EIO || rc == -EROFS || rc == -EACCES || rc == -ENOENT)
+    else if (stage == LASER_STAGE_STORE)
         rpc_call_errorf(w->call, RPC_STORAGE_FAILED, NULL, "Applied but not saved: state file: %s",
                         strerror(-rc));
     else
@@ -434,9 +434,11 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx) {
     }
     if (isnan(f))
         f = wl > 0 ? C_NM_THZ / wl : -1;
-    if (ramp < 0) {
-        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"ramp_mhz_per_s\" must be >= 0",
-                       NULL);
+    if (!(ramp >= 0 && ramp <= CONFIG_RAMP_MAX_MHZ_PER_S)) {
+        rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                        json_pack("{s:f, s:f}", "min", 0.0, "max", CONFIG_RAMP_MAX_MHZ_PER_S),
+                        "Invalid params: \"ramp_mhz_per_s\" must be in [0, %g]",
+                        CONFIG_RAMP_MAX_MHZ_PER_S);
         return;
     }
     if (f < l->cfg->min_thz || f > l->cfg->max_thz) {
@@ -505,11 +507,13 @@ static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx) {
     if (!param_number(call, params, "kp", &kp) || !param_number(call, params, "ki", &ki) ||
         !param_number(call, params, "kd", &kd))
         return;
-    if (kp < 0 || ki < 0 || kd < 0) {
-        rpc_call_error(call, RPC_INVALID_PARAMS,
-                       "Invalid params: gains must be >= 0 (the sign comes from "
-                       "sensitivity_mhz_per_v)",
-                       NULL);
+    if (!(kp >= 0 && kp <= CONFIG_GAIN_MAX && ki >= 0 && ki <= CONFIG_GAIN_MAX && kd >= 0 &&
+          kd <= CONFIG_GAIN_MAX)) {
+        rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                        json_pack("{s:f, s:f}", "min", 0.0, "max", CONFIG_GAIN_MAX),
+                        "Invalid params: gains must be in [0, %g] (the loop's sign comes from "
+                        "sensitivity_mhz_per_v)",
+                        CONFIG_GAIN_MAX);
         return;
     }
     if (!write_begin(call, params, d, l, &w))

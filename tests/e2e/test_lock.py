@@ -592,6 +592,12 @@ def test_method_errors():
         for p in ({"laser": "L1", "kp": "0.1"}, {"laser": "L1", "ki": -0.1},
                   {"laser": "L1", "kd": -1e-9}, {"laser": "L1", "kp": True}):
             expect_error(c, "laser.set_gains", p, -32602)
+        # Above the config's bound (a value a client sets must load again).
+        e = expect_error(c, "laser.set_gains", {"laser": "L1", "kp": 2000}, -32602)
+        if (e.get("data") or {}).get("max") != 1000:
+            fail("gain range not in data: %r" % e)
+        expect_error(c, "laser.set_setpoint",
+                     {"laser": "L1", "frequency_thz": 384.0001, "ramp_mhz_per_s": 2e6}, -32602)
         # null skips a param (so positional calls can leave one out).
         if c.result("laser.set_gains", ["L1", None, None, None])["gains"] != gains:
             fail("null gains changed the gains")
@@ -801,6 +807,44 @@ def test_sigterm_answers_owed_writes():
         fail("no write sent just before SIGTERM was ever answered")
 
 
+def test_state_dir_gone_then_back():
+    # The state directory vanishes (disk trouble): a write is applied but
+    # answered -32007, never as an actuator fault; once the directory is back
+    # the periodic save writes it, and a kill -9 then keeps it.
+    cfg = sim_config([fast()], state={"save_interval_s": 0.2})
+    d = Daemon(cfg).start()
+    try:
+        path = os.path.join(d.state_dir, "state.json")
+        wait_for(lambda: os.path.exists(path), 5, "the first state file")
+        shutil.rmtree(d.state_dir)
+        with d.client() as c:
+            ans = c.call("laser.set_setpoint", {"laser": "L1", "frequency_thz": 384.0003})
+            e = ans.get("error") or {}
+            if e.get("code") != -32007 or "not saved" not in e.get("message", ""):
+                fail("write with no state dir: %r" % ans)
+            if get(c)["setpoint_thz"] != 384.0003:
+                fail("the change was not applied")
+            os.makedirs(d.state_dir)
+
+            def saved():
+                try:
+                    with open(path) as f:
+                        return json.load(f)["lasers"]["L1"]["setpoint_thz"] == 384.0003
+                except (OSError, ValueError):
+                    return False
+            wait_for(saved, 5, "the periodic save to retry")
+        d.kill9()
+        d2 = Daemon(cfg, state_dir=d.state_dir).start()
+        try:
+            if d2.result("laser.get", {"laser": "L1"})["setpoint_thz"] != 384.0003:
+                fail("setpoint lost after the retry and kill -9")
+        finally:
+            d2.stop()
+    finally:
+        d.stop()
+        shutil.rmtree(d.tmp, ignore_errors=True)
+
+
 SUITE = [
     ("converges", test_converges_from_200_mhz),
     ("noise_floor", test_locked_noise_floor),
@@ -819,5 +863,6 @@ SUITE = [
     ("relock_keeps_ramp", test_relock_keeps_ramp_rate),
     ("history_std_far", test_history_std_far_from_setpoint),
     ("sigterm_answers_owed", test_sigterm_answers_owed_writes),
+    ("state_dir_gone", test_state_dir_gone_then_back),
 ]
 run_tests(SUITE)

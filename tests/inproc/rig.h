@@ -222,9 +222,10 @@ struct rig_change {
     int calls;
 };
 
-static inline void rig_change_cb(void *arg, int rc) {
+static inline void rig_change_cb(void *arg, int rc, enum laser_stage stage) {
     struct rig_change *c = arg;
 
+    (void)stage;
     c->done = true;
     c->rc = rc;
     c->calls++;

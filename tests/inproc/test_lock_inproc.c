@@ -592,9 +592,10 @@ static double file_value(const char *dir, const char *laser, const char *key) {
     return x;
 }
 
-static void durable_cb(void *arg, int rc) {
+static void durable_cb(void *arg, int rc, enum laser_stage stage) {
     struct durable *d = arg;
 
+    ck_assert(rc == 0 || stage == LASER_STAGE_STORE);
     d->calls++;
     d->done = true;
     d->rc = rc;

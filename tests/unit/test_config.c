@@ -167,6 +167,11 @@ static const struct {
      "t.json:3:5: key \"lasers[0].kp\": unknown key"},
     {"unknown key in a section", "{\"limits\": {\"max_client\": 3}}",
      "t.json:1:13: key \"limits.max_client\": unknown key"},
+    {"read cannot finish in time",
+     "{\"wavemeter\": {\"read_timeout_ms\": 1000},\n"
+     " \"lasers\": [{\"name\": \"a\", \"channel\": 1, \"exposure_ms\": 900, \"settle_ms\": 200}]}",
+     "t.json:2:41: key \"lasers[0].exposure_ms\": exposure_ms + settle_ms (1100 ms) must be less "
+     "than wavemeter.read_timeout_ms (1000 ms)"},
     {"write_from host bits", "{\"access\": {\"write_from\": [\"::1\", \"10.1.2.3/8\"]}}",
      "t.json:1:35: key \"access.write_from[1]\": \"10.1.2.3/8\": host bits set below the /8 "
      "prefix"},
