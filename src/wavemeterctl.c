@@ -112,8 +112,8 @@ int main(int argc, char **argv) {
     int timeout_ms = DEFAULT_TIMEOUT_MS, opt, fd, rc = 2;
     bool raw = false;
     json_t *req, *params = NULL, *ans;
-    char *text, buf[65536];
-    size_t have = 0;
+    char *text, *buf = NULL;
+    size_t have = 0, cap = 0;
 
     if (addr == NULL)
         addr = "127.0.0.1:7420";
@@ -162,24 +162,31 @@ int main(int argc, char **argv) {
         char *nl;
         ssize_t n;
 
+        if (have + 4096 > cap) {
+            /* Answers grow with history depth: no fixed limit here. */
+            size_t want = cap ? cap * 2 : 65536;
+            char *bigger = realloc(buf, want);
+            if (bigger == NULL) {
+                fprintf(stderr, "wavemeterctl: out of memory for the answer\n");
+                goto out;
+            }
+            buf = bigger;
+            cap = want;
+        }
         if (poll(&p, 1, timeout_ms) <= 0) {
             fprintf(stderr, "wavemeterctl: no answer within %d ms\n", timeout_ms);
             goto out;
         }
-        n = read(fd, buf + have, sizeof(buf) - 1 - have);
+        n = read(fd, buf + have, cap - 1 - have);
         if (n <= 0) {
             fprintf(stderr, "wavemeterctl: connection closed before an answer\n");
             goto out;
         }
-        have += (size_t)n;
-        if ((nl = memchr(buf, '\n', have)) != NULL) {
+        if ((nl = memchr(buf + have, '\n', (size_t)n)) != NULL) {
             *nl = '\0';
             break;
         }
-        if (have == sizeof(buf) - 1) {
-            fprintf(stderr, "wavemeterctl: answer too long\n");
-            goto out;
-        }
+        have += (size_t)n;
     }
     ans = json_loads(buf, 0, NULL);
     if (raw || ans == NULL) {
@@ -192,6 +199,7 @@ int main(int argc, char **argv) {
     rc = ans && json_object_get(ans, "result") ? 0 : 1;
     json_decref(ans);
 out:
+    free(buf);
     free(text);
     close(fd);
     return rc;

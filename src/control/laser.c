@@ -226,7 +226,8 @@ void laser_history(const struct laser *l, double seconds,
                    void (*fn)(const struct laser_sample *s, void *arg), void *arg) {
     size_t cap = (size_t)l->cfg->history_depth;
     uint64_t now = clock_now_ns(l->owner->clk);
-    uint64_t window = seconds > 0 ? (uint64_t)(seconds * 1e9) : UINT64_MAX;
+    /* Beyond ~584 years the window no longer fits in ns: that is "all". */
+    uint64_t window = seconds > 0 && seconds < 1.8e10 ? (uint64_t)(seconds * 1e9) : UINT64_MAX;
 
     for (size_t k = 0; k < l->hist_len; k++) {
         const struct laser_sample *s = &l->hist[(l->hist_head + cap - l->hist_len + k) % cap];
@@ -317,9 +318,11 @@ static void laser_after_work(uv_work_t *w, int status) {
     struct laser *l = w->data;
     struct laser_change *waiter = l->job_waiter;
     int rc = status < 0 ? status : l->job_rc;
+    bool held = l->held_during_job;
 
     l->busy = false;
     l->job_waiter = NULL;
+    l->held_during_job = false;
     if (rc < 0) {
         l->write_errors++;
         pid_hold(&l->pid);
@@ -339,16 +342,12 @@ static void laser_after_work(uv_work_t *w, int status) {
     l->writes++;
     l->owner->outputs_dirty = true;
     if (!l->job_step) {
-        /* A plain write: set_output, a restart or a relock. */
-        struct pid_params p = l->pid.p;
-        double ramp = l->pid.ramp_mhz_per_s;
-
-        pid_init(&l->pid, &p, l->pid.setpoint_thz, l->job_output_v);
-        l->pid.ramp_mhz_per_s = ramp;
+        /* A plain write: set_output, a restart or a relock. The controller
+         * takes the new output as its own, bumpless, and a setpoint ramp in
+         * progress goes on from where its target is. */
+        pid_engage(&l->pid, l->job_output_v, l->pid.target_thz, now_ns(l));
         if (l->state == LOCK_FAULT)
             laser_set_state(l, l->lock_on ? LOCK_ACQUIRING : LOCK_OFF, "actuator writes again");
-        if (l->lock_on && l->state != LOCK_LOST)
-            pid_engage(&l->pid, l->job_output_v, l->pid.target_thz, now_ns(l));
         if (waiter) {
             store_save(&l->owner->store, &waiter->w, change_durable, waiter);
         }
@@ -373,9 +372,8 @@ static void laser_after_work(uv_work_t *w, int status) {
     }
     /* A bad reading that came in while the step ran is newer news: the
      * laser stays holding until the next good reading. */
-    if (l->lock_on && l->state != LOCK_LOST && !l->owner->stopping && !l->held_during_job)
+    if (l->lock_on && l->state != LOCK_LOST && !l->owner->stopping && !held)
         laser_evaluate(l, l->job_error_mhz, l->job_t_ns);
-    l->held_during_job = false;
     if (s && s->t_ns == l->job_t_ns)
         s->state = l->state;
     lasers_check_stopped(l->owner);

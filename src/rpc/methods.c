@@ -79,7 +79,8 @@ static bool param_channel(struct rpc_call *call, json_t *params, struct daemon *
                            "Invalid params: \"channel\" must be an integer", NULL);
             return false;
         }
-        *out = meter_channel_find(&d->meter, (int)json_integer_value(ch));
+        json_int_t n = json_integer_value(ch);
+        *out = n >= 1 && n <= CONFIG_MAX_LASERS ? meter_channel_find(&d->meter, (int)n) : NULL;
         if (*out == NULL) {
             rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL, "Invalid params: no channel %lld",
                             (long long)json_integer_value(ch));

@@ -66,10 +66,16 @@ def test_methods():
             same = c.result("read", [3])
             if same["laser"] != "866":
                 fail("positional read: %r" % same)
-            for params, word in (({"laser": "nope"}, "nope"), ({"channel": 9}, "9")):
+            for params, word in (({"laser": "nope"}, "nope"), ({"channel": 9}, "9"),
+                                 ({"channel": 4294967297}, "4294967297")):
                 e = c.call("read", params)["error"]
                 if e["code"] != -32602 or word not in e["message"]:
                     fail("unknown %r -> %r" % (params, e))
+            # A window longer than any history means all of it.
+            every = c.result("history", {"laser": "866"})["error_mhz"]["n"]
+            huge = c.result("history", {"laser": "866", "seconds": 1e30})["error_mhz"]["n"]
+            if every < 1 or huge < every:
+                fail("history seconds=1e30 gave %d of %d" % (huge, every))
             st = c.result("status")
             for k in ("uptime_s", "driver", "cycle_ms", "channels", "clients", "loop_lag_ms", "pool_jobs"):
                 if k not in st:
@@ -317,7 +323,7 @@ def test_port_in_use():
 
 def test_ctl():
     from wmd import CTL
-    with Daemon(sim_config([{"name": "399"}])) as d:
+    with Daemon(sim_config([{"name": "399", "exposure_ms": 1, "settle_ms": 0}])) as d:
         wait_reading(d, "399")
         addr = "127.0.0.1:%d" % d.port
         out = subprocess.run([CTL, "-c", addr, "read", "laser=399"], capture_output=True, timeout=10)
@@ -326,6 +332,16 @@ def test_ctl():
         out = subprocess.run([CTL, "-c", addr, "read", "laser=nope"], capture_output=True, timeout=10)
         if out.returncode != 1 or json.loads(out.stdout)["code"] != -32602:
             fail("wavemeterctl error: %r" % (out,))
+        # An answer far over 64 KiB (a full history ring) is read whole.
+        wait_for(lambda: len(d.result("history", {"laser": "399"})["samples"]) >= 800, 20,
+                 "800 readings in the history")
+        out = subprocess.run([CTL, "-c", addr, "history", "laser=399"], capture_output=True,
+                             timeout=10)
+        if out.returncode != 0 or len(out.stdout) < 65536:
+            fail("wavemeterctl history: rc %d, %d bytes, %r" % (out.returncode, len(out.stdout),
+                                                               out.stderr))
+        if json.loads(out.stdout)["error_mhz"]["n"] < 800:
+            fail("wavemeterctl history lost samples")
 
 
 def test_write_access():
