@@ -17,6 +17,11 @@
  * is. Real numbers keep jansson's default of 17 significant digits, which
  * round-trips every double (1 kHz at 800 THz needs 10). */
 #define RPC_DUMP_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY)
+/* Results and errors: 15 significant digits (DBL_DIG: any 15-digit decimal
+ * reads back and prints the same) keep 1 Hz at 800 THz (the
+ * wavemeter resolves ~1 MHz) and print 79.966 as 79.966, not the
+ * 79.965999999999994 that %.17g makes of the same double. */
+#define RPC_VALUE_FLAGS (RPC_DUMP_FLAGS | JSON_REAL_PRECISION(15))
 
 /* Written when even an error answer cannot be built (out of memory). */
 #define RPC_FALLBACK_ERROR "{\"code\":-32603,\"message\":\"Internal error\"}"
@@ -150,7 +155,7 @@ static char *id_text(const json_t *id) {
  * not be built. Returns malloc'd text, or NULL when out of memory. */
 static char *response_text(const json_t *id, const char *member, json_t *value) {
     char *idt = id_text(id);
-    char *vt = value ? json_dumps(value, RPC_DUMP_FLAGS) : NULL;
+    char *vt = value ? json_dumps(value, RPC_VALUE_FLAGS) : NULL;
     json_decref(value);
     if (!vt) {
         /* Nothing a method builds fails to dump except by exhaustion;

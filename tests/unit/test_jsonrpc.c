@@ -313,10 +313,13 @@ static const struct row rows[] = {
     {"newline in a string stays escaped",
      "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"s\":\"a\\nb\\u2028\"},\"id\":1}",
      "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"s\":\"a\\nb\xe2\x80\xa8\"}}"},
-    /* 17 significant digits: the text differs, the double read back is the same. */
+    /* 15 significant digits: 1 kHz at 800 THz survives, and no noise digits. */
     {"1 kHz at 800 THz survives",
      "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"thz\":800.000000001},\"id\":1}",
-     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"thz\":800.00000000099999}}"},
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"thz\":800.000000001}}"},
+    {"no noise digits",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"ms\":79.966},\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"ms\":79.966}}"},
 };
 
 START_TEST(test_rows) {
