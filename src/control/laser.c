@@ -152,19 +152,15 @@ static void laser_restore(struct laser *l, json_t *saved) {
 
     params_from_config(&p, c);
     if (saved) {
-        double sp = saved_number(l, saved, "setpoint_thz", (double)NAN, c->min_thz, c->max_thz);
-        if (isnan(sp))
-            log_warnx("laser \"%s\": saved setpoint missing or outside [%.9f, %.9f] THz; using "
-                      "the config's %.9f THz",
-                      c->name, c->min_thz, c->max_thz, c->setpoint_thz);
-        else
-            setpoint = sp;
+        setpoint = saved_number(l, saved, "setpoint_thz", setpoint, c->min_thz, c->max_thz);
         p.kp_v_per_mhz = saved_number(l, saved, "kp_v_per_mhz", p.kp_v_per_mhz, 0, CONFIG_GAIN_MAX);
         p.ki_v_per_mhz_s =
             saved_number(l, saved, "ki_v_per_mhz_s", p.ki_v_per_mhz_s, 0, CONFIG_GAIN_MAX);
         p.kd_v_s_per_mhz =
             saved_number(l, saved, "kd_v_s_per_mhz", p.kd_v_s_per_mhz, 0, CONFIG_GAIN_MAX);
-        output = saved_number(l, saved, "output_v", output, c->output_min_v, c->output_max_v);
+        /* "off" starts the output afresh; the others take the saved one. */
+        if (c->restart != RESTART_OFF)
+            output = saved_number(l, saved, "output_v", output, c->output_min_v, c->output_max_v);
         lock = json_is_true(json_object_get(saved, "lock"));
     }
     pid_init(&l->pid, &p, setpoint, output);
@@ -187,7 +183,6 @@ static void laser_restore(struct laser *l, json_t *saved) {
     case RESTART_OFF:
         /* Unlocked, and the actuator is left as it is: nothing is written. */
         l->lock_on = false;
-        pid_init(&l->pid, &p, setpoint, c->output_initial_v);
         return;
     }
     /* Put the actuator where the saved output says (hardware that kept its

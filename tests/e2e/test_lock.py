@@ -348,7 +348,7 @@ def test_restart_policies():
     try:
         d = Daemon(cfg, state_dir=first).start()
         with d.client() as c:
-            c.result("laser.set_setpoint", ["L1", setpoint])
+            c.result("laser.set_setpoint", ["L1", setpoint, None, 77.0])
             c.result("laser.set_gains", {"laser": "L1", "kp": 0.001})
             c.result("laser.lock", ["L1"])
             wait_state(c, "locked")
@@ -369,7 +369,7 @@ def test_restart_policies():
                 l = get(c)
                 # Acknowledged changes come back under every policy.
                 if l["setpoint_thz"] != setpoint or l["gains"]["kp_v_per_mhz"] != 0.001 or \
-                        l["gains"]["ki_v_per_mhz_s"] != 1.0:
+                        l["gains"]["ki_v_per_mhz_s"] != 1.0 or l["ramp_mhz_per_s"] != 77.0:
                     fail("%s: setpoint/gains not restored: %r" % (policy, l))
                 if policy == "resume":
                     if not l["lock"]:
