@@ -10,9 +10,15 @@
 
 #include "wavemeter.h"
 
-/* open: loop thread, at start-up; fails with one line naming the library
- * path or the missing server. read: pool thread, one at a time (every vendor
- * call is also serialized by the device's own mutex). close: dlclose. */
+/* Every call into the library runs on one thread the device owns, created
+ * in open: the vendor's calls have no timeout of their own, and their thread
+ * safety is undocumented. open: loop thread, at start-up, bounded by
+ * wavemeter.read_timeout_ms; fails with one line naming the library path or
+ * the missing or silent server. read: pool thread, one at a time; hands the
+ * whole read to the device's thread and waits at most req->timeout_ms, then
+ * fails with -ETIMEDOUT; while a vendor call stays blocked, reads fail at
+ * once. close: loop thread; joins that thread and dlcloses, or, when it is
+ * still blocked in a vendor call, detaches it and leaves the library loaded. */
 extern const struct wm_driver highfinesse_driver;
 
 #endif

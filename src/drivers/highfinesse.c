@@ -3,7 +3,9 @@
  * through the vendor's libwlmData.so, loaded with dlopen at start-up (build
  * machines do not have it). One read moves the switch, waits out the settle
  * and the measurement pipeline, and maps the vendor's error values to
- * statuses. It must not know about the loop, sockets or the controller.
+ * statuses. Every vendor call runs on the device's own thread, so a call that
+ * never returns cannot hold up a pool job. It must not know about the loop,
+ * sockets or the controller.
  */
 #include "highfinesse.h"
 
@@ -12,12 +14,14 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "log.h"
 
@@ -41,6 +45,15 @@
  * (UNVERIFIED). Too long costs only rate; too short would let the flush above
  * end before the pipeline has turned over. */
 #define WLM_READOUT_MS 12
+
+/* Vendor calls have no timeout of their own (they wait on wlmDataServer over
+ * TCP), so the caller of a read waits for the device's thread only until
+ * read_timeout_ms. The read plans its sleeps to end a reserve before that
+ * deadline, leaving time for the calls after the last sleep (a few ms each on
+ * a LAN): without it a read that just fits would be taken for a hung call.
+ * The reserve is a tenth of the timeout, at most this, so that short timeouts
+ * keep most of theirs. */
+#define HF_RESERVE_MAX_MS 50
 
 /* GetOperationState: the WLM only produces results while measuring. */
 #define WLM_OP_MEASUREMENT 2
@@ -82,19 +95,66 @@ static const struct {
     {"SetSwitcherChannel", offsetof(struct wlm_api, SetSwitcherChannel)},
 };
 
+struct hf_dev;
+struct hf_job;
+
+/* Runs on the vendor thread; returns 0 or < 0, with the details in the job. */
+typedef int (*hf_job_fn)(struct hf_dev *d, struct hf_job *j);
+
+/*
+ * One piece of work for the vendor thread: the probe at open, or one whole
+ * read. Callers fill a copy; hf_run copies it into the device, since the
+ * vendor thread may go on using it after a caller has stopped waiting.
+ */
+struct hf_job {
+    hf_job_fn run;
+    int rc;
+    /* The probe at open. */
+    char path[CONFIG_PATH_MAX];      /* the library to load */
+    int nenabled;                    /* lasers enabled, for the start-up log */
+    char err[CONFIG_PATH_MAX + 256]; /* why the probe failed */
+    /* A read. */
+    struct wm_read_req req;
+    uint64_t deadline_ns; /* on the device's clock: no sleep may end after it */
+    struct wm_sample out;
+};
+
+/*
+ * Threads: the device's vendor thread makes every call into libwlmData (its
+ * thread safety is undocumented, so they are also serialized); open, read
+ * and close hand it jobs and wait for it with a deadline. Who frees the
+ * device: close, after joining the vendor thread; or, if close found that
+ * thread stuck in a vendor call, the vendor thread itself should the call
+ * ever return (see hf_close).
+ */
 struct hf_dev {
-    /* Serializes every vendor call: the library's thread safety is
-     * undocumented, and pool jobs run on different threads. */
-    pthread_mutex_t mu;
-    void *lib;
-    struct wlm_api api;
     const struct clock *clk;
     /* We own the switch (manual mode, moved by us) when more than one laser
      * is enabled or the only one is not on channel 1; a single laser on
      * channel 1 is a WLM without a switch, or a switch the lab runs itself. */
     bool owns_switch;
+    pthread_t thread;
+
+    /* Vendor thread only (and close, after the join). */
+    void *lib;
+    struct wlm_api api;
     /* Exposure last set per channel, in ms; 0 = unknown, set on next read. */
     int exposure_ms[CONFIG_MAX_LASERS + 1];
+
+    /* Under mu. cond (CLOCK_MONOTONIC) is broadcast when a job is posted or
+     * done and when the vendor thread is told to stop. */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct hf_job job;      /* callers' while neither flag is set, else the thread's */
+    bool posted;            /* job waits for the vendor thread */
+    bool running;           /* the vendor thread is in job */
+    bool abandoned;         /* its caller stopped waiting: the device is hung */
+    bool stop;              /* close: the vendor thread exits when idle */
+    bool orphaned;          /* close left; the vendor thread frees the device */
+    const char *call;       /* the vendor call in progress, NULL between calls */
+    uint64_t call_start_ns; /* when it started, on clk */
+    const char *stuck_call; /* the call a caller gave up on, for the logs */
+    uint64_t stuck_since_ns;
 };
 
 /* How the vendor's error values of get functions (a reading <= 0) map. */
@@ -236,48 +296,100 @@ static void ini_check_all(void) {
     }
 }
 
-static void hf_free(struct hf_dev *d) {
-    if (d->lib != NULL)
+/* Only once the vendor thread has exited, or is sure never to touch d again.
+ * unload is false when a vendor call may still be running: dlclose would
+ * unmap the code it runs in. */
+static void hf_free(struct hf_dev *d, bool unload) {
+    if (unload && d->lib != NULL)
         dlclose(d->lib);
+    pthread_cond_destroy(&d->cond);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
 
-static int hf_open(const struct config *cfg, const struct clock *clk, void **devp, char *err,
-                   size_t errlen) {
-    const char *path = cfg->wlm_library;
-    struct hf_dev *d;
-    int nenabled = 0, only_channel = 0, rc;
+/* Vendor thread: note the call about to start (name: a string literal), so
+ * that a caller that stops waiting can say which call is blocked. */
+static void hf_call_begin(struct hf_dev *d, const char *name) {
+    uint64_t now_ns = clock_now_ns(d->clk);
+
+    pthread_mutex_lock(&d->mu);
+    d->call = name;
+    d->call_start_ns = now_ns;
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void hf_call_end(struct hf_dev *d) {
+    pthread_mutex_lock(&d->mu);
+    d->call = NULL;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Vendor thread: the vendor calls, one wrapper per signature. Call them
+ * through the WLM_* macros below, which pass the function's name along. */
+static int32_t hf_call_i32(struct hf_dev *d, const char *name, wlm_i32_fn fn, int32_t a) {
+    int32_t r;
+
+    hf_call_begin(d, name);
+    r = fn(a);
+    hf_call_end(d);
+    return r;
+}
+
+static uint16_t hf_call_u16(struct hf_dev *d, const char *name, wlm_u16_fn fn, uint16_t a) {
+    uint16_t r;
+
+    hf_call_begin(d, name);
+    r = fn(a);
+    hf_call_end(d);
+    return r;
+}
+
+static double hf_call_get_num(struct hf_dev *d, const char *name, wlm_get_num_fn fn, int32_t num) {
+    double r;
+
+    hf_call_begin(d, name);
+    r = fn(num, 0.0);
+    hf_call_end(d);
+    return r;
+}
+
+static int32_t hf_call_set_exposure(struct hf_dev *d, int32_t num, int32_t ccd, int32_t ms) {
+    int32_t r;
+
+    hf_call_begin(d, "SetExposureNum");
+    r = d->api.SetExposureNum(num, ccd, ms);
+    hf_call_end(d);
+    return r;
+}
+
+#define WLM_I32(d, fn, a) hf_call_i32((d), #fn, (d)->api.fn, (a))
+#define WLM_U16(d, fn, a) hf_call_u16((d), #fn, (d)->api.fn, (a))
+#define WLM_GET_NUM(d, fn, num) hf_call_get_num((d), #fn, (d)->api.fn, (num))
+
+/*
+ * Vendor thread, the job of open: load the library, find its functions and
+ * check that a server answers (the library reads its ini file and connects
+ * when loaded or first called, which may block like any call). Fails with
+ * j->err naming the library path or the missing server.
+ */
+static int hf_probe(struct hf_dev *d, struct hf_job *j) {
+    const char *path = j->path;
     int32_t count, type, serial, res;
     uint16_t op;
+    int rc;
 
-    for (int i = 0; i < cfg->nlasers; i++) {
-        if (cfg->lasers[i].enabled) {
-            nenabled++;
-            only_channel = cfg->lasers[i].channel;
-        }
-    }
-    /* Before the library is loaded: it may read its ini file at once. */
-    ini_check_all();
-
-    if ((d = calloc(1, sizeof(*d))) == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    pthread_mutex_init(&d->mu, NULL);
-    d->clk = clk;
-    d->owns_switch = nenabled > 1 || (nenabled == 1 && only_channel != 1);
-
-    dlerror();
-    if ((d->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+    hf_call_begin(d, "dlopen");
+    dlerror(); /* dlerror is per thread: this one */
+    d->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    hf_call_end(d);
+    if (d->lib == NULL) {
         const char *why = dlerror();
 
-        snprintf(err, errlen,
+        snprintf(j->err, sizeof(j->err),
                  "cannot load %s: %s (install the HighFinesse Linux library or set "
                  "wavemeter.library)",
                  path, why ? why : "unknown error");
-        rc = -ENOENT;
-        goto fail;
+        return -ENOENT;
     }
     for (size_t i = 0; i < sizeof(wlm_symbols) / sizeof(wlm_symbols[0]); i++) {
         void *sym;
@@ -286,54 +398,43 @@ static int hf_open(const struct config *cfg, const struct clock *clk, void **dev
         if ((sym = dlsym(d->lib, wlm_symbols[i].name)) == NULL) {
             const char *why = dlerror();
 
-            snprintf(err, errlen,
+            snprintf(j->err, sizeof(j->err),
                      "%s has no function %s (%s): not HighFinesse's libwlmData.so, or too old",
                      path, wlm_symbols[i].name, why ? why : "null symbol");
-            rc = -ENOENT;
-            goto fail;
+            return -ENOENT;
         }
         memcpy((char *)&d->api + wlm_symbols[i].offset, &sym, sizeof(sym));
     }
 
-    if ((count = d->api.GetWLMCount(0)) <= 0) {
-        snprintf(err, errlen,
+    if ((count = WLM_I32(d, GetWLMCount, 0)) <= 0) {
+        snprintf(j->err, sizeof(j->err),
                  "no wavemeter server (GetWLMCount = %d): is wlmDataServer running and "
                  "wlmData.ini pointing at it?",
                  (int)count);
-        rc = -ENODEV;
-        goto fail;
+        return -ENODEV;
     }
-    type = d->api.GetWLMVersion(0);
-    serial = d->api.GetWLMVersion(1);
+    type = WLM_I32(d, GetWLMVersion, 0);
+    serial = WLM_I32(d, GetWLMVersion, 1);
     log_info("wavemeter: HighFinesse %s%d, serial %d, via %s (%d wavemeter%s on the server)",
              type == 5 ? "LSA type " : "WS", (int)type, (int)serial, path, (int)count,
              count == 1 ? "" : "s");
-    if ((op = d->api.GetOperationState(0)) != WLM_OP_MEASUREMENT)
+    if ((op = WLM_U16(d, GetOperationState, 0)) != WLM_OP_MEASUREMENT)
         log_warnx("wavemeter: the WLM is not measuring (operation state %u): start the "
                   "measurement in the wavemeter software",
                   (unsigned)op);
     if (d->owns_switch) {
-        if ((res = d->api.SetSwitcherMode(0)) != 0) {
+        if ((res = WLM_I32(d, SetSwitcherMode, 0)) != 0) {
             char buf[24];
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
 
-            snprintf(err, errlen, "cannot put the switch in manual mode: SetSwitcherMode(0) = %s",
-                     name);
-            goto fail;
+            snprintf(j->err, sizeof(j->err),
+                     "cannot put the switch in manual mode: SetSwitcherMode(0) = %s", name);
+            return rc;
         }
-        log_info("wavemeter: switch in manual mode, %d channel%s enabled", nenabled,
-                 nenabled == 1 ? "" : "s");
+        log_info("wavemeter: switch in manual mode, %d channel%s enabled", j->nenabled,
+                 j->nenabled == 1 ? "" : "s");
     }
-    *devp = d;
     return 0;
-fail:
-    hf_free(d);
-    return rc;
-}
-
-static void hf_close(void *dev) {
-    if (dev != NULL)
-        hf_free(dev);
 }
 
 /* Sleep ms on the device's clock unless that would pass the deadline. */
@@ -394,9 +495,9 @@ static int hf_map(double v, struct wm_sample *out) {
     return hf_fail(out, e->err, "GetFrequencyNum: %s (%d): %s", e->name, e->code, e->why);
 }
 
-static int hf_read_locked(struct hf_dev *d, const struct wm_read_req *req, struct wm_sample *out,
-                          uint64_t deadline_ns) {
-    const struct wlm_api *api = &d->api;
+/* Vendor thread: one read, all of it (see docs/HIGHFINESSE.md). */
+static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct wm_sample *out,
+                         uint64_t deadline_ns) {
     int32_t ch = req->channel, res, sw_before = ch, sw_after;
     int flush = 0, polls, rc;
     uint64_t period_ms = (uint64_t)(req->exposure_ms > 0 ? req->exposure_ms : 0) + WLM_READOUT_MS;
@@ -405,7 +506,7 @@ static int hf_read_locked(struct hf_dev *d, const struct wm_read_req *req, struc
     double v = 0;
 
     if (d->owns_switch) {
-        sw_before = api->GetSwitcherChannel(0);
+        sw_before = WLM_I32(d, GetSwitcherChannel, 0);
         if (sw_before < 0 && (e = get_error_find(sw_before)) != NULL && e->hopeless)
             return hf_fail(out, e->err, "GetSwitcherChannel: %s (%d): %s", e->name, e->code,
                            e->why);
@@ -415,7 +516,7 @@ static int hf_read_locked(struct hf_dev *d, const struct wm_read_req *req, struc
             if (!req->switched)
                 log_debug("wavemeter: channel %d: switch found on %d, moving it back", (int)ch,
                           (int)sw_before);
-            if ((res = api->SetSwitcherChannel(ch)) != 0) {
+            if ((res = WLM_I32(d, SetSwitcherChannel, ch)) != 0) {
                 const char *name = set_error_name(res, &rc, buf, sizeof(buf));
 
                 return hf_fail(out, rc, "SetSwitcherChannel(%d): %s", (int)ch, name);
@@ -424,11 +525,11 @@ static int hf_read_locked(struct hf_dev *d, const struct wm_read_req *req, struc
                 return hf_fail(out, -ETIMEDOUT, "read timed out after %d ms (settle %d ms)",
                                req->timeout_ms, req->settle_ms);
             flush = WLM_FLUSH_READS;
-            sw_before = api->GetSwitcherChannel(0);
+            sw_before = WLM_I32(d, GetSwitcherChannel, 0);
         }
     }
     if (req->exposure_ms > 0 && d->exposure_ms[ch] != req->exposure_ms) {
-        if ((res = api->SetExposureNum(ch, 1, req->exposure_ms)) != 0) {
+        if ((res = hf_call_set_exposure(d, ch, 1, req->exposure_ms)) != 0) {
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
 
             return hf_fail(out, rc, "SetExposureNum(%d, 1, %d): %s", (int)ch, req->exposure_ms,
@@ -446,13 +547,13 @@ static int hf_read_locked(struct hf_dev *d, const struct wm_read_req *req, struc
                            req->timeout_ms, polls, flush + 1, (unsigned long long)period_ms);
         /* The result was complete before this call: its time, near enough. */
         hf_stamp(d, out);
-        v = api->GetFrequencyNum(ch, 0.0);
+        v = WLM_GET_NUM(d, GetFrequencyNum, ch);
         if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
             break; /* the server is gone: no use waiting out the pipeline */
     }
 
     if (d->owns_switch) {
-        sw_after = api->GetSwitcherChannel(0);
+        sw_after = WLM_I32(d, GetSwitcherChannel, 0);
         if (sw_before != ch || sw_after != ch) {
             out->straddled = true;
             log_debug("wavemeter: channel %d: switch on %d before and %d after the measurement: "
@@ -463,11 +564,231 @@ static int hf_read_locked(struct hf_dev *d, const struct wm_read_req *req, struc
     return hf_map(v, out);
 }
 
+/* Vendor thread, the job of a read. */
+static int hf_read_job(struct hf_dev *d, struct hf_job *j) {
+    int rc = hf_read_calls(d, &j->req, &j->out, j->deadline_ns);
+
+    if (rc < 0) {
+        /* The server may have restarted with its own settings: set the
+         * exposures again (the switch position is checked on every read). */
+        memset(d->exposure_ms, 0, sizeof(d->exposure_ms));
+        if (j->out.t_ns == 0)
+            hf_stamp(d, &j->out);
+    }
+    return rc;
+}
+
+/* The vendor thread: runs the posted jobs one at a time until told to stop. */
+static void *hf_thread(void *arg) {
+    struct hf_dev *d = arg;
+    bool orphaned;
+
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        while (!d->posted && !d->stop)
+            pthread_cond_wait(&d->cond, &d->mu);
+        if (d->stop)
+            break;
+        d->posted = false;
+        d->running = true;
+        pthread_mutex_unlock(&d->mu);
+        d->job.rc = d->job.run(d, &d->job);
+        pthread_mutex_lock(&d->mu);
+        d->running = false;
+        if (d->abandoned) {
+            /* Its caller has long given up: drop the result. The server may
+             * have restarted meanwhile: set the exposures again. */
+            uint64_t blocked_ms = (clock_now_ns(d->clk) - d->stuck_since_ns) / 1000000u;
+
+            d->abandoned = false;
+            memset(d->exposure_ms, 0, sizeof(d->exposure_ms));
+            if (!d->stop)
+                log_notice("wavemeter: libwlmData call %s returned after %llu ms: reading again",
+                           d->stuck_call, (unsigned long long)blocked_ms);
+        }
+        pthread_cond_broadcast(&d->cond);
+    }
+    orphaned = d->orphaned;
+    pthread_mutex_unlock(&d->mu);
+    if (orphaned)
+        hf_free(d, false); /* hf_close has left; the process is exiting anyway */
+    return NULL;
+}
+
+/*
+ * Open's thread or a pool thread: run *j on the vendor thread and wait for it
+ * at most timeout_ms. Returns 0 with *j replaced by the finished job, or
+ * -ETIMEDOUT with why filled. A job still in a vendor call at the deadline
+ * is abandoned and the device is hung: until that call returns, every
+ * hf_run fails at once and queues nothing behind it.
+ */
+static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why, size_t whylen) {
+    struct timespec ts;
+    int rc = 0;
+
+    /* On the clock the condition variable waits on (hf_open sets it), not
+     * on d->clk: this is a real wait whatever clock the schedule uses. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+
+    pthread_mutex_lock(&d->mu);
+    if (d->running) {
+        if (d->call != NULL)
+            snprintf(why, whylen,
+                     "libwlmData call %s still blocked after %llu ms (wlmDataServer unreachable?)",
+                     d->call,
+                     (unsigned long long)((clock_now_ns(d->clk) - d->call_start_ns) / 1000000u));
+        else
+            snprintf(why, whylen, "libwlmData: the previous read is still finishing");
+        pthread_mutex_unlock(&d->mu);
+        return -ETIMEDOUT;
+    }
+    d->job = *j;
+    d->posted = true;
+    pthread_cond_broadcast(&d->cond);
+    while ((d->posted || d->running) && rc == 0)
+        rc = pthread_cond_timedwait(&d->cond, &d->mu, &ts);
+
+    if (!d->posted && !d->running) {
+        *j = d->job; /* done, if only just at the deadline */
+        rc = 0;
+    } else if (d->posted) {
+        /* Never started (an overloaded machine): nothing is stuck. */
+        d->posted = false;
+        snprintf(why, whylen, "libwlmData thread did not start the read within %d ms", timeout_ms);
+        rc = -ETIMEDOUT;
+    } else {
+        d->abandoned = true;
+        d->stuck_call = d->call != NULL ? d->call : "(between calls)";
+        d->stuck_since_ns = d->call != NULL ? d->call_start_ns : clock_now_ns(d->clk);
+        if (d->call != NULL)
+            snprintf(why, whylen,
+                     "libwlmData call %s did not return within %d ms (wlmDataServer unreachable?)",
+                     d->call, timeout_ms);
+        else
+            snprintf(why, whylen, "libwlmData read did not finish within %d ms", timeout_ms);
+        rc = -ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return rc;
+}
+
+/*
+ * Loop thread, at exit or when open fails; no read is in flight. Joins the
+ * vendor thread when it is idle. When it is stuck in a vendor call that may
+ * never return (the device is hung), close does not wait for ever: it
+ * detaches the thread, hands it the device to free should the call ever
+ * return, and leaves the library loaded, since dlclose would unmap the code
+ * the call runs in. The process is exiting anyway.
+ */
+static void hf_close(void *dev) {
+    struct hf_dev *d = dev;
+    pthread_t thread;
+    const char *call;
+    bool stuck;
+
+    if (d == NULL)
+        return;
+    pthread_mutex_lock(&d->mu);
+    d->stop = true;
+    stuck = d->orphaned = d->running;
+    call = d->call != NULL ? d->call : d->stuck_call;
+    thread = d->thread;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->mu);
+    if (stuck) {
+        /* d now belongs to the vendor thread: touch it no more. */
+        log_warnx("wavemeter: libwlmData call %s still blocked at close: leaving its thread "
+                  "behind and the library loaded",
+                  call != NULL ? call : "(none)");
+        pthread_detach(thread);
+        return;
+    }
+    pthread_join(thread, NULL);
+    hf_free(d, true);
+}
+
+static int hf_open(const struct config *cfg, const struct clock *clk, void **devp, char *err,
+                   size_t errlen) {
+    struct hf_dev *d;
+    struct hf_job j = {.run = hf_probe};
+    char why[sizeof(j.err)];
+    pthread_condattr_t ca;
+    sigset_t all, old;
+    int nenabled = 0, only_channel = 0, rc;
+
+    for (int i = 0; i < cfg->nlasers; i++) {
+        if (cfg->lasers[i].enabled) {
+            nenabled++;
+            only_channel = cfg->lasers[i].channel;
+        }
+    }
+    /* Before the library is loaded: it may read its ini file at once. */
+    ini_check_all();
+
+    if ((d = calloc(1, sizeof(*d))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    d->clk = clk;
+    d->owns_switch = nenabled > 1 || (nenabled == 1 && only_channel != 1);
+    pthread_mutex_init(&d->mu, NULL);
+    /* hf_run's deadlines are CLOCK_MONOTONIC: a step of the wall clock must
+     * neither cut a read short nor stretch it. */
+    pthread_condattr_init(&ca);
+    if ((rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) == 0)
+        rc = pthread_cond_init(&d->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot make a monotonic condition variable: %s", strerror(rc));
+        pthread_mutex_destroy(&d->mu);
+        free(d);
+        return -rc;
+    }
+    /* The vendor thread takes no signals: they are the loop's business, and
+     * the library may not expect its calls to be interrupted (EINTR). */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&d->thread, NULL, hf_thread, d);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the libwlmData thread: %s", strerror(rc));
+        hf_free(d, false);
+        return -rc;
+    }
+
+    /* Loading and the first calls are bounded by the read timeout too: a
+     * server that does not answer at start-up is a start-up error. */
+    snprintf(j.path, sizeof(j.path), "%s", cfg->wlm_library);
+    j.nenabled = nenabled;
+    if ((rc = hf_run(d, &j, cfg->read_timeout_ms, why, sizeof(why))) < 0) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    if ((rc = j.rc) < 0) {
+        snprintf(err, errlen, "%s", j.err);
+        goto fail;
+    }
+    *devp = d;
+    return 0;
+fail:
+    hf_close(d);
+    return rc;
+}
+
+/* Pool thread: hand the whole read to the vendor thread and wait for it at
+ * most req->timeout_ms (see hf_run). */
 static int hf_read(void *dev, const struct wm_read_req *req, struct wm_sample *out) {
     struct hf_dev *d = dev;
-    uint64_t start_ns = clock_now_ns(d->clk);
-    uint64_t deadline_ns =
-        start_ns + (uint64_t)(req->timeout_ms > 0 ? req->timeout_ms : 0) * 1000000u;
+    struct hf_job j = {.run = hf_read_job, .req = *req};
+    int timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 0;
+    int reserve_ms = timeout_ms / 10 < HF_RESERVE_MAX_MS ? timeout_ms / 10 : HF_RESERVE_MAX_MS;
+    char why[sizeof(out->detail)];
     int rc;
 
     memset(out, 0, sizeof(*out));
@@ -477,17 +798,14 @@ static int hf_read(void *dev, const struct wm_read_req *req, struct wm_sample *o
         return hf_fail(out, -EINVAL, "channel %d out of range 1..%d", req->channel,
                        CONFIG_MAX_LASERS);
     }
-    pthread_mutex_lock(&d->mu);
-    rc = hf_read_locked(d, req, out, deadline_ns);
-    if (rc < 0) {
-        /* The server may have restarted with its own settings: set the
-         * exposures again (the switch position is checked on every read). */
-        memset(d->exposure_ms, 0, sizeof(d->exposure_ms));
-        if (out->t_ns == 0)
-            hf_stamp(d, out);
+    j.out = *out;
+    j.deadline_ns = clock_now_ns(d->clk) + (uint64_t)(timeout_ms - reserve_ms) * 1000000u;
+    if ((rc = hf_run(d, &j, timeout_ms, why, sizeof(why))) < 0) {
+        hf_stamp(d, out);
+        return hf_fail(out, rc, "%s", why);
     }
-    pthread_mutex_unlock(&d->mu);
-    return rc;
+    *out = j.out;
+    return j.rc;
 }
 
 const struct wm_driver highfinesse_driver = {

@@ -4,7 +4,9 @@ libwlmData.so (tests/fakes/fake_wlmdata.c, path in $FAKE_WLM_LIB), spoken to
 over TCP. The fake is scripted through its environment and a control file."""
 import os
 import re
+import signal
 import tempfile
+import time
 
 from wmd import Daemon, fail, run_tests, wait_for
 
@@ -47,8 +49,14 @@ class Fake:
         os.rename(tmp, self.control)
 
     def calls(self):
+        if not os.path.exists(self.log):
+            return []
         with open(self.log) as f:
             return [line.split() for line in f.read().splitlines()]
+
+    def blocked(self, name):
+        """How many calls of name have started to block (FAKE_WLM_BLOCK)."""
+        return sum(1 for c in self.calls() if c[:2] == ["block", name])
 
 
 def reading(d, laser):
@@ -213,6 +221,158 @@ def test_switch_error():
         wait_status(d, "L1", "ok", timeout=20)
         wait_status(d, "L2", "ok", timeout=20)
 
+# A hung vendor call: wlmDataServer frozen or the network gone, so a call
+# into libwlmData never returns. The fake blocks GetFrequencyNum until the
+# control file changes.
+HANG_TIMEOUT_MS = 500
+HANG_DETAIL = ("libwlmData call GetFrequencyNum did not return within %d ms "
+               "(wlmDataServer unreachable?)" % HANG_TIMEOUT_MS)
+
+
+def hang_config(channels):
+    cfg = hf_config(channels)
+    cfg["wavemeter"]["read_timeout_ms"] = HANG_TIMEOUT_MS
+    return cfg
+
+
+def start_hang(d, fake):
+    """Make GetFrequencyNum hang; returns once a call has started to block."""
+    fake.set(block="GetFrequencyNum:hang")
+    wait_for(lambda: fake.blocked("GetFrequencyNum") > 0, 5, "GetFrequencyNum to block")
+    return time.monotonic()
+
+
+def ping_s(d):
+    t0 = time.monotonic()
+    if d.result("ping", timeout=2) != "pong":
+        fail("ping did not answer pong")
+    return time.monotonic() - t0
+
+
+def wait_status_after(d, laser, seq, detail, timeout):
+    """The first reading of laser newer than seq with detail in its detail."""
+    def ok():
+        r = reading(d, laser)
+        return r if r["seq"] > seq and detail in r.get("detail", "") else None
+    return wait_for(ok, timeout, "a reading of %s after seq %d with %r" % (laser, seq, detail))
+
+
+def driver_in_error(d):
+    drv = d.result("status")["driver"]
+    return drv if drv["state"] == "error" else None
+
+
+def test_hang_times_out():
+    fake = Fake(freqs="1:384.2281")
+    with Daemon(hang_config([1]), env=fake.env) as d:
+        wait_status(d, "L1", "ok")
+        t0 = start_hang(d, fake)
+        r = wait_status(d, "L1", "error", detail=HANG_DETAIL, timeout=5)
+        took = time.monotonic() - t0
+        if took > 1.0:
+            fail("hung call reported after %.2f s, read_timeout_ms is %d" % (took, HANG_TIMEOUT_MS))
+        if "frequency_thz" in r:
+            fail("frequency in a timed-out reading: %r" % r)
+        drv = wait_for(lambda: driver_in_error(d), 2, "driver state error")
+        if not re.search(r"GetFrequencyNum (did not return|still blocked)", drv.get("error", "")):
+            fail("status does not name the hung call: %r" % drv)
+        # The loop is not held up: pings answer at once, all through the hang.
+        slow = [t for t in (ping_s(d) for _ in range(20)) if t > 0.2]
+        if slow:
+            fail("ping took %r s during the hang" % slow)
+        # Later reads fail at once and queue nothing behind the stuck call:
+        # it is still the only call that started.
+        seq = r["seq"]
+        r = wait_status_after(d, "L1", seq, "still blocked after", timeout=5)
+        if r["status"] != "error":
+            fail("read during the hang: %r" % r)
+        if fake.blocked("GetFrequencyNum") != 1:
+            fail("more vendor calls behind the stuck one: %r" % fake.calls()[-10:])
+        calls = fake.calls()
+        if calls[-1][:2] != ["block", "GetFrequencyNum"]:
+            fail("vendor calls after the stuck one: %r" % calls[-5:])
+        # Release it, so that the daemon stops with its vendor thread joined.
+        fake.set(freqs="1:384.2281")
+        wait_status(d, "L1", "ok", timeout=15)
+
+
+def test_hang_recovers():
+    # Two lasers: the read that hangs has moved the switch, and the driver
+    # must set the exposures again after the hang, in case the server restarted.
+    fake = Fake(freqs="1:384.2281,2:751.5")
+    with Daemon(hang_config([1, 2]), env=fake.env) as d:
+        wait_status(d, "L1", "ok")
+        wait_status(d, "L2", "ok")
+        start_hang(d, fake)
+        wait_for(lambda: driver_in_error(d), 5, "driver state error")
+        n_expo = len([c for c in fake.calls() if c[0] == "SetExposureNum"])
+        fake.set(freqs="1:384.2281,2:751.5")  # the server answers again
+        t0 = time.monotonic()
+        for laser, thz in (("L1", 384.2281), ("L2", 751.5)):
+            r = wait_status(d, laser, "ok", timeout=15)
+            if abs(r["frequency_thz"] - thz) > 1e-9:
+                fail("after the hang %s reads %r" % (laser, r))
+        wait_for(lambda: d.result("status")["driver"]["state"] != "error", 5, "driver out of error")
+        log = d.log()
+        if not re.search(r"libwlmData call GetFrequencyNum returned after \d+ ms: reading again", log):
+            fail("recovery not logged:\n" + log)
+        if len([c for c in fake.calls() if c[0] == "SetExposureNum"]) <= n_expo:
+            fail("exposure not set again after the hang")
+        print("     recovered %.2f s after the hang ended" % (time.monotonic() - t0))
+
+
+def test_hang_sigterm():
+    fake = Fake(freqs="1:384.2281,2:751.5")
+    limit = HANG_TIMEOUT_MS / 1000.0 + 1.5
+    # SIGTERM just after the call started to block: the read in flight waits
+    # out its timeout, then the daemon leaves the stuck thread behind.
+    with Daemon(hang_config([1, 2]), env=fake.env) as d:
+        wait_status(d, "L1", "ok")
+        start_hang(d, fake)
+        t0 = time.monotonic()
+        rc = d.stop(signal.SIGTERM, timeout=limit)
+        took = time.monotonic() - t0
+        if rc != 0:
+            fail("exit %s with a hung call:\n%s" % (rc, d.log()))
+        if "libwlmData call GetFrequencyNum still blocked at close" not in d.log():
+            fail("stuck thread not logged at close:\n" + d.log())
+        print("     exit %.2f s after SIGTERM, read in flight" % took)
+    # SIGTERM once the device is known to be hung (reads fail at once).
+    fake = Fake(freqs="1:384.2281")
+    with Daemon(hang_config([1]), env=fake.env) as d:
+        wait_status(d, "L1", "ok")
+        start_hang(d, fake)
+        wait_status(d, "L1", "error", detail=HANG_DETAIL, timeout=5)
+        t0 = time.monotonic()
+        rc = d.stop(signal.SIGTERM, timeout=limit)
+        if rc != 0:
+            fail("exit %s with a hung call:\n%s" % (rc, d.log()))
+        print("     exit %.2f s after SIGTERM, device hung" % (time.monotonic() - t0))
+
+
+def test_slow_call():
+    # A call slower than usual but within read_timeout_ms is no error.
+    fake = Fake(freqs="1:384.2281,2:751.5", block="GetFrequencyNum:40")
+    with Daemon(hang_config([1, 2]), env=fake.env) as d:
+        wait_for(lambda: all(c["reads"] >= 3 for c in d.result("status")["channels"]), 20,
+                 "3 reads of each channel")
+        chans = d.result("status")["channels"]
+        if any(c["errors"] for c in chans):
+            fail("errors with a slow call: %r\n%s" % (chans, d.log()))
+
+
+def test_hang_at_start():
+    # The server accepts nothing at start-up: the daemon gives up after
+    # read_timeout_ms instead of hanging in open().
+    fake = Fake(block="GetWLMCount:hang")
+    t0 = time.monotonic()
+    start_fails(hang_config([1]), fake,
+                ["libwlmData call GetWLMCount did not return within %d ms (wlmDataServer "
+                 "unreachable?)" % HANG_TIMEOUT_MS])
+    took = time.monotonic() - t0
+    if took > HANG_TIMEOUT_MS / 1000.0 + 1.5:
+        fail("start-up failure took %.2f s" % took)
+
 
 def test_missing_library():
     fake = Fake()
@@ -267,6 +427,11 @@ run_tests([
     ("switching", test_switching),
     ("straddle", test_straddle),
     ("switch_error", test_switch_error),
+    ("hang_times_out", test_hang_times_out),
+    ("hang_recovers", test_hang_recovers),
+    ("hang_sigterm", test_hang_sigterm),
+    ("slow_call", test_slow_call),
+    ("hang_at_start", test_hang_at_start),
     ("missing_library", test_missing_library),
     ("missing_symbol", test_missing_symbol),
     ("no_server", test_no_server),

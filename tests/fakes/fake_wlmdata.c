@@ -19,6 +19,11 @@
  *   FAKE_WLM_SWITCH_RC what SetSwitcherChannel returns (default 0)
  *   FAKE_WLM_FOREIGN_SWITCH  N > 0: every GetFrequencyNum moves the switch to
  *                      channel N, as another program would
+ *   FAKE_WLM_BLOCK     "Name:ms" or "Name:hang": every call of the function
+ *                      Name (e.g. GetFrequencyNum) first blocks, as on a frozen
+ *                      wlmDataServer: for ms milliseconds, or with "hang" until
+ *                      the control file's text changes; then it carries on as
+ *                      usual. Logged as "block Name ms|hang" when it starts.
  *   FAKE_WLM_LOG       append one line per call: "Name args = result"
  */
 #include <pthread.h>
@@ -27,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_CH 32
 
@@ -87,17 +93,25 @@ static int knob_int(const char *control, const char *name, int dflt) {
     return v != NULL && *v != '\0' ? atoi(v) : dflt;
 }
 
-static void script_load(struct script *s) {
-    char control[4096] = "", buf[1024];
-    const char *path = getenv("FAKE_WLM_CONTROL"), *freqs;
+/* The control file's text, "" when there is none. */
+static void control_read(char *buf, size_t len) {
+    const char *path = getenv("FAKE_WLM_CONTROL");
     FILE *f;
 
+    buf[0] = '\0';
     if (path != NULL && (f = fopen(path, "r")) != NULL) {
-        size_t n = fread(control, 1, sizeof(control) - 1, f);
+        size_t n = fread(buf, 1, len - 1, f);
 
-        control[n] = '\0';
+        buf[n] = '\0';
         fclose(f);
     }
+}
+
+static void script_load(struct script *s) {
+    char control[4096], buf[1024];
+    const char *freqs;
+
+    control_read(control, sizeof(control));
     memset(s, 0, sizeof(*s));
     s->count = knob_int(control, "FAKE_WLM_COUNT", 1);
     s->version = knob_int(control, "FAKE_WLM_VERSION", 7);
@@ -142,9 +156,47 @@ static void trace(const char *fmt, ...) {
     fclose(f);
 }
 
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* FAKE_WLM_BLOCK: called first by every function, with its own name. Polls
+ * every 5 ms; takes no lock, so other threads' calls go on meanwhile. */
+static void block_if(const char *fn) {
+    char control[4096], now[4096], spec[128];
+    const struct timespec tick = {0, 5000000};
+    const char *v, *how;
+    size_t n = strlen(fn);
+    uint64_t until_ms;
+    int hang;
+
+    control_read(control, sizeof(control));
+    v = knob(control, "FAKE_WLM_BLOCK", spec, sizeof(spec));
+    if (v == NULL || strncmp(v, fn, n) != 0 || v[n] != ':')
+        return;
+    how = v + n + 1;
+    hang = strcmp(how, "hang") == 0;
+    until_ms = mono_ms() + (hang ? 0 : (uint64_t)strtoul(how, NULL, 10));
+    trace("block %s %s", fn, how);
+    for (;;) {
+        if (!hang && mono_ms() >= until_ms)
+            break;
+        nanosleep(&tick, NULL);
+        if (hang) {
+            control_read(now, sizeof(now));
+            if (strcmp(now, control) != 0)
+                break;
+        }
+    }
+}
+
 int32_t GetWLMCount(int32_t v) {
     struct script s;
 
+    block_if("GetWLMCount");
     (void)v;
     script_load(&s);
     trace("GetWLMCount = %d", s.count);
@@ -155,6 +207,7 @@ int32_t GetWLMVersion(int32_t v) {
     struct script s;
     int32_t r;
 
+    block_if("GetWLMVersion");
     script_load(&s);
     r = s.count <= 0 ? -5 : v == 0 ? s.version : v == 1 ? s.serial : 0;
     trace("GetWLMVersion %d = %d", (int)v, (int)r);
@@ -164,6 +217,7 @@ int32_t GetWLMVersion(int32_t v) {
 uint16_t GetOperationState(uint16_t v) {
     struct script s;
 
+    block_if("GetOperationState");
     (void)v;
     script_load(&s);
     trace("GetOperationState = %d", s.opstate);
@@ -174,6 +228,7 @@ double GetFrequencyNum(int32_t num, double ignored) {
     struct script s;
     double r;
 
+    block_if("GetFrequencyNum");
     (void)ignored;
     script_load(&s);
     pthread_mutex_lock(&st.mu);
@@ -197,6 +252,7 @@ int32_t SetExposureNum(int32_t num, int32_t ccd, int32_t ms) {
     struct script s;
     int32_t r = 0;
 
+    block_if("SetExposureNum");
     script_load(&s);
     if (s.count <= 0)
         r = -1;
@@ -214,6 +270,7 @@ int32_t SetExposureNum(int32_t num, int32_t ccd, int32_t ms) {
 int32_t GetExposureNum(int32_t num, int32_t ccd, int32_t ignored) {
     int32_t r;
 
+    block_if("GetExposureNum");
     (void)ccd, (void)ignored;
     pthread_mutex_lock(&st.mu);
     r = num >= 1 && num <= MAX_CH ? st.exposure_ms[num] : -10;
@@ -225,6 +282,7 @@ int32_t GetExposureNum(int32_t num, int32_t ccd, int32_t ignored) {
 int32_t GetSwitcherMode(int32_t v) {
     int32_t r;
 
+    block_if("GetSwitcherMode");
     (void)v;
     pthread_mutex_lock(&st.mu);
     r = st.switch_mode;
@@ -237,6 +295,7 @@ int32_t SetSwitcherMode(int32_t mode) {
     struct script s;
     int32_t r = 0;
 
+    block_if("SetSwitcherMode");
     script_load(&s);
     if (s.count <= 0) {
         r = -1;
@@ -253,6 +312,7 @@ int32_t GetSwitcherChannel(int32_t v) {
     struct script s;
     int32_t r;
 
+    block_if("GetSwitcherChannel");
     (void)v;
     script_load(&s);
     pthread_mutex_lock(&st.mu);
@@ -266,6 +326,7 @@ int32_t SetSwitcherChannel(int32_t ch) {
     struct script s;
     int32_t r;
 
+    block_if("SetSwitcherChannel");
     script_load(&s);
     r = s.count <= 0 ? -1 : s.switch_rc;
     if (r == 0 && (ch < 1 || ch > MAX_CH))
