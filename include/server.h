@@ -23,6 +23,8 @@ struct server {
     const struct rpc_server *rpc;
     uv_tcp_t listener;
     uv_timer_t sweep;       /* idle and write-stall checks */
+    uv_idle_t idle;         /* runs the clients that yielded their turn */
+    struct client *ready;   /* those clients */
     struct client *clients; /* doubly linked */
     int nclients;
     uint64_t accepted, refused;

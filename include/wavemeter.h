@@ -49,7 +49,17 @@ struct wm_driver {
      * req->timeout_ms. Returns 0 (see out->status) or a negative code with
      * out->status WM_ERROR and out->detail filled. */
     int (*read)(void *dev, const struct wm_read_req *req, struct wm_sample *out);
+    /* Pure: the longest a read after a switch can take with these settings,
+     * in ms, for the start-up check against read_timeout_ms. */
+    int (*worst_read_ms)(int exposure_ms, int settle_ms, int timeout_ms);
 };
+
+/*
+ * Start-up check of the config against its driver: every enabled laser's
+ * worst-case read must fit in wavemeter.read_timeout_ms, or no read of it
+ * could ever succeed. Returns 0 or -EINVAL with err naming the laser.
+ */
+int wm_check_config(const struct config *cfg, char *err, size_t errlen);
 
 /* NULL if no driver has that name. */
 const struct wm_driver *wm_driver_find(const char *name);

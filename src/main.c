@@ -219,6 +219,8 @@ int main(int argc, char **argv) {
         config_defaults(&d->cfg);
         rc = 0;
     }
+    if (rc == 0)
+        rc = wm_check_config(&d->cfg, err, sizeof(err));
     if (rc == 0 && listen && parse_listen(listen, &d->cfg) != 0) {
         snprintf(err, sizeof(err), "--listen \"%s\": expected ADDR:PORT", listen);
         rc = -EINVAL;

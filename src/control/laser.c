@@ -246,10 +246,13 @@ static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns) {
         return;
     }
     /* Railed means sitting on a limit, not on the way there under the slew
-     * limit: the rail timeout counts from when the output got there. */
+     * limit, and not on frequency: a laser within tolerance with its output
+     * at a limit is locked (the limit is just where it holds), and a relock
+     * from there would only kick it. The rail timeout counts from when the
+     * output got there. */
     double out = l->pid.output_v;
     bool at_max = fabs(out - c->output_max_v) <= 1e-9, at_min = fabs(out - c->output_min_v) <= 1e-9;
-    if (at_max || at_min) {
+    if ((at_max || at_min) && abs_e > c->tolerance_mhz) {
         if (l->railed_since_ns == 0)
             l->railed_since_ns = t_ns;
         if ((double)(t_ns - l->railed_since_ns) * 1e-9 >= c->rail_timeout_s) {
@@ -279,8 +282,10 @@ static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns) {
         l->out_tolerance++;
     }
     /* Hysteresis: one noisy reading does not unlock; locked_after readings
-     * in a row outside the tolerance do. */
-    if (l->state == LOCK_LOCKED && l->out_tolerance > 0 && l->out_tolerance < c->locked_after)
+     * in a row outside the tolerance do. An error beyond three tolerances is
+     * not noise (the tolerance is a few sigma already): it unlocks at once. */
+    if (l->state == LOCK_LOCKED && l->out_tolerance > 0 && l->out_tolerance < c->locked_after &&
+        abs_e <= 3 * c->tolerance_mhz)
         return;
     if (l->state != LOCK_LOCKED || l->out_tolerance > 0)
         laser_set_state(l, LOCK_ACQUIRING, "error %.3f MHz, tolerance %.3g MHz", error_mhz,
@@ -489,7 +494,12 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
         return -ERANGE;
     if (!isfinite(ramp_mhz_per_s) || ramp_mhz_per_s < 0)
         return -EINVAL;
+    double step_mhz = fabs(setpoint_thz - l->pid.setpoint_thz) * 1e6;
+
     pid_set_setpoint(&l->pid, setpoint_thz, ramp_mhz_per_s, now_ns(l));
+    /* A laser on its old setpoint is not "locked" on the new one. */
+    if (l->state == LOCK_LOCKED && step_mhz > l->cfg->tolerance_mhz)
+        laser_set_state(l, LOCK_ACQUIRING, "setpoint moved by %.3f MHz", step_mhz);
     l->pid.ramp_mhz_per_s = ramp_mhz_per_s;
     l->pid_gen++;
     l->in_tolerance = 0;

@@ -808,8 +808,17 @@ static int hf_read(void *dev, const struct wm_read_req *req, struct wm_sample *o
     return j.rc;
 }
 
+/* After a switch: settle, then WLM_FLUSH_READS thrown away and one kept, a
+ * measurement period each; and the reserve kept for the hang detection. */
+static int hf_worst_read_ms(int exposure_ms, int settle_ms, int timeout_ms) {
+    int reserve_ms = timeout_ms / 10 < HF_RESERVE_MAX_MS ? timeout_ms / 10 : HF_RESERVE_MAX_MS;
+
+    return settle_ms + (WLM_FLUSH_READS + 1) * (exposure_ms + WLM_READOUT_MS) + reserve_ms;
+}
+
 const struct wm_driver highfinesse_driver = {
     .name = "highfinesse",
+    .worst_read_ms = hf_worst_read_ms,
     .open = hf_open,
     .close = hf_close,
     .read = hf_read,

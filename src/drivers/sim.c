@@ -284,8 +284,15 @@ int sim_peek(void *dev, int channel, double *input_v, double *true_thz) {
     return rc;
 }
 
+/* The simulator spends exactly the settle and the exposure. */
+static int sim_worst_read_ms(int exposure_ms, int settle_ms, int timeout_ms) {
+    (void)timeout_ms;
+    return exposure_ms + settle_ms;
+}
+
 const struct wm_driver sim_driver = {
     .name = "sim",
+    .worst_read_ms = sim_worst_read_ms,
     .open = sim_open,
     .close = sim_close,
     .read = sim_read,

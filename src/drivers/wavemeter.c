@@ -5,6 +5,7 @@
 #include "wavemeter.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "highfinesse.h"
@@ -16,21 +17,18 @@ static const struct wm_driver *const wm_drivers[] = {
 };
 
 static int none_open(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev,
-                     void **dev, char *err, size_t errlen)
-{
+                     void **dev, char *err, size_t errlen) {
     (void)lc, (void)wm, (void)wm_dev, (void)err, (void)errlen;
     *dev = NULL;
     return 0;
 }
 
-static void none_close(void *dev)
-{
+static void none_close(void *dev) {
     (void)dev;
 }
 
 /* A monitor-only laser: there is nothing to write, so a write is a bug. */
-static int none_write(void *dev, double output_v, int timeout_ms)
-{
+static int none_write(void *dev, double output_v, int timeout_ms) {
     (void)dev, (void)output_v, (void)timeout_ms;
     return -ENOTSUP;
 }
@@ -47,24 +45,45 @@ static const struct act_driver *const act_drivers[] = {
     &sim_actuator,
 };
 
-const struct wm_driver *wm_driver_find(const char *name)
-{
+const struct wm_driver *wm_driver_find(const char *name) {
     for (size_t i = 0; i < sizeof(wm_drivers) / sizeof(wm_drivers[0]); i++)
         if (strcmp(wm_drivers[i]->name, name) == 0)
             return wm_drivers[i];
     return NULL;
 }
 
-const struct act_driver *act_driver_find(const char *name)
-{
+const struct act_driver *act_driver_find(const char *name) {
     for (size_t i = 0; i < sizeof(act_drivers) / sizeof(act_drivers[0]); i++)
         if (strcmp(act_drivers[i]->name, name) == 0)
             return act_drivers[i];
     return NULL;
 }
 
-const char *wm_status_name(enum wm_status s)
-{
+int wm_check_config(const struct config *cfg, char *err, size_t errlen) {
+    const struct wm_driver *drv = wm_driver_find(cfg->driver);
+
+    if (drv == NULL) {
+        snprintf(err, errlen, "unknown wavemeter driver \"%s\"", cfg->driver);
+        return -EINVAL;
+    }
+    for (int i = 0; i < cfg->nlasers; i++) {
+        const struct laser_config *lc = &cfg->lasers[i];
+        int worst = drv->worst_read_ms(lc->exposure_ms, lc->settle_ms, cfg->read_timeout_ms);
+
+        if (lc->enabled && worst >= cfg->read_timeout_ms) {
+            snprintf(err, errlen,
+                     "laser \"%s\": with driver %s a read can take %d ms (exposure_ms %d, "
+                     "settle_ms %d), not less than wavemeter.read_timeout_ms %d: raise the "
+                     "timeout or shorten the exposure",
+                     lc->name, drv->name, worst, lc->exposure_ms, lc->settle_ms,
+                     cfg->read_timeout_ms);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+const char *wm_status_name(enum wm_status s) {
     switch (s) {
     case WM_OK:
         return "ok";

@@ -56,6 +56,14 @@ int acl_parse_net(const char *text, struct acl_net *net, char *err, size_t errle
         }
         net->prefix = (unsigned)bits;
     }
+    /* Peers in ::ffff:0:0/96 are matched as IPv4, so such an entry would
+     * silently match nobody: ask for the IPv4 spelling instead. */
+    if (net->family == AF_INET6 && net->prefix >= 96 &&
+        memcmp(net->addr, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+        snprintf(err, errlen, "\"%s\": write IPv4-mapped networks as IPv4 (%u.%u.%u.%u/%u)", text,
+                 net->addr[12], net->addr[13], net->addr[14], net->addr[15], net->prefix - 96);
+        return -EINVAL;
+    }
     /* 10.1.2.3/8 is almost always a typo for 10.1.2.3 or 10.0.0.0/8. */
     for (unsigned bit = net->prefix; bit < max_bits; bit++) {
         if (net->addr[bit / 8] & (0x80u >> (bit % 8))) {

@@ -23,6 +23,11 @@
 #define MAX_PENDING_LINES 1024
 /* At shutdown, answers still owed (a durable write finishing) get this long. */
 #define DRAIN_MS 500
+/* One client's share of a loop turn: a pipelining client must not keep the
+ * loop (readings, locks, other clients) waiting. 64 cheap requests cost well
+ * under a millisecond; 256 KiB of answers (two full histories) a few. */
+#define LINES_PER_TURN 64
+#define BYTES_PER_TURN (256 * 1024)
 
 /* One input line's answer, in arrival order. */
 struct pending {
@@ -54,11 +59,16 @@ struct client {
     size_t npending;           /* lines read and not yet written back */
     char *stash;               /* bytes read but not framed while paused */
     size_t stash_len;
-    bool eof;        /* the peer closed its sending side */
-    bool paused;     /* reading stopped: too much unread output */
-    bool in_process; /* inside rpc_line_process */
-    bool shutting;   /* uv_shutdown issued: close follows */
-    bool closing;    /* uv_close issued */
+    bool eof;                  /* the peer closed its sending side */
+    bool paused;               /* reading stopped: too much unread output */
+    bool yielded;              /* used its turn's budget: on the ready list */
+    bool reading;              /* uv_read_start in effect */
+    unsigned turn_lines;       /* lines handled this loop turn */
+    size_t turn_bytes;         /* answer bytes made this loop turn */
+    struct client *ready_next; /* on the server's ready list */
+    bool in_process;           /* inside rpc_line_process */
+    bool shutting;             /* uv_shutdown issued: close follows */
+    bool closing;              /* uv_close issued */
     uv_shutdown_t shutdown;
 };
 
@@ -67,6 +77,7 @@ static void client_flush(struct client *c);
 static void server_handle_closed(uv_handle_t *h);
 static void on_line(void *ctx, const char *line, size_t len);
 static void on_overflow(void *ctx);
+static void idle_cb(uv_idle_t *h);
 
 const char *server_client_name(const struct client *c) {
     return c->name;
@@ -110,6 +121,12 @@ static void client_closed_cb(uv_handle_t *h) {
             rpc_line_abandon(p->line);
         free(p->out);
         free(p);
+    }
+    if (c->yielded) {
+        struct client **pp = &s->ready;
+        while (*pp != c)
+            pp = &(*pp)->ready_next;
+        *pp = c->ready_next;
     }
     linebuf_fini(&c->lb);
     free(c->stash);
@@ -164,17 +181,42 @@ static bool client_over(struct client *c) {
     return backlog(c) >= pause_mark(c) || c->npending >= MAX_PENDING_LINES;
 }
 
+static void client_read_stop(struct client *c) {
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
 static void client_pause(struct client *c) {
     if (c->paused || c->closing)
         return;
     c->paused = true;
     c->lb.stop = true; /* the rest of this read waits in the stash */
-    c->stalled_since_ns = uv_hrtime();
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    /* The stall clock runs only while answers wait for the client; a pause
+     * for requests still being made durable is the daemon's own doing. */
+    if (backlog(c) >= pause_mark(c))
+        c->stalled_since_ns = uv_hrtime();
+    client_read_stop(c);
 }
 
-/* Frame data; what is left when the client gets paused mid-read is kept in
- * the stash and framed first on resume. */
+/* Fairness: a client whose requests used up this loop turn's budget is read
+ * again on the next turn, after everyone else had theirs. */
+static void client_yield(struct client *c) {
+    struct server *s = c->srv;
+
+    if (c->yielded || c->closing)
+        return;
+    c->yielded = true;
+    c->lb.stop = true;
+    client_read_stop(c);
+    c->ready_next = s->ready;
+    s->ready = c;
+    uv_idle_start(&s->idle, idle_cb);
+}
+
+/* Frame data; what is left when the client gets paused or yields mid-read
+ * is kept in the stash and framed first when it goes on. */
 static void client_feed(struct client *c, const char *data, size_t n) {
     size_t used = 0;
 
@@ -197,14 +239,12 @@ static void client_feed(struct client *c, const char *data, size_t n) {
     c->stash_len = n - used;
 }
 
-static void client_maybe_resume(struct client *c) {
-    if (!c->paused || c->closing || c->eof)
+/* Frame what is stashed, then read from the socket again, unless the client
+ * is held back (paused, yielded, closing, at EOF). */
+static void client_continue(struct client *c) {
+    if (c->closing || c->eof || c->paused || c->yielded)
         return;
-    if (backlog(c) >= pause_mark(c) / 2 || c->npending >= MAX_PENDING_LINES / 2)
-        return;
-    c->paused = false;
     c->lb.stop = false;
-    c->stalled_since_ns = 0;
     if (c->stash) {
         char *stash = c->stash;
         size_t len = c->stash_len;
@@ -213,13 +253,46 @@ static void client_maybe_resume(struct client *c) {
         c->stash_len = 0;
         client_feed(c, stash, len);
         free(stash);
-        if (c->paused || c->closing)
+        if (c->closing || c->paused || c->yielded)
             return;
     }
+    if (c->reading)
+        return;
     int rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
     if (rc != 0) {
         log_warnx("client %s: cannot read again: %s", c->name, uv_strerror(rc));
         client_close(c);
+        return;
+    }
+    c->reading = true;
+}
+
+static void client_maybe_resume(struct client *c) {
+    if (!c->paused || c->closing || c->eof)
+        return;
+    if (backlog(c) >= pause_mark(c) / 2 || c->npending >= MAX_PENDING_LINES / 2)
+        return;
+    c->paused = false;
+    c->stalled_since_ns = 0;
+    client_continue(c);
+}
+
+/* The next loop turn: every client that yielded gets a new budget. */
+static void idle_cb(uv_idle_t *h) {
+    struct server *s = h->data;
+    struct client *c = s->ready;
+
+    s->ready = NULL;
+    uv_idle_stop(h);
+    while (c) {
+        struct client *next = c->ready_next;
+
+        c->ready_next = NULL;
+        c->yielded = false;
+        c->turn_lines = 0;
+        c->turn_bytes = 0;
+        client_continue(c);
+        c = next;
     }
 }
 
@@ -236,6 +309,8 @@ static void write_cb(uv_write_t *req, int status) {
         return;
     }
     c->last_active_ns = uv_hrtime();
+    if (c->stalled_since_ns != 0)
+        c->stalled_since_ns = c->last_active_ns; /* it is taking answers */
     client_maybe_resume(c);
 }
 
@@ -257,18 +332,22 @@ static void client_write(struct client *c, char *text) {
     wr->buf = buf;
     wr->len = len + 1;
     b = uv_buf_init(buf, (unsigned)(len + 1));
-    if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+    /* Reading stops at the pause mark, so only answers already owed can pass
+     * it; a client that lets them pile up past the cap is dropped. One answer
+     * larger than the cap (a long history) still goes to a client that reads. */
+    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (queued > (size_t)c->srv->cfg->write_queue_max_bytes) {
+        log_warnx("client %s: %zu bytes of answers unread, closing", c->name, queued);
         free(buf);
         free(wr);
         client_close(c);
         return;
     }
-    /* Reading stops at the pause mark, so only answers already owed can pass
-     * it; a client that lets them pile up to the cap is dropped. */
-    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-    if (queued > (size_t)c->srv->cfg->write_queue_max_bytes) {
-        log_warnx("client %s: %zu bytes of answers unread, closing", c->name, queued);
+    if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+        free(buf);
+        free(wr);
         client_close(c);
+        return;
     }
 }
 
@@ -300,6 +379,7 @@ static void pending_done(struct client *c, struct pending *p, char *out) {
     p->done = true;
     p->held = out ? strlen(out) : 0;
     c->held_bytes += p->held;
+    c->turn_bytes += p->held;
 }
 
 static void line_done_cb(void *owner, struct rpc_line *line, char *out) {
@@ -349,6 +429,8 @@ static void on_line(void *ctx, const char *line, size_t len) {
     client_flush(c);
     if (client_over(c))
         client_pause(c);
+    else if (++c->turn_lines >= LINES_PER_TURN || c->turn_bytes >= BYTES_PER_TURN)
+        client_yield(c);
 }
 
 static void on_overflow(void *ctx) {
@@ -376,11 +458,13 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     }
     if (nread == 0)
         return;
-    uv_read_stop(stream);
+    client_read_stop(c);
     if (nread == UV_EOF) {
         /* nc -N: the request is complete; answer everything, then close. */
         linebuf_flush(&c->lb, on_line, c);
         c->eof = true;
+        c->paused = false; /* nothing more to read: only answers to write */
+        c->stalled_since_ns = 0;
         if (!c->closing)
             client_flush(c);
         return;
@@ -455,7 +539,11 @@ static void connection_cb(uv_stream_t *listener, int status) {
     }
     s->accepted++;
     log_debug("client %s: connected", c->name);
-    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
+        client_close(c);
+        return;
+    }
+    c->reading = true;
 }
 
 static void sweep_cb(uv_timer_t *t) {
@@ -502,12 +590,15 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->listener.data = s;
     uv_timer_init(loop, &s->sweep);
     s->sweep.data = s;
+    uv_idle_init(loop, &s->idle);
+    s->idle.data = s;
     if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&s->listener, 128, connection_cb)) != 0) {
         snprintf(err, errlen, "listen %s:%d: %s", cfg->listen_host, cfg->listen_port,
                  uv_strerror(rc));
         uv_close((uv_handle_t *)&s->listener, NULL);
         uv_close((uv_handle_t *)&s->sweep, NULL);
+        uv_close((uv_handle_t *)&s->idle, NULL);
         return rc;
     }
     uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
@@ -540,12 +631,19 @@ static void drain_deadline_cb(uv_timer_t *t) {
 
 void server_stop(struct server *s, void (*cb)(struct server *s)) {
     s->on_closed = cb;
-    /* The listener, the sweep timer and every client still in the list (one
-     * already closing still gets its close callback). */
-    s->closing = 2 + s->nclients;
+    /* The listener, the idle handle, the sweep timer and every client still
+     * in the list (one already closing still gets its close callback). */
+    s->closing = 3 + s->nclients;
     s->listening = false;
     s->stopping = true;
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
+    uv_close((uv_handle_t *)&s->idle, server_handle_closed); /* nobody reads any more */
+    for (struct client *c = s->ready, *n; c; c = n) {
+        n = c->ready_next;
+        c->ready_next = NULL;
+        c->yielded = false;
+    }
+    s->ready = NULL;
     if (s->nclients == 0) {
         uv_close((uv_handle_t *)&s->sweep, server_handle_closed);
         return;
@@ -558,7 +656,7 @@ void server_stop(struct server *s, void (*cb)(struct server *s)) {
         n = c->next;
         if (c->closing)
             continue;
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        client_read_stop(c);
         c->eof = true;
         c->paused = false;
         free(c->stash);

@@ -307,6 +307,16 @@ def test_bad_config():
     out = subprocess.run([BIN, "--check-config", "--config", d.config_path], capture_output=True)
     if out.returncode != 1 or b"bogus" not in out.stderr:
         fail("--check-config on bad: %r" % (out,))
+    # A read that cannot finish within read_timeout_ms with this driver
+    # (HighFinesse: settle + 4 measurement periods) is refused at start.
+    hf = Daemon({"wavemeter": {"driver": "highfinesse", "read_timeout_ms": 300},
+                 "lasers": [{"name": "a", "channel": 1, "exposure_ms": 100, "settle_ms": 100},
+                            {"name": "b", "channel": 2, "exposure_ms": 10, "settle_ms": 10}]})
+    out = subprocess.run([BIN, "--check-config", "--config", hf.config_path], capture_output=True)
+    want = (b'laser "a": with driver highfinesse a read can take 578 ms (exposure_ms 100, '
+            b'settle_ms 100), not less than wavemeter.read_timeout_ms 300')
+    if out.returncode != 1 or want not in out.stderr:
+        fail("HighFinesse read longer than the timeout: %r" % (out,))
     good = Daemon(sim_config())
     out = subprocess.run([BIN, "--check-config", "--config", good.config_path], capture_output=True)
     if out.returncode != 0:
@@ -404,6 +414,47 @@ def test_slow_reader_paused_then_served():
             fail("slow reader was dropped:\n" + d.log())
 
 
+def test_pipeliner_does_not_starve_others():
+    # One client pipelines a flood and reads it all; another pings meanwhile.
+    # Each client gets its share of every loop turn, so the ping is answered
+    # while the flood is still being worked through.
+    import threading
+    n = 40000
+    with Daemon(sim_config([{}, {}, {}, {}])) as d:
+        wait_for(lambda: all(r["seq"] > 0 for r in d.result("read")), 10, "readings")
+        flood = socket.create_connection(("127.0.0.1", d.port))
+        got = [0]
+
+        def reader():
+            buf = b""
+            flood.settimeout(60)
+            while got[0] < n:
+                chunk = flood.recv(1 << 20)
+                if not chunk:
+                    return
+                got[0] += chunk.count(b"\n")
+        t = threading.Thread(target=reader)
+        t.start()
+        reqs = b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"read"}\n' % i for i in range(n))
+        threading.Thread(target=flood.sendall, args=(reqs,), daemon=True).start()
+        with d.client() as c:
+            wait_for(lambda: got[0] > 100, 10, "the flood to be under way")
+            worst, pings = 0.0, 0
+            while got[0] < n * 0.9 and pings < 200:
+                t0 = time.monotonic()
+                c.result("ping")
+                worst = max(worst, time.monotonic() - t0)
+                pings += 1
+            if pings < 3:
+                fail("the flood finished before the pings could be checked")
+            if worst > 0.25:
+                fail("a ping waited %.0f ms behind another client's flood" % (worst * 1e3))
+        t.join(60)
+        flood.close()
+        if got[0] != n:
+            fail("flood got %d of %d answers" % (got[0], n))
+
+
 run_tests([
     ("netcat_defaults", test_netcat_defaults),
     ("methods", test_methods),
@@ -423,4 +474,5 @@ run_tests([
     ("wavemeterctl", test_ctl),
     ("write_access", test_write_access),
     ("slow_reader", test_slow_reader_paused_then_served),
+    ("fair_turns", test_pipeliner_does_not_starve_others),
 ])

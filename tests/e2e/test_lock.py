@@ -847,6 +847,28 @@ def test_state_dir_gone_then_back():
         shutil.rmtree(d.tmp, ignore_errors=True)
 
 
+def test_lock_state_edges():
+    # A laser that holds its setpoint with the output on a limit, within
+    # tolerance, is locked (not railed, never lost by the rail timeout).
+    # A setpoint step larger than the tolerance drops "locked" at once.
+    over = fast({"sim": {"offset_mhz": 51.0}, "output_min_v": -1.0, "rail_timeout_s": 1.0,
+                 "tolerance_mhz": 2.0, "capture_mhz": 100.0})
+    with Daemon(sim_config([over])) as d, d.client() as c:
+        c.result("laser.lock", ["L1"])
+        l = wait_state(c, "locked")
+
+        def still_locked(x):
+            if x["state"] != "locked":
+                fail("left locked while on frequency at the rail: %r" % x)
+        last = over_readings(c, 100, still_locked)  # well past rail_timeout_s
+        if abs(last["output_v"] + 1.0) > 1e-9:
+            fail("output not on its lower limit: %r" % last["output_v"])
+        # -1 V gives -50 MHz of the 51 MHz offset: 1 MHz of error, in tolerance.
+        step = c.result("laser.set_setpoint", ["L1", NOMINAL_THZ + 30e-6])
+        if step["state"] == "locked":
+            fail("still locked right after a 30 MHz setpoint step: %r" % step)
+
+
 SUITE = [
     ("converges", test_converges_from_200_mhz),
     ("noise_floor", test_locked_noise_floor),
@@ -866,5 +888,6 @@ SUITE = [
     ("history_std_far", test_history_std_far_from_setpoint),
     ("sigterm_answers_owed", test_sigterm_answers_owed_writes),
     ("state_dir_gone", test_state_dir_gone_then_back),
+    ("lock_state_edges", test_lock_state_edges),
 ]
 run_tests(SUITE)

@@ -23,6 +23,8 @@ static const struct {
     {"empty prefix", "10.0.0.0/", "\"10.0.0.0/\": prefix must be 0 to 32 bits"},
     {"hostname", "lab-pc", "\"lab-pc\" is not a numeric IPv4 or IPv6 address"},
     {"empty", "", "\"\" is not an address or network"},
+    {"v4-mapped entry", "::ffff:10.0.0.0/104",
+     "\"::ffff:10.0.0.0/104\": write IPv4-mapped networks as IPv4 (10.0.0.0/8)"},
 };
 
 START_TEST(test_parse) {
