@@ -193,9 +193,9 @@ static void client_pause(struct client *c) {
         return;
     c->paused = true;
     c->lb.stop = true; /* the rest of this read waits in the stash */
-    /* The stall clock runs only while answers wait for the client; a pause
-     * for requests still being made durable is the daemon's own doing. */
-    if (backlog(c) >= pause_mark(c))
+    /* The stall clock runs only while written answers wait for the client;
+     * a pause for answers still being made durable is the daemon's doing. */
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= pause_mark(c))
         c->stalled_since_ns = uv_hrtime();
     client_read_stop(c);
 }

@@ -384,8 +384,11 @@ def test_slow_reader_paused_then_served():
     # A client that pipelines far more than the write cap and reads only
     # later is paused (not dropped), and then gets every answer, in order.
     import threading
-    n = 6000
-    with Daemon(sim_config([{}, {}, {}, {}])) as d:
+    # About 18 MB of answers: more than loopback's socket buffers can take
+    # (a few MB), so the rest must wait in the daemon, whose flow control
+    # pauses the client at a quarter of the smallest cap, 64 KiB.
+    n = 20000
+    with Daemon(sim_config([{}, {}, {}, {}], limits={"write_queue_max_bytes": 65536})) as d:
         wait_for(lambda: all(r["seq"] > 0 for r in d.result("read")), 10, "readings")
         s = socket.create_connection(("127.0.0.1", d.port))
         reqs = b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"read"}\n' % i for i in range(n))
