@@ -349,6 +349,11 @@ static void client_write(struct client *c, char *text) {
         client_close(c);
         return;
     }
+    /* Paused for answers still being made durable, and now they wait for
+     * the client: from here on it is the client that stalls. */
+    if (c->paused && c->stalled_since_ns == 0 &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= pause_mark(c))
+        c->stalled_since_ns = uv_hrtime();
 }
 
 /* Write every answer at the head of the queue that is ready, in order. */
