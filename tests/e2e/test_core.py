@@ -458,6 +458,28 @@ def test_pipeliner_does_not_starve_others():
             fail("flood got %d of %d answers" % (got[0], n))
 
 
+def test_stalled_reader_dropped():
+    # A client that never takes its answers is paused, then closed after
+    # write_stall_timeout_s; everyone else is served all along.
+    import threading
+    cfg = sim_config(limits={"write_queue_max_bytes": 65536, "write_stall_timeout_s": 1})
+    with Daemon(cfg) as d:
+        s = socket.create_connection(("127.0.0.1", d.port))
+        reqs = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n' * 40000
+
+        def send():
+            try:
+                s.sendall(reqs)
+            except OSError:
+                pass  # dropped by the daemon, as it should be
+        threading.Thread(target=send, daemon=True).start()
+        wait_for(lambda: d.result("status")["clients_paused"] == 1, 10, "the client to be paused")
+        wait_for(lambda: "not reading its answers" in d.log(), 5, "the stalled client to be dropped")
+        if d.result("ping") != "pong":
+            fail("others not served")
+        s.close()
+
+
 run_tests([
     ("netcat_defaults", test_netcat_defaults),
     ("methods", test_methods),
@@ -478,4 +500,5 @@ run_tests([
     ("write_access", test_write_access),
     ("slow_reader", test_slow_reader_paused_then_served),
     ("fair_turns", test_pipeliner_does_not_starve_others),
+    ("stalled_reader", test_stalled_reader_dropped),
 ])
