@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """End to end: the real wavemeterd on the simulator, spoken to over TCP."""
 import json
+import re
 import os
 import signal
 import socket
@@ -480,6 +481,34 @@ def test_stalled_reader_dropped():
         s.close()
 
 
+def test_journald_prefixes():
+    # Under systemd, stderr is the journal (JOURNAL_STREAM names it): every
+    # line starts with a <N> syslog priority; anywhere else, with a level word.
+    d = Daemon(sim_config())
+    open(d.log_path, "wb").close()
+    st = os.stat(d.log_path)
+    d.env["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
+    d.logf = None
+    d.proc = subprocess.Popen([BIN] + d.args, stdout=subprocess.DEVNULL,
+                              stderr=open(d.log_path, "ab"), env=d.env)
+    try:
+        m = wait_for(lambda: d._listening(), 10, "wavemeterd to listen")
+        d.port = int(m.group(1))
+        d.result("ping")
+    finally:
+        d.stop()
+    lines = d.log().splitlines()
+    if not lines or not all(re.match(r"<[3-7]>", l) for l in lines):
+        fail("not every line has a journald priority: %r" % lines)
+    if not any(l.startswith("<5>wavemeterd") for l in lines):
+        fail("the start-up notice is not at priority 5: %r" % lines)
+    import shutil
+    shutil.rmtree(d.tmp, ignore_errors=True)
+    with Daemon(sim_config()) as plain:
+        if not plain.log().startswith(("info: ", "notice: ")):
+            fail("plain stderr lines: %r" % plain.log()[:100])
+
+
 run_tests([
     ("netcat_defaults", test_netcat_defaults),
     ("methods", test_methods),
@@ -501,4 +530,5 @@ run_tests([
     ("slow_reader", test_slow_reader_paused_then_served),
     ("fair_turns", test_pipeliner_does_not_starve_others),
     ("stalled_reader", test_stalled_reader_dropped),
+    ("journald", test_journald_prefixes),
 ])
