@@ -92,7 +92,9 @@ struct config {
     int write_queue_max_bytes;
     int write_stall_timeout_s;
 
-    struct acl write_from; /* peers allowed to use write methods */
+    struct acl write_from;            /* peers allowed to use write methods */
+    bool require_token;               /* writes also need the auth method first */
+    char token_file[CONFIG_PATH_MAX]; /* "" = a cookie made in the state dir */
 
     char state_dir[CONFIG_PATH_MAX];
     double state_save_interval_s;

@@ -16,6 +16,7 @@
 #include "laser.h"
 #include "meter.h"
 #include "server.h"
+#include "token.h"
 
 struct daemon {
     uv_loop_t *loop;
@@ -24,6 +25,7 @@ struct daemon {
     struct meter meter;
     struct lasers lasers;
     char state_dir[CONFIG_PATH_MAX];
+    struct token token; /* when cfg.require_token */
     struct server server;
     struct rpc_server rpc;
 

@@ -50,6 +50,10 @@ const char *server_client_name(const struct client *c);
 /* Clients whose reading is paused because they do not take their answers. */
 int server_clients_paused(const struct server *s);
 /* True when the peer's address is in the config's access.write_from. */
-bool server_client_may_write(const struct client *c);
+bool server_client_in_write_from(const struct client *c);
+/* Whether the client gave the right token with auth; a wrong one counts,
+ * and the fifth in a row closes the connection once it is answered. */
+bool server_client_authorized(const struct client *c);
+void server_client_login(struct client *c, bool ok);
 
 #endif

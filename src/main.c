@@ -274,6 +274,16 @@ int main(int argc, char **argv) {
         return 1;
     }
     pick_state_dir(d);
+    if (d->cfg.require_token) {
+        rc = d->cfg.token_file[0] ? token_load(&d->token, d->cfg.token_file, err, sizeof(err))
+                                  : token_make_cookie(&d->token, d->state_dir, err, sizeof(err));
+        if (rc != 0) {
+            log_error("access: %s", err);
+            abort_start(&rt);
+            return 1;
+        }
+        log_info("access: write methods need the token in %s", d->token.path);
+    }
     if ((rc = lasers_init(&d->lasers, &rt.loop, &d->cfg, d->clk, &d->meter, d->state_dir, err,
                           sizeof(err))) != 0) {
         log_error("%s", err);

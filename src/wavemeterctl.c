@@ -20,13 +20,44 @@
 /* Long enough for any read the daemon does (its own reads time out sooner). */
 #define DEFAULT_TIMEOUT_MS 10000
 
+/*
+ * The write token: from file if given (an error if unreadable), else the
+ * daemon's cookie where a local install keeps it, if this user may read it.
+ * Returns a malloc'd token or NULL (none, or an error already printed).
+ */
+static char *read_token(const char *file) {
+    static const char *const cookies[] = {"/var/lib/wavemeterd/cookie", "build/state/cookie"};
+    char buf[300];
+    FILE *f = NULL;
+
+    if (file) {
+        if ((f = fopen(file, "re")) == NULL) {
+            fprintf(stderr, "wavemeterctl: token file %s: %s\n", file, strerror(errno));
+            return NULL;
+        }
+    } else {
+        for (size_t i = 0; i < sizeof(cookies) / sizeof(cookies[0]) && f == NULL; i++)
+            f = fopen(cookies[i], "re");
+        if (f == NULL)
+            return NULL;
+    }
+    if (fgets(buf, sizeof(buf), f) == NULL)
+        buf[0] = '\0';
+    fclose(f);
+    buf[strcspn(buf, " \t\r\n")] = '\0';
+    return buf[0] ? strdup(buf) : NULL;
+}
+
 static void usage(FILE *f) {
     fprintf(
         f,
-        "usage: wavemeterctl [-c HOST:PORT] [-r] [-t MS] METHOD [KEY=VALUE... | JSON]\n"
+        "usage: wavemeterctl [-c HOST:PORT] [-r] [-t MS] [-k FILE] METHOD [KEY=VALUE... | JSON]\n"
         "  -c, --connect HOST:PORT  daemon address (default $WAVEMETERD_ADDR or 127.0.0.1:7420)\n"
         "  -r, --raw                print the answer line as received\n"
         "  -t, --timeout MS         give up after MS milliseconds (default 10000)\n"
+        "  -k, --token-file FILE    log in for writes with this token (default\n"
+        "                           $WAVEMETERD_TOKEN_FILE, else the daemon's cookie\n"
+        "                           in /var/lib/wavemeterd or build/state, if readable)\n"
         "Params: KEY=VALUE pairs (VALUE parsed as JSON, else taken as a string),\n"
         "or one JSON object or array.\n"
         "examples: wavemeterctl read\n"
@@ -102,13 +133,13 @@ static json_t *build_params(char **args, int n) {
 
 int main(int argc, char **argv) {
     static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'},
-        {"raw", no_argument, NULL, 'r'},
-        {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"connect", required_argument, NULL, 'c'}, {"raw", no_argument, NULL, 'r'},
+        {"timeout", required_argument, NULL, 't'}, {"token-file", required_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *addr = getenv("WAVEMETERD_ADDR");
+    const char *token_file = getenv("WAVEMETERD_TOKEN_FILE");
+    char *token = NULL;
     int timeout_ms = DEFAULT_TIMEOUT_MS, opt, fd, rc = 2;
     bool raw = false;
     json_t *req, *params = NULL, *ans;
@@ -117,7 +148,9 @@ int main(int argc, char **argv) {
 
     if (addr == NULL)
         addr = "127.0.0.1:7420";
-    while ((opt = getopt_long(argc, argv, "c:rt:h", opts, NULL)) != -1) {
+    if (token_file && *token_file == '\0')
+        token_file = NULL; /* WAVEMETERD_TOKEN_FILE= means none */
+    while ((opt = getopt_long(argc, argv, "c:rt:k:h", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             addr = optarg;
@@ -127,6 +160,9 @@ int main(int argc, char **argv) {
             break;
         case 't':
             timeout_ms = atoi(optarg);
+            break;
+        case 'k':
+            token_file = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -147,9 +183,30 @@ int main(int argc, char **argv) {
         json_object_set_new(req, "params", params);
     text = json_dumps(req, JSON_COMPACT);
     json_decref(req);
-    if ((fd = dial(addr, timeout_ms)) < 0) {
+    if ((token = read_token(token_file)) == NULL && token_file != NULL) {
         free(text);
         return 2;
+    }
+    if ((fd = dial(addr, timeout_ms)) < 0) {
+        free(text);
+        free(token);
+        return 2;
+    }
+    if (token) {
+        /* Log in first on this connection; its answer comes first (id 0). */
+        json_t *a = json_pack("{s:s, s:i, s:s, s:{s:s}}", "jsonrpc", "2.0", "id", 0, "method",
+                              "auth", "params", "token", token);
+        char *at = json_dumps(a, JSON_COMPACT);
+        size_t alen = strlen(at);
+
+        json_decref(a);
+        at[alen] = '\n';
+        if (write(fd, at, alen + 1) != (ssize_t)(alen + 1)) {
+            fprintf(stderr, "wavemeterctl: send: %s\n", strerror(errno));
+            free(at);
+            goto out;
+        }
+        free(at);
     }
     size_t len = strlen(text);
     text[len] = '\n'; /* json_dumps' NUL becomes the newline; we send len + 1 */
@@ -182,12 +239,25 @@ int main(int argc, char **argv) {
             fprintf(stderr, "wavemeterctl: connection closed before an answer\n");
             goto out;
         }
-        if ((nl = memchr(buf + have, '\n', (size_t)n)) != NULL) {
-            *nl = '\0';
-            break;
-        }
         have += (size_t)n;
+        while ((nl = memchr(buf, '\n', have)) != NULL) {
+            *nl = '\0';
+            json_t *line = json_loads(buf, 0, NULL);
+            json_t *id = json_object_get(line, "id");
+            bool ours = !(token && json_is_integer(id) && json_integer_value(id) == 0);
+
+            if (!ours && json_object_get(line, "error"))
+                fprintf(
+                    stderr, "wavemeterctl: auth refused: %s\n",
+                    json_string_value(json_object_get(json_object_get(line, "error"), "message")));
+            json_decref(line);
+            if (ours)
+                goto answered;
+            have -= (size_t)(nl + 1 - buf);
+            memmove(buf, nl + 1, have);
+        }
     }
+answered:
     ans = json_loads(buf, 0, NULL);
     if (raw || ans == NULL) {
         puts(buf);
@@ -199,6 +269,7 @@ int main(int argc, char **argv) {
     rc = ans && json_object_get(ans, "result") ? 0 : 1;
     json_decref(ans);
 out:
+    free(token);
     free(buf);
     free(text);
     close(fd);

@@ -109,6 +109,10 @@ static const struct key state_keys[] = {
 static const struct key access_keys[] = {
     {"write_from", KEY_NETS, FIELD(C, write_from), 0, ACL_MAX, NULL, NULL, 0,
      "networks whose clients may use write methods, e.g. [\"127.0.0.0/8\", \"10.1.0.0/16\"]"},
+    ROW_BOOL("require_token", C, require_token,
+             "write methods also need the auth method with the token first"),
+    {"token_file", KEY_STRING, FIELD(C, token_file), 0, 0, NULL, NULL, 0,
+     "file holding the token; empty: a new cookie in the state directory at each start"},
     ROW_END,
 };
 

@@ -23,6 +23,8 @@
 #define MAX_PENDING_LINES 1024
 /* At shutdown, answers still owed (a durable write finishing) get this long. */
 #define DRAIN_MS 500
+/* Wrong write tokens before a connection is closed (protocol.md). */
+#define MAX_FAILED_LOGINS 5
 /* One client's share of a loop turn: a pipelining client must not keep the
  * loop (readings, locks, other clients) waiting. 64 cheap requests cost well
  * under a millisecond; 256 KiB of answers (two full histories) a few. */
@@ -59,9 +61,11 @@ struct client {
     size_t npending;           /* lines read and not yet written back */
     char *stash;               /* bytes read but not framed while paused */
     size_t stash_len;
-    bool eof;                  /* the peer closed its sending side */
-    bool paused;               /* reading stopped: too much unread output */
-    bool yielded;              /* used its turn's budget: on the ready list */
+    bool eof;        /* the peer closed its sending side */
+    bool paused;     /* reading stopped: too much unread output */
+    bool yielded;    /* used its turn's budget: on the ready list */
+    bool authorized; /* gave the write token (access.require_token) */
+    unsigned failed_logins;
     bool reading;              /* uv_read_start in effect */
     unsigned turn_lines;       /* lines handled this loop turn */
     size_t turn_bytes;         /* answer bytes made this loop turn */
@@ -78,6 +82,7 @@ static void server_handle_closed(uv_handle_t *h);
 static void on_line(void *ctx, const char *line, size_t len);
 static void on_overflow(void *ctx);
 static void idle_cb(uv_idle_t *h);
+static void client_read_stop(struct client *c);
 
 const char *server_client_name(const struct client *c) {
     return c->name;
@@ -91,8 +96,28 @@ int server_clients_paused(const struct server *s) {
     return n;
 }
 
-bool server_client_may_write(const struct client *c) {
+bool server_client_in_write_from(const struct client *c) {
     return acl_allows(&c->srv->cfg->write_from, (const struct sockaddr *)&c->peer);
+}
+
+bool server_client_authorized(const struct client *c) {
+    return c->authorized;
+}
+
+void server_client_login(struct client *c, bool ok) {
+    if (ok) {
+        c->authorized = true;
+        c->failed_logins = 0;
+        return;
+    }
+    /* Five wrong tokens in a row: this is guessing, not a typo. The answer
+     * to the fifth is still written, then the connection closes. */
+    if (++c->failed_logins >= MAX_FAILED_LOGINS && !c->closing) {
+        log_warnx("client %s: %u wrong tokens, closing", c->name, c->failed_logins);
+        client_read_stop(c);
+        c->eof = true;
+        c->paused = false;
+    }
 }
 
 static size_t pause_mark(const struct client *c) {

@@ -224,15 +224,51 @@ static void m_read(struct rpc_call *call, json_t *params, void *ctx) {
 
 /* Write methods are for the networks in access.write_from only; anyone the
  * server accepts may read. Answers -32001 and returns false otherwise. */
-static bool write_allowed(struct rpc_call *call) {
+static bool write_allowed(struct rpc_call *call, struct daemon *d) {
     const struct client *c = rpc_call_peer(call);
 
-    if (c != NULL && server_client_may_write(c))
-        return true;
-    rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
-                    "Unauthorized: %s may read but not change anything (see access.write_from)",
-                    c ? server_client_name(c) : "this client");
-    return false;
+    if (c == NULL || !server_client_in_write_from(c)) {
+        rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
+                        "Unauthorized: %s may read but not change anything (see "
+                        "access.write_from)",
+                        c ? server_client_name(c) : "this client");
+        return false;
+    }
+    if (d->cfg.require_token && !server_client_authorized(c)) {
+        rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
+                        "Unauthorized: call auth with the token from %s first", d->token.path);
+        return false;
+    }
+    return true;
+}
+
+static const char *const auth_params[] = {"token", NULL};
+
+/* auth {token}: this connection may then use write methods. */
+static void m_auth(struct rpc_call *call, json_t *params, void *ctx) {
+    struct daemon *d = ctx;
+    struct client *c = rpc_call_peer(call);
+    json_t *t = json_object_get(params, "token");
+    bool ok;
+
+    if (!params_only(call, params, auth_params))
+        return;
+    if (!json_is_string(t)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"token\" must be a string",
+                       NULL);
+        return;
+    }
+    if (!d->cfg.require_token) {
+        rpc_call_result(call, json_true()); /* nothing to unlock */
+        return;
+    }
+    ok = token_check(&d->token, json_string_value(t), json_string_length(t));
+    if (c)
+        server_client_login(c, ok);
+    if (ok)
+        rpc_call_result(call, json_true());
+    else
+        rpc_call_error(call, RPC_UNAUTHORIZED, "Unauthorized: wrong token", NULL);
 }
 
 /* ---- lasers ---- */
@@ -417,7 +453,7 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx) {
     double f = (double)NAN, wl = (double)NAN, ramp;
     int rc;
 
-    if (!write_allowed(call))
+    if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, setpoint_params) || (l = param_laser(call, params, d)) == NULL)
@@ -463,7 +499,7 @@ static void lock_common(struct rpc_call *call, json_t *params, struct daemon *d,
     struct write_call *w;
     int rc;
 
-    if (!write_allowed(call))
+    if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, laser_params) || (l = param_laser(call, params, d)) == NULL)
@@ -497,7 +533,7 @@ static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx) {
     double kp, ki, kd;
     int rc;
 
-    if (!write_allowed(call))
+    if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, gains_params) || (l = param_laser(call, params, d)) == NULL)
@@ -534,7 +570,7 @@ static void m_set_output(struct rpc_call *call, json_t *params, void *ctx) {
     double v = (double)NAN;
     int rc;
 
-    if (!write_allowed(call))
+    if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, output_params) || (l = param_laser(call, params, d)) == NULL ||
@@ -626,7 +662,7 @@ static void m_sim_fault(struct rpc_call *call, json_t *params, void *ctx) {
     json_t *f = json_object_get(params, "fault");
     enum sim_fault fault;
 
-    if (!write_allowed(call))
+    if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, sim_fault_params) || !param_channel(call, params, d, true, &c))
@@ -649,7 +685,7 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
     struct meter_channel *c;
     json_t *j = json_object_get(params, "jump_mhz");
 
-    if (!write_allowed(call))
+    if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, sim_hop_params) || !param_channel(call, params, d, true, &c))
@@ -666,7 +702,7 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
 static void sim_connect(struct rpc_call *call, json_t *params, void *ctx, bool connected) {
     struct daemon *d = ctx;
 
-    if (!write_allowed(call))
+    if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, NULL))
@@ -689,6 +725,7 @@ static const struct rpc_method methods[] = {
     {.name = "status", .fn = m_status},
     {.name = "channels", .fn = m_channels},
     {.name = "read", .fn = m_read, .params = read_params},
+    {.name = "auth", .fn = m_auth, .params = auth_params},
     {.name = "lasers", .fn = m_lasers},
     {.name = "laser.get", .fn = m_laser_get, .params = laser_params},
     {.name = "laser.set_setpoint", .fn = m_set_setpoint, .params = setpoint_params},

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 from wmd import Client, Daemon, fail, run_tests, sim_config, wait_for, BIN
@@ -509,6 +510,69 @@ def test_journald_prefixes():
             fail("plain stderr lines: %r" % plain.log()[:100])
 
 
+def test_write_token():
+    # access.require_token: readers need nothing; writers log in with the
+    # cookie the daemon writes to its state directory at each start.
+    import stat
+    from wmd import CTL
+    cfg = sim_config([{"name": "399"}], access={"require_token": True})
+    with Daemon(cfg) as d:
+        cookie = os.path.join(d.state_dir, "cookie")
+        st = os.stat(cookie)
+        if stat.S_IMODE(st.st_mode) != 0o640:
+            fail("cookie mode %o" % stat.S_IMODE(st.st_mode))
+        token = open(cookie).read().strip()
+        if not re.fullmatch(r"[0-9a-f]{64}", token):
+            fail("cookie %r" % token)
+        with d.client() as c:
+            if c.result("read", {"laser": "399"})["laser"] != "399":
+                fail("a reader needs no token")
+            e = c.call("laser.lock", ["399"])["error"]
+            if e["code"] != -32001 or cookie not in e["message"]:
+                fail("write without the token: %r" % e)
+            if c.call("auth", ["0" * 64])["error"]["code"] != -32001:
+                fail("a wrong token was taken")
+            if c.result("auth", [token]) is not True:
+                fail("the right token was refused")
+            if c.result("laser.lock", ["399"])["lock"] is not True:
+                fail("write after auth")
+        with d.client() as other:
+            if other.call("laser.unlock", ["399"]).get("error", {}).get("code") != -32001:
+                fail("a login counted on another connection")
+        # Five wrong tokens in a row: answered, then the connection closes.
+        with d.client() as g:
+            for _ in range(5):
+                if g.call("auth", {"token": "x" * 64})["error"]["code"] != -32001:
+                    fail("wrong token accepted")
+            g.expect_closed()
+        # wavemeterctl logs in with -k (and only then may write).
+        addr = "127.0.0.1:%d" % d.port
+        out = subprocess.run([CTL, "-c", addr, "laser.unlock", "laser=399"], capture_output=True,
+                             timeout=10, env=dict(os.environ, WAVEMETERD_TOKEN_FILE=""))
+        if out.returncode != 1:
+            fail("wavemeterctl wrote without a token: %r" % (out,))
+        out = subprocess.run([CTL, "-c", addr, "-k", cookie, "laser.unlock", "laser=399"],
+                             capture_output=True, timeout=10)
+        if out.returncode != 0 or json.loads(out.stdout)["lock"] is not False:
+            fail("wavemeterctl -k: %r" % (out,))
+    # A token file of the admin's instead of the cookie; a bad one stops the start.
+    tmp = tempfile.mkdtemp()
+    good = os.path.join(tmp, "token")
+    with open(good, "w") as f:
+        f.write("correct horse battery staple\n")
+    with Daemon(sim_config(access={"require_token": True, "token_file": good})) as d:
+        with d.client() as c:
+            c.result("auth", ["correct horse battery staple"])
+            c.result("laser.lock", ["L1"])
+    short = os.path.join(tmp, "short")
+    with open(short, "w") as f:
+        f.write("tiny\n")
+    bad = Daemon(sim_config(access={"require_token": True, "token_file": short}))
+    bad.start(expect_ready=False)
+    if bad.proc.wait(5) != 1 or "must hold one line of 16 to 256 characters" not in bad.log():
+        fail("short token file: %r" % bad.log())
+
+
 run_tests([
     ("netcat_defaults", test_netcat_defaults),
     ("methods", test_methods),
@@ -531,4 +595,5 @@ run_tests([
     ("fair_turns", test_pipeliner_does_not_starve_others),
     ("stalled_reader", test_stalled_reader_dropped),
     ("journald", test_journald_prefixes),
+    ("write_token", test_write_token),
 ])
