@@ -25,8 +25,6 @@ void log_set_level(enum log_level level);
 int log_level_parse(const char *name, enum log_level *out);
 
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Like log_msg at warning level, with ": strerror(-err)" appended. */
-void log_warn_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)
 #define log_warnx(...) log_msg(LOG_LVL_WARNING, __VA_ARGS__)

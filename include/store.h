@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "log.h"
 
 /* Called on the loop with 0 once the waiter's change is on disk, or a
  * negative errno-style code if the save failed. */
@@ -47,6 +48,7 @@ struct store {
     uint64_t gen_saving; /* gen the job in flight covers */
     uint64_t gen_saved;  /* everything up to here is durable */
     uint64_t saves, failures;
+    struct log_ratelimit fail_log;
     struct store_waiter *waiters;
     void (*on_idle)(struct store *st);
     /* Optional: called on the loop after a save failed, so the owner can
@@ -70,8 +72,7 @@ int store_load(struct store *st, json_t **out, char *err, size_t errlen);
  * called when that save completed; it must stay valid until then. */
 void store_save(struct store *st, struct store_waiter *w, store_done_cb cb, void *arg);
 
-/* True while a save is in flight or wanted. cb runs once nothing is. */
-bool store_busy(const struct store *st);
+/* cb runs once no save is in flight (at once if none is). */
 void store_when_idle(struct store *st, void (*cb)(struct store *st));
 
 /* Write a snapshot now, synchronously (used by tests and at exit when the

@@ -105,10 +105,15 @@ static void store_after_work(uv_work_t *w, int status) {
         st->gen_saved = st->gen_saving;
     } else {
         st->failures++;
+        unsigned suppressed = 0;
+
         if (st->on_failed)
             st->on_failed(st->ctx);
-        log_warnx("state: cannot save %s: %s", st->path,
-                  status < 0 ? uv_strerror(status) : st->err);
+        /* A full disk fails every periodic save: one line a minute is enough. */
+        if (log_ratelimit_ok(&st->fail_log, uv_hrtime(), 60 * 1000000000ull, &suppressed))
+            log_warnx("state: cannot save %s: %s%s", st->path,
+                      status < 0 ? uv_strerror(status) : st->err,
+                      suppressed ? " (and earlier failures not logged)" : "");
     }
     /* Collect the waiters this save covers (or failed for), then call them:
      * a callback may ask for another save. */
@@ -176,10 +181,6 @@ void store_save(struct store *st, struct store_waiter *w, store_done_cb cb, void
     }
     if (!st->busy)
         store_start(st);
-}
-
-bool store_busy(const struct store *st) {
-    return st->busy;
 }
 
 void store_when_idle(struct store *st, void (*cb)(struct store *st)) {

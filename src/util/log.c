@@ -85,16 +85,6 @@ void log_msg(enum log_level level, const char *fmt, ...) {
     va_end(ap);
 }
 
-void log_warn_err(int err, const char *fmt, ...) {
-    char suffix[128];
-    va_list ap;
-
-    snprintf(suffix, sizeof(suffix), ": %s", strerror(err < 0 ? -err : err));
-    va_start(ap, fmt);
-    log_vline(LOG_LVL_WARNING, suffix, fmt, ap);
-    va_end(ap);
-}
-
 bool log_ratelimit_ok(struct log_ratelimit *rl, uint64_t now_ns, uint64_t interval_ns,
                       unsigned *suppressed) {
     if (rl->last_ns != 0 && now_ns - rl->last_ns < interval_ns) {
