@@ -111,9 +111,8 @@ static void store_after_work(uv_work_t *w, int status) {
             st->on_failed(st->ctx);
         /* A full disk fails every periodic save: one line a minute is enough. */
         if (log_ratelimit_ok(&st->fail_log, uv_hrtime(), 60 * 1000000000ull, &suppressed))
-            log_warnx("state: cannot save %s: %s%s", st->path,
-                      status < 0 ? uv_strerror(status) : st->err,
-                      suppressed ? " (and earlier failures not logged)" : "");
+            log_warnx("state: cannot save %s: %s (%u failures since the last message)", st->path,
+                      status < 0 ? uv_strerror(status) : st->err, suppressed + 1);
     }
     /* Collect the waiters this save covers (or failed for), then call them:
      * a callback may ask for another save. */
