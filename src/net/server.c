@@ -115,8 +115,11 @@ void server_client_login(struct client *c, bool ok) {
     if (++c->failed_logins >= MAX_FAILED_LOGINS && !c->closing) {
         log_warnx("client %s: %u wrong tokens, closing", c->name, c->failed_logins);
         client_read_stop(c);
+        c->lb.stop = true; /* not even the rest of this read */
         c->eof = true;
         c->paused = false;
+        free(c->stash);
+        c->stash = NULL;
     }
 }
 
