@@ -27,8 +27,6 @@ struct server {
     struct client *ready;   /* those clients */
     struct client *clients; /* doubly linked */
     int nclients;
-    uint64_t accepted, refused;
-    bool listening;
     bool stopping;  /* server_stop called: draining answers owed */
     char bound[80]; /* "127.0.0.1:7420" as bound (port resolved) */
     void (*on_closed)(struct server *s);

@@ -44,7 +44,6 @@ struct pending {
 struct write_req {
     uv_write_t req;
     char *buf;
-    size_t len;
 };
 
 struct client {
@@ -61,15 +60,15 @@ struct client {
     size_t npending;           /* lines read and not yet written back */
     char *stash;               /* bytes read but not framed while paused */
     size_t stash_len;
-    bool eof;        /* the peer closed its sending side */
-    bool paused;     /* reading stopped: too much unread output */
-    bool yielded;    /* used its turn's budget: on the ready list */
-    bool authorized; /* gave the write token (access.require_token) */
-    unsigned failed_logins;
-    bool reading;              /* uv_read_start in effect */
     unsigned turn_lines;       /* lines handled this loop turn */
     size_t turn_bytes;         /* answer bytes made this loop turn */
     struct client *ready_next; /* on the server's ready list */
+    unsigned failed_logins;    /* wrong tokens in a row */
+    bool authorized;           /* gave the write token (access.require_token) */
+    bool eof;                  /* nothing more is read: answer, then close */
+    bool paused;               /* reading stopped: too much unread output */
+    bool yielded;              /* used its turn's budget: on the ready list */
+    bool reading;              /* uv_read_start in effect */
     bool in_process;           /* inside rpc_line_process */
     bool shutting;             /* uv_shutdown issued: close follows */
     bool closing;              /* uv_close issued */
@@ -83,6 +82,7 @@ static void on_line(void *ctx, const char *line, size_t len);
 static void on_overflow(void *ctx);
 static void idle_cb(uv_idle_t *h);
 static void client_read_stop(struct client *c);
+static void client_end_input(struct client *c);
 
 const char *server_client_name(const struct client *c) {
     return c->name;
@@ -114,12 +114,7 @@ void server_client_login(struct client *c, bool ok) {
      * to the fifth is still written, then the connection closes. */
     if (++c->failed_logins >= MAX_FAILED_LOGINS && !c->closing) {
         log_warnx("client %s: %u wrong tokens, closing", c->name, c->failed_logins);
-        client_read_stop(c);
-        c->lb.stop = true; /* not even the rest of this read */
-        c->eof = true;
-        c->paused = false;
-        free(c->stash);
-        c->stash = NULL;
+        client_end_input(c); /* not even the rest of this read */
     }
 }
 
@@ -216,8 +211,21 @@ static void client_read_stop(struct client *c) {
     }
 }
 
+/* Read nothing more from c, not even what is read and not yet framed: it
+ * gets the answers it is owed, then is closed, as after its own EOF. */
+static void client_end_input(struct client *c) {
+    client_read_stop(c);
+    c->lb.stop = true;
+    c->eof = true;
+    c->paused = false;
+    c->stalled_since_ns = 0;
+    free(c->stash);
+    c->stash = NULL;
+    c->stash_len = 0;
+}
+
 static void client_pause(struct client *c) {
-    if (c->paused || c->closing)
+    if (c->paused || c->closing || c->eof)
         return;
     c->paused = true;
     c->lb.stop = true; /* the rest of this read waits in the stash */
@@ -358,7 +366,6 @@ static void client_write(struct client *c, char *text) {
     buf[len] = '\n';
     buf[len + 1] = '\0';
     wr->buf = buf;
-    wr->len = len + 1;
     b = uv_buf_init(buf, (unsigned)(len + 1));
     /* Reading stops at the pause mark, so only answers already owed can pass
      * it; a client that lets them pile up past the cap is dropped. One answer
@@ -495,9 +502,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     if (nread == UV_EOF) {
         /* nc -N: the request is complete; answer everything, then close. */
         linebuf_flush(&c->lb, on_line, c);
-        c->eof = true;
-        c->paused = false; /* nothing more to read: only answers to write */
-        c->stalled_since_ns = 0;
+        client_end_input(c);
         if (!c->closing)
             client_flush(c);
         return;
@@ -561,16 +566,14 @@ static void connection_cb(uv_stream_t *listener, int status) {
         char msg[80];
         struct pending *p = client_enqueue(c);
 
-        s->refused++;
         log_warnx("client %s: refused, %d clients already connected", c->name, s->cfg->max_clients);
         snprintf(msg, sizeof(msg), "Too many clients (max %d)", s->cfg->max_clients);
         if (p)
             pending_done(c, p, rpc_error_text(RPC_BUSY, msg));
-        c->eof = true; /* answer the refusal, then close */
+        client_end_input(c); /* answer the refusal, then close */
         client_flush(c);
         return;
     }
-    s->accepted++;
     log_debug("client %s: connected", c->name);
     if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
         client_close(c);
@@ -642,7 +645,6 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
         snprintf(s->bound, sizeof(s->bound), "%s:%d", cfg->listen_host,
                  ntohs(((struct sockaddr_in *)&ss)->sin_port));
     uv_timer_start(&s->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
-    s->listening = true;
     return 0;
 }
 
@@ -667,7 +669,6 @@ void server_stop(struct server *s, void (*cb)(struct server *s)) {
     /* The listener, the idle handle, the sweep timer and every client still
      * in the list (one already closing still gets its close callback). */
     s->closing = 3 + s->nclients;
-    s->listening = false;
     s->stopping = true;
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     uv_close((uv_handle_t *)&s->idle, server_handle_closed); /* nobody reads any more */
@@ -689,11 +690,7 @@ void server_stop(struct server *s, void (*cb)(struct server *s)) {
         n = c->next;
         if (c->closing)
             continue;
-        client_read_stop(c);
-        c->eof = true;
-        c->paused = false;
-        free(c->stash);
-        c->stash = NULL;
+        client_end_input(c);
         client_flush(c);
     }
 }
