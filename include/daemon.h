@@ -30,7 +30,6 @@ struct daemon {
     struct rpc_server rpc;
 
     uint64_t start_ns;
-    double start_unix;
 
     /* Loop lag: how late a 100 ms repeating timer fires. */
     uv_timer_t lag_timer;

@@ -67,7 +67,6 @@ struct laser {
     enum lock_state state;
     char reason[128];
     double since_unix;
-    uint64_t since_ns;
     double error_mhz;         /* last error, NAN if none */
     int in_tolerance;         /* consecutive readings within tolerance */
     int out_tolerance;        /* consecutive readings outside it */

@@ -23,9 +23,8 @@ struct reading {
     int exposure_ms;
     uint64_t t_ns; /* monotonic acquisition time */
     double time_unix;
-    uint64_t seq;        /* per-channel count of readings */
-    uint64_t switch_seq; /* switch moves so far, when it was taken */
-    bool straddled;      /* the switch moved during it: never used by a lock */
+    uint64_t seq;   /* per-channel count of readings */
+    bool straddled; /* the switch moved during it: never used by a lock */
     char detail[96];
 };
 
@@ -55,10 +54,9 @@ struct meter {
 
     enum meter_state state;
     uv_work_t work;
-    bool busy;          /* a read job is in flight */
-    int cur;            /* index of the channel being read */
-    int switch_channel; /* where the switch is (0 = unknown) */
-    uint64_t switch_seq;
+    bool busy;              /* a read job is in flight */
+    int cur;                /* index of the channel being read */
+    int switch_channel;     /* where the switch is (0 = unknown) */
     struct wm_read_req req; /* the job's input (copied before queueing) */
     struct wm_sample res;   /* the job's output */
     int rc;

@@ -259,7 +259,6 @@ int main(int argc, char **argv) {
     d->loop = &rt.loop;
     d->clk = clock_system();
     d->start_ns = clock_now_ns(d->clk);
-    d->start_unix = d->clk->wall_s(d->clk->ctx);
 
     /* Bind before anything queues pool work: a daemon that cannot listen
      * (port in use) must exit 1 at once, with nothing in flight. */

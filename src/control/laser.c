@@ -63,7 +63,6 @@ static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt,
             reason);
     l->state = s;
     memcpy(l->reason, reason, sizeof(reason));
-    l->since_ns = now_ns(l);
     l->since_unix = l->owner->clk->wall_s(l->owner->clk->ctx);
 }
 
@@ -611,7 +610,6 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
         l->error_mhz = (double)NAN;
         l->state = LOCK_OFF;
         snprintf(l->reason, sizeof(l->reason), "not locked");
-        l->since_ns = clock_now_ns(clk);
         l->since_unix = clk->wall_s(clk->ctx);
         l->act = act_driver_find(c->actuator.driver);
         if (l->act == NULL) {

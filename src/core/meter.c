@@ -100,7 +100,6 @@ static void meter_store(struct meter *m, struct meter_channel *c) {
     r->t_ns = m->res.t_ns;
     r->time_unix = m->res.time_unix;
     r->seq++;
-    r->switch_seq = m->switch_seq;
     r->straddled = m->res.straddled;
     memcpy(r->detail, m->res.detail, sizeof(r->detail));
     c->reads++;
@@ -176,10 +175,7 @@ static void meter_queue_next(struct meter *m) {
     m->req.settle_ms = lc->settle_ms;
     m->req.switched = m->switch_channel != lc->channel;
     m->req.timeout_ms = m->cfg->read_timeout_ms;
-    if (m->req.switched) {
-        m->switch_channel = lc->channel;
-        m->switch_seq++;
-    }
+    m->switch_channel = lc->channel;
     m->work.data = m;
     rc = uv_queue_work(m->loop, &m->work, meter_work, meter_after_work);
     if (rc < 0) {
