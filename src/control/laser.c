@@ -291,11 +291,16 @@ static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns) {
                         c->tolerance_mhz);
 }
 
-static void laser_engage(struct laser *l, double target_thz) {
+/* A fresh start of the lock's judgement: no readings counted yet. */
+static void laser_reset_counts(struct laser *l) {
     l->in_tolerance = 0;
     l->out_tolerance = 0;
     l->outside_capture = 0;
     l->railed_since_ns = 0;
+}
+
+static void laser_engage(struct laser *l, double target_thz) {
+    laser_reset_counts(l);
     pid_engage(&l->pid, l->pid.output_v, target_thz, now_ns(l));
     l->pid_gen++;
 }
@@ -399,10 +404,7 @@ static void laser_try_relock(struct laser *l, uint64_t t_ns) {
     if ((double)(t_ns - l->lost_ns) * 1e-9 < c->relock_delay_s)
         return;
     l->relocks++;
-    l->in_tolerance = 0;
-    l->out_tolerance = 0;
-    l->outside_capture = 0;
-    l->railed_since_ns = 0;
+    laser_reset_counts(l);
     l->job_step = false;
     l->job_output_v = l->have_locked_output ? l->locked_output_v : l->pid.output_v;
     laser_set_state(l, LOCK_ACQUIRING, "relock attempt %d of %d from %.4f V", l->relocks,
