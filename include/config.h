@@ -131,6 +131,11 @@ const struct laser_config *config_laser_by_name(const struct config *cfg, const 
 
 const char *config_restart_name(enum restart_policy p);
 
+/* Set listen_host and listen_port from "ADDR:PORT" or "[V6ADDR]:PORT" (the
+ * config's "listen", and --listen). Numeric addresses only. 0 or -EINVAL,
+ * with cfg unchanged. */
+int config_set_listen(struct config *cfg, const char *text);
+
 /* One key the loader accepts, as its table defines it (for docs and tests). */
 struct config_key_info {
     const char *section; /* "", "limits", "state", "access", "wavemeter", "lasers[]",

@@ -42,31 +42,6 @@ static void usage(FILE *f) {
                "Docs: README.md, docs/CONFIG.md, docs/PROTOCOL.md\n");
 }
 
-/* "HOST:PORT" or "[V6]:PORT" into cfg; -EINVAL if malformed. */
-static int parse_listen(const char *arg, struct config *cfg) {
-    const char *colon = strrchr(arg, ':');
-    const char *host = arg;
-    size_t hlen;
-    char *end;
-    long port;
-
-    if (colon == NULL)
-        return -EINVAL;
-    hlen = (size_t)(colon - arg);
-    if (hlen >= 2 && arg[0] == '[' && arg[hlen - 1] == ']')
-        host++, hlen -= 2;
-    if (hlen == 0 || hlen >= sizeof(cfg->listen_host))
-        return -EINVAL;
-    errno = 0;
-    port = strtol(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || port < 0 || port > 65535)
-        return -EINVAL;
-    memcpy(cfg->listen_host, host, hlen);
-    cfg->listen_host[hlen] = '\0';
-    cfg->listen_port = (int)port;
-    return 0;
-}
-
 static void lag_cb(uv_timer_t *t) {
     struct daemon *d = t->data;
     uint64_t now_ns = uv_hrtime();
@@ -221,7 +196,7 @@ int main(int argc, char **argv) {
     }
     if (rc == 0)
         rc = wm_check_config(&d->cfg, err, sizeof(err));
-    if (rc == 0 && listen && parse_listen(listen, &d->cfg) != 0) {
+    if (rc == 0 && listen && config_set_listen(&d->cfg, listen) != 0) {
         snprintf(err, sizeof(err), "--listen \"%s\": expected ADDR:PORT", listen);
         rc = -EINVAL;
     }

@@ -347,21 +347,18 @@ static bool name_valid(const char *s, size_t len, size_t size) {
 /* "127.0.0.1:7420", "[::1]:7420". Numeric addresses only: the server binds
  * with uv_ip4_addr/uv_ip6_addr, and a name that resolves differently on
  * another day should not move the control port. */
-static int parse_listen(struct loader *ld, json_t *v, struct config *cfg) {
-    const char *s, *host, *colon;
+int config_set_listen(struct config *cfg, const char *s) {
+    const char *host, *colon;
     size_t hostlen;
     char buf[sizeof(cfg->listen_host)];
     unsigned char addr[16];
     long port = 0;
     int family;
 
-    if (!json_is_string(v))
-        goto bad;
-    s = json_string_value(v);
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
         if (close == NULL || close[1] != ':')
-            goto bad;
+            return -EINVAL;
         host = s + 1;
         hostlen = (size_t)(close - host);
         colon = close + 1;
@@ -369,30 +366,34 @@ static int parse_listen(struct loader *ld, json_t *v, struct config *cfg) {
     } else {
         colon = strrchr(s, ':');
         if (colon == NULL)
-            goto bad;
+            return -EINVAL;
         host = s;
         hostlen = (size_t)(colon - s);
         family = AF_INET;
     }
     if (hostlen == 0 || hostlen >= sizeof(buf))
-        goto bad;
+        return -EINVAL;
     memcpy(buf, host, hostlen);
     buf[hostlen] = '\0';
     if (inet_pton(family, buf, addr) != 1)
-        goto bad;
+        return -EINVAL;
     if (colon[1] == '\0' || strlen(colon + 1) > 5)
-        goto bad;
+        return -EINVAL;
     for (const char *p = colon + 1; *p != '\0'; p++) {
         if (*p < '0' || *p > '9')
-            goto bad;
+            return -EINVAL;
         port = port * 10 + (*p - '0');
     }
     if (port > 65535)
-        goto bad;
+        return -EINVAL;
     copy_string(cfg->listen_host, sizeof(cfg->listen_host), buf);
     cfg->listen_port = (int)port;
     return 0;
-bad:
+}
+
+static int parse_listen(struct loader *ld, json_t *v, struct config *cfg) {
+    if (json_is_string(v) && config_set_listen(cfg, json_string_value(v)) == 0)
+        return 0;
     return fail(ld, "must be \"ADDRESS:PORT\" with a numeric address and PORT in [0, 65535], "
                     "e.g. \"127.0.0.1:7420\" or \"[::1]:7420\"");
 }
