@@ -166,6 +166,12 @@ static void sim_close(void *dev) {
     free(d);
 }
 
+static struct sim_laser *laser_get(struct sim_dev *d, int channel) {
+    if (channel < 1 || channel > CONFIG_MAX_LASERS || !d->lasers[channel].present)
+        return NULL;
+    return &d->lasers[channel];
+}
+
 static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *out) {
     struct sim_dev *d = dev;
     struct sim_laser *l;
@@ -181,7 +187,7 @@ static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *
     pthread_mutex_lock(&d->mu);
     out->t_ns = clock_now_ns(d->clk);
     out->time_unix = d->clk->wall_s(d->clk->ctx);
-    if (req->channel < 1 || req->channel > CONFIG_MAX_LASERS || !d->lasers[req->channel].present) {
+    if ((l = laser_get(d, req->channel)) == NULL) {
         out->status = WM_ERROR;
         snprintf(out->detail, sizeof(out->detail), "no simulated laser on channel %d",
                  req->channel);
@@ -200,7 +206,6 @@ static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *
         rc = -ETIMEDOUT;
         goto out;
     }
-    l = &d->lasers[req->channel];
     laser_advance(d, l, out->t_ns);
     switch (l->fault) {
     case SIM_FAULT_NO_SIGNAL:
@@ -220,12 +225,6 @@ static int sim_read(void *dev, const struct wm_read_req *req, struct wm_sample *
 out:
     pthread_mutex_unlock(&d->mu);
     return rc;
-}
-
-static struct sim_laser *laser_get(struct sim_dev *d, int channel) {
-    if (channel < 1 || channel > CONFIG_MAX_LASERS || !d->lasers[channel].present)
-        return NULL;
-    return &d->lasers[channel];
 }
 
 int sim_set_fault(void *dev, int channel, enum sim_fault fault) {
