@@ -75,9 +75,4 @@ void store_save(struct store *st, struct store_waiter *w, store_done_cb cb, void
 /* cb runs once no save is in flight (at once if none is). */
 void store_when_idle(struct store *st, void (*cb)(struct store *st));
 
-/* Write a snapshot now, synchronously (used by tests and at exit when the
- * loop is gone). Returns 0 or a negative code. */
-int store_write_file(const char *path, const char *tmp, const char *dir, const char *text,
-                     char *err, size_t errlen);
-
 #endif

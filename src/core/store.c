@@ -43,8 +43,9 @@ static int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
-int store_write_file(const char *path, const char *tmp, const char *dir, const char *text,
-                     char *err, size_t errlen) {
+/* Pool thread: the whole durable write of one snapshot. */
+static int store_write_file(const char *path, const char *tmp, const char *dir, const char *text,
+                            char *err, size_t errlen) {
     int fd, dfd, rc;
 
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
