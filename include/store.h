@@ -43,7 +43,7 @@ struct store {
     bool busy;
     char *text;          /* the snapshot being written (job input) */
     int rc;              /* job output */
-    char err[160];       /* job output: what failed */
+    char err[512];       /* job output: what failed (names a path) */
     uint64_t gen_wanted; /* bumped by every store_save */
     uint64_t gen_saving; /* gen the job in flight covers */
     uint64_t gen_saved;  /* everything up to here is durable */
