@@ -87,10 +87,12 @@ struct config {
 
     int max_line_bytes;
     int max_clients;
+    int max_clients_per_address;
     int max_batch;
     int idle_timeout_s;
     int write_queue_max_bytes;
     int write_stall_timeout_s;
+    int line_timeout_s;
 
     struct acl write_from;            /* peers allowed to use write methods */
     bool require_token;               /* writes also need the auth method first */

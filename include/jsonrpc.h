@@ -66,6 +66,26 @@ struct rpc_line;
 typedef void (*rpc_done_cb)(void *owner, struct rpc_line *line, char *out);
 
 /*
+ * How a line reports back to its owner (the server's client), and what it may
+ * cost. Copied by rpc_line_run; all but done may be 0/NULL.
+ */
+struct rpc_owner {
+    rpc_done_cb done;
+    void *owner; /* passed to done and pace */
+    void *peer;  /* available to handlers through rpc_call_peer */
+    /* Answer bytes this line may produce in all (0 = no limit): a call whose
+     * answer would go past it is answered -32005 instead, and a method that
+     * can tell in advance (rpc_call_budget) refuses before doing the work.
+     * This is what bounds a client's answer memory while it is built. */
+    size_t budget_bytes;
+    /* Asked before each call of a batch after the first, on the loop thread:
+     * false stops dispatching, and the owner calls rpc_line_resume later
+     * (the next loop turn). This is how a big batch costs its share of
+     * several loop turns instead of one long one. */
+    bool (*pace)(void *owner);
+};
+
+/*
  * Process one line (without its newline). Returns the pending line object;
  * done is called exactly once, possibly before this returns. The line frees
  * itself after calling done. peer is opaque, available to handlers through
@@ -77,6 +97,18 @@ typedef void (*rpc_done_cb)(void *owner, struct rpc_line *line, char *out);
  */
 struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf, size_t len,
                                   rpc_done_cb done, void *owner, void *peer);
+
+/* rpc_line_process with an answer budget and pacing (struct rpc_owner). A
+ * line whose dispatch was paused is returned, never freed, until it is
+ * resumed and done. */
+struct rpc_line *rpc_line_run(const struct rpc_server *srv, const char *buf, size_t len,
+                              const struct rpc_owner *o);
+/* Start the calls a pace callback held back; the same rules as in
+ * rpc_line_run (pace is asked again between calls). Returns the line, or NULL
+ * when done has been called and the line freed. */
+struct rpc_line *rpc_line_resume(struct rpc_line *line);
+/* Whether the line is waiting for rpc_line_resume. */
+bool rpc_line_paused(const struct rpc_line *line);
 
 /* The owner goes away before the line is done: done will not be called; the
  * pending calls still run to completion (their effects still happen) and
@@ -97,6 +129,13 @@ void rpc_call_result(struct rpc_call *call, json_t *result);
 void rpc_call_error(struct rpc_call *call, int code, const char *message, json_t *data);
 void rpc_call_errorf(struct rpc_call *call, int code, json_t *data, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* Answer bytes this call may still produce (SIZE_MAX when the line has no
+ * budget). A method whose answer size it can bound before building it
+ * (history) refuses with rpc_call_too_big when the bound is over this. */
+size_t rpc_call_budget(const struct rpc_call *call);
+/* Answer -32005: an answer of about need bytes is more than the budget. */
+void rpc_call_too_big(struct rpc_call *call, size_t need);
 
 /* The peer passed to rpc_line_process, or NULL when the line was abandoned. */
 void *rpc_call_peer(const struct rpc_call *call);

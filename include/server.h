@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "jsonrpc.h"
+#include "peers.h"
 
 struct client; /* opaque: the rpc peer of a call */
 
@@ -24,9 +25,16 @@ struct server {
     uv_tcp_t listener;
     uv_timer_t sweep;       /* idle and write-stall checks */
     uv_idle_t idle;         /* runs the clients that yielded their turn */
-    struct client *ready;   /* those clients */
+    uv_check_t turn_check;  /* marks the end of each loop turn */
+    struct client *ready_head, *ready_tail; /* those clients, first come first served */
     struct client *clients; /* doubly linked */
     int nclients;
+    struct peers peers;     /* per-address connection counts and login failures */
+    uint64_t turn_ns;       /* client work done in this loop turn, in ns */
+    uint64_t turn_id;       /* loop turns seen */
+    uint64_t work_t0;       /* when the client work being metered began */
+    bool accept_deferred;   /* a connection waits to be accepted next turn */
+    size_t trim_bytes;      /* answer bytes freed since memory was last trimmed */
     bool stopping;  /* server_stop called: draining answers owed */
     char bound[80]; /* "127.0.0.1:7420" as bound (port resolved) */
     void (*on_closed)(struct server *s);
@@ -49,9 +57,17 @@ const char *server_client_name(const struct client *c);
 int server_clients_paused(const struct server *s);
 /* True when the peer's address is in the config's access.write_from. */
 bool server_client_in_write_from(const struct client *c);
-/* Whether the client gave the right token with auth; a wrong one counts,
- * and the fifth in a row closes the connection once it is answered. */
+/* Whether the client gave the right token with auth. */
 bool server_client_authorized(const struct client *c);
-void server_client_login(struct client *c, bool ok);
+/* Whether a login attempt from this client's address is refused unchecked
+ * now (too many wrong tokens from that address lately); *wait_s is then the
+ * seconds until it is not. */
+bool server_client_login_blocked(struct client *c, double *wait_s);
+/* The outcome of an auth: a right token authorizes the connection; a wrong
+ * one withdraws any earlier login of this connection, counts against the
+ * address, and the fifth in a row on one connection closes it once answered.
+ * Returns whether the connection was authorized before (so the answer can
+ * say the login was withdrawn). */
+bool server_client_login(struct client *c, bool ok);
 
 #endif

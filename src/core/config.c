@@ -89,6 +89,8 @@ static const struct key limits_keys[] = {
     ROW_INT("max_line_bytes", C, max_line_bytes, 1024, 16777216,
             "longest request line in bytes; longer lines get an error and are dropped"),
     ROW_INT("max_clients", C, max_clients, 1, 4096, "connections served at once"),
+    ROW_INT("max_clients_per_address", C, max_clients_per_address, 1, 4096,
+            "connections served at once from one address (loopback included)"),
     ROW_INT("max_batch", C, max_batch, 1, 10000, "requests in one JSON-RPC batch"),
     ROW_INT("idle_timeout_s", C, idle_timeout_s, 1, 604800,
             "a connection silent this long is closed, in s"),
@@ -96,6 +98,8 @@ static const struct key limits_keys[] = {
             "unsent bytes queued to one client before it is dropped"),
     ROW_INT("write_stall_timeout_s", C, write_stall_timeout_s, 1, 3600,
             "a client that reads nothing for this long while output waits is dropped, in s"),
+    ROW_INT("line_timeout_s", C, line_timeout_s, 1, 3600,
+            "a request line once begun must end (newline) within this, in s"),
     ROW_END,
 };
 
@@ -677,6 +681,8 @@ void config_defaults(struct config *cfg) {
     cfg->idle_timeout_s = 900;
     cfg->write_queue_max_bytes = 1048576;
     cfg->write_stall_timeout_s = 10;
+    cfg->line_timeout_s = 10;
+    cfg->max_clients_per_address = 16;
     copy_string(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/wavemeterd");
     /* Writes from this host only, until the config names other networks. */
     acl_parse_net("127.0.0.0/8", &cfg->write_from.nets[0], NULL, 0);

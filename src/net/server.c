@@ -3,11 +3,15 @@
  * answers are written in the order its lines arrived, even when a method
  * answers later (a durable write); a client that stops reading is paused,
  * then dropped; one that vanishes mid-answer only loses its own answers.
- * Nothing here may block the loop or interpret a method.
+ * Client work is metered by the clock: no loop turn spends more than a few
+ * milliseconds on clients, so readings, locks and other clients never wait
+ * behind one client's flood. Nothing here may block the loop or interpret a
+ * method.
  */
 #include "server.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,11 +29,28 @@
 #define DRAIN_MS 500
 /* Wrong write tokens before a connection is closed (protocol.md). */
 #define MAX_FAILED_LOGINS 5
-/* One client's share of a loop turn: a pipelining client must not keep the
- * loop (readings, locks, other clients) waiting. 64 cheap requests cost well
- * under a millisecond; 256 KiB of answers (two full histories) a few. */
+/* Wrong tokens one address may send per window, over all its connections:
+ * reconnecting must not buy more guesses. A 32-byte random token cannot be
+ * guessed at 10 a minute; a user who mistyped waits a minute at worst. */
+#define ADDR_MAX_FAILED_LOGINS 10
+#define ADDR_LOGIN_WINDOW_NS (60 * 1000000000ull)
+/* Refused connections are logged once per address per minute. */
+#define REFUSAL_LOG_NS (60 * 1000000000ull)
+/* Client work per loop turn, measured with the monotonic clock. The lock
+ * loops and the readings are served between turns, so this bounds how long
+ * any client can hold them up: 2 ms for all clients (a call that starts just
+ * before the budget ends may run over it by its own cost, bounded by the
+ * answer budget), of which one client may take 1 ms before the next gets
+ * its go. A client that used its share goes to the back of the queue. */
+#define TURN_BUDGET_NS 2000000u
+#define CLIENT_SLICE_NS 1000000u
+/* Also at most this many requests (batch calls count one each) per client
+ * per turn, so cheap requests are shared fairly too. */
 #define LINES_PER_TURN 64
-#define BYTES_PER_TURN (256 * 1024)
+/* Freed answer memory after which glibc is asked to give free pages back
+ * (malloc_trim, from the once-a-second sweep): after a burst of large
+ * answers the daemon returns to its idle size. */
+#define TRIM_AFTER_BYTES (4u * 1024 * 1024)
 
 /* One input line's answer, in arrival order. */
 struct pending {
@@ -44,6 +65,7 @@ struct pending {
 struct write_req {
     uv_write_t req;
     char *buf;
+    size_t len;
 };
 
 struct client {
@@ -60,16 +82,19 @@ struct client {
     size_t npending;           /* lines read and not yet written back */
     char *stash;               /* bytes read but not framed while paused */
     size_t stash_len;
-    unsigned turn_lines;       /* lines handled this loop turn */
-    size_t turn_bytes;         /* answer bytes made this loop turn */
+    uint64_t line_started_ns;  /* first byte of an unfinished line; 0 = none */
+    uint64_t turn_id;          /* the loop turn the counters below are for */
+    uint64_t turn_ns;          /* work done for this client in that turn */
+    unsigned turn_lines;       /* requests handled in that turn */
     struct client *ready_next; /* on the server's ready list */
+    struct peer *peer_row;     /* NULL when the address could not be counted */
     unsigned failed_logins;    /* wrong tokens in a row */
     bool authorized;           /* gave the write token (access.require_token) */
     bool eof;                  /* nothing more is read: answer, then close */
     bool paused;               /* reading stopped: too much unread output */
     bool yielded;              /* used its turn's budget: on the ready list */
     bool reading;              /* uv_read_start in effect */
-    bool in_process;           /* inside rpc_line_process */
+    bool in_process;           /* inside rpc_line_run or rpc_line_resume */
     bool shutting;             /* uv_shutdown issued: close follows */
     bool closing;              /* uv_close issued */
     uv_shutdown_t shutdown;
@@ -83,6 +108,7 @@ static void on_overflow(void *ctx);
 static void idle_cb(uv_idle_t *h);
 static void client_read_stop(struct client *c);
 static void client_end_input(struct client *c);
+static void accept_one(struct server *s);
 
 const char *server_client_name(const struct client *c) {
     return c->name;
@@ -104,18 +130,38 @@ bool server_client_authorized(const struct client *c) {
     return c->authorized;
 }
 
-void server_client_login(struct client *c, bool ok) {
+bool server_client_login_blocked(struct client *c, double *wait_s) {
+    uint64_t wait_ns = 0;
+    struct peer *r = peers_get(&c->srv->peers, (const struct sockaddr *)&c->peer, uv_hrtime());
+
+    if (r == NULL ||
+        !peers_login_blocked(r, uv_hrtime(), ADDR_LOGIN_WINDOW_NS, ADDR_MAX_FAILED_LOGINS, &wait_ns))
+        return false;
+    *wait_s = (double)wait_ns * 1e-9;
+    return true;
+}
+
+bool server_client_login(struct client *c, bool ok) {
+    bool was = c->authorized;
+
     if (ok) {
         c->authorized = true;
         c->failed_logins = 0;
-        return;
+        return was;
     }
+    /* A wrong token is never ignored: whoever typed it is not sure of the
+     * token, so the connection is read-only again until a right one. */
+    c->authorized = false;
+    struct peer *r = peers_get(&c->srv->peers, (const struct sockaddr *)&c->peer, uv_hrtime());
+    if (r)
+        peers_login_failed(r, uv_hrtime(), ADDR_LOGIN_WINDOW_NS);
     /* Five wrong tokens in a row: this is guessing, not a typo. The answer
      * to the fifth is still written, then the connection closes. */
     if (++c->failed_logins >= MAX_FAILED_LOGINS && !c->closing) {
         log_warnx("client %s: %u wrong tokens, closing", c->name, c->failed_logins);
         client_end_input(c); /* not even the rest of this read */
     }
+    return was;
 }
 
 static size_t pause_mark(const struct client *c) {
@@ -146,11 +192,21 @@ static void client_closed_cb(uv_handle_t *h) {
         free(p);
     }
     if (c->yielded) {
-        struct client **pp = &s->ready;
-        while (*pp != c)
-            pp = &(*pp)->ready_next;
-        *pp = c->ready_next;
+        struct client *prev = NULL;
+        for (struct client *r = s->ready_head; r; prev = r, r = r->ready_next) {
+            if (r != c)
+                continue;
+            if (prev)
+                prev->ready_next = c->ready_next;
+            else
+                s->ready_head = c->ready_next;
+            if (s->ready_tail == c)
+                s->ready_tail = prev;
+            break;
+        }
     }
+    if (c->peer_row)
+        c->peer_row->nconn--;
     linebuf_fini(&c->lb);
     free(c->stash);
     if (c->prev)
@@ -163,8 +219,10 @@ static void client_closed_cb(uv_handle_t *h) {
     free(c);
     if (s->stopping && s->nclients == 0 && !uv_is_closing((uv_handle_t *)&s->sweep))
         uv_close((uv_handle_t *)&s->sweep, server_handle_closed); /* drained early */
-    if (s->on_closed && --s->closing == 0)
+    if (s->on_closed && --s->closing == 0) {
+        peers_fini(&s->peers);
         s->on_closed(s);
+    }
 }
 
 static void client_close(struct client *c) {
@@ -236,19 +294,53 @@ static void client_pause(struct client *c) {
     client_read_stop(c);
 }
 
-/* Fairness: a client whose requests used up this loop turn's budget is read
- * again on the next turn, after everyone else had theirs. */
-static void client_yield(struct client *c) {
-    struct server *s = c->srv;
+/* The per-turn counters of c, started afresh in each new loop turn. */
+static void client_turn(struct client *c) {
+    if (c->turn_id != c->srv->turn_id) {
+        c->turn_id = c->srv->turn_id;
+        c->turn_ns = 0;
+        c->turn_lines = 0;
+    }
+}
 
+/* Charge the work since t0 (uv_hrtime) to c and to this loop turn. */
+static void client_charge(struct client *c, uint64_t t0) {
+    uint64_t dt = uv_hrtime() - t0;
+
+    client_turn(c);
+    c->turn_ns += dt;
+    c->srv->turn_ns += dt;
+}
+
+static bool turn_spent(const struct server *s) {
+    return s->turn_ns >= TURN_BUDGET_NS;
+}
+
+/* Whether c has had its share of this loop turn (or the turn is over). */
+static bool client_share_spent(struct client *c) {
+    client_turn(c);
+    return turn_spent(c->srv) || c->turn_ns >= CLIENT_SLICE_NS || c->turn_lines >= LINES_PER_TURN;
+}
+
+static void ready_push(struct server *s, struct client *c) {
+    c->ready_next = NULL;
+    if (s->ready_tail)
+        s->ready_tail->ready_next = c;
+    else
+        s->ready_head = c;
+    s->ready_tail = c;
+    uv_idle_start(&s->idle, idle_cb);
+}
+
+/* Fairness: a client whose requests used up its share of this loop turn is
+ * served again on a later turn, after everyone queued before it. */
+static void client_yield(struct client *c) {
     if (c->yielded || c->closing)
         return;
     c->yielded = true;
     c->lb.stop = true;
     client_read_stop(c);
-    c->ready_next = s->ready;
-    s->ready = c;
-    uv_idle_start(&s->idle, idle_cb);
+    ready_push(c->srv, c);
 }
 
 /* Frame data; what is left when the client gets paused or yields mid-read
@@ -256,10 +348,21 @@ static void client_yield(struct client *c) {
 static void client_feed(struct client *c, const char *data, size_t n) {
     size_t used = 0;
 
-    if (linebuf_feed_some(&c->lb, data, n, on_line, on_overflow, c, &used) < 0) {
-        log_warnx("client %s: out of memory for a line, closing", c->name);
-        client_close(c);
-        return;
+    if (turn_spent(c->srv)) {
+        /* This turn's budget went before the client's turn came: all of it
+         * waits (one read, at most 64 KiB) for the next turn. */
+        client_yield(c);
+    } else {
+        if (linebuf_feed_some(&c->lb, data, n, on_line, on_overflow, c, &used) < 0) {
+            log_warnx("client %s: out of memory for a line, closing", c->name);
+            client_close(c);
+            return;
+        }
+        /* limits.line_timeout_s runs from the first byte of a line. */
+        if (linebuf_pending(&c->lb) == 0 && !c->lb.discarding)
+            c->line_started_ns = 0;
+        else if (c->line_started_ns == 0)
+            c->line_started_ns = uv_hrtime();
     }
     if (used == n || c->closing)
         return;
@@ -275,10 +378,41 @@ static void client_feed(struct client *c, const char *data, size_t n) {
     c->stash_len = n - used;
 }
 
+/* A batch whose calls were held back for a later turn goes on first.
+ * Returns false when the client must wait again (or is gone). */
+static bool client_resume_line(struct client *c) {
+    struct pending *p = c->tail;
+
+    if (p == NULL || p->line == NULL || !rpc_line_paused(p->line))
+        return true;
+    uint64_t t0 = uv_hrtime();
+    c->in_process = true;
+    struct rpc_line *l = rpc_line_resume(p->line);
+    c->in_process = false;
+    client_charge(c, t0);
+    if (!p->done)
+        p->line = l;
+    bool held = l != NULL && rpc_line_paused(l);
+    client_flush(c);
+    if (c->closing)
+        return false;
+    if (held) {
+        client_yield(c);
+        return false;
+    }
+    if (client_over(c)) {
+        client_pause(c);
+        return false;
+    }
+    return true;
+}
+
 /* Frame what is stashed, then read from the socket again, unless the client
  * is held back (paused, yielded, closing, at EOF). */
 static void client_continue(struct client *c) {
-    if (c->closing || c->eof || c->paused || c->yielded)
+    if (c->closing || c->paused || c->yielded)
+        return;
+    if (!client_resume_line(c) || c->eof)
         return;
     c->lb.stop = false;
     if (c->stash) {
@@ -313,29 +447,54 @@ static void client_maybe_resume(struct client *c) {
     client_continue(c);
 }
 
-/* The next loop turn: every client that yielded gets a new budget. */
+/* The next loop turn: the clients that yielded go on in the order they
+ * yielded, while the turn's budget lasts; the rest wait for the next turn,
+ * still first in line. A connection held back from accepting comes after
+ * them. */
 static void idle_cb(uv_idle_t *h) {
     struct server *s = h->data;
-    struct client *c = s->ready;
+    struct client *c = s->ready_head;
 
-    s->ready = NULL;
-    uv_idle_stop(h);
-    while (c) {
+    s->ready_head = s->ready_tail = NULL;
+    while (c && !turn_spent(s)) {
         struct client *next = c->ready_next;
 
         c->ready_next = NULL;
         c->yielded = false;
-        c->turn_lines = 0;
-        c->turn_bytes = 0;
         client_continue(c);
         c = next;
     }
+    if (c) { /* put the rest back, ahead of any that yielded just now */
+        struct client *last = c;
+        while (last->ready_next)
+            last = last->ready_next;
+        last->ready_next = s->ready_head;
+        if (s->ready_tail == NULL)
+            s->ready_tail = last;
+        s->ready_head = c;
+    }
+    if (s->accept_deferred && !turn_spent(s)) {
+        s->accept_deferred = false;
+        accept_one(s);
+    }
+    if (s->ready_head == NULL && !s->accept_deferred)
+        uv_idle_stop(h);
+}
+
+/* After poll: the loop turn is over, the next one starts with a fresh
+ * budget. */
+static void turn_check_cb(uv_check_t *h) {
+    struct server *s = h->data;
+
+    s->turn_id++;
+    s->turn_ns = 0;
 }
 
 static void write_cb(uv_write_t *req, int status) {
     struct write_req *wr = (struct write_req *)req;
     struct client *c = req->handle->data;
 
+    c->srv->trim_bytes += wr->len;
     free(wr->buf);
     free(wr);
     if (status < 0) {
@@ -366,6 +525,7 @@ static void client_write(struct client *c, char *text) {
     buf[len] = '\n';
     buf[len + 1] = '\0';
     wr->buf = buf;
+    wr->len = len + 1;
     b = uv_buf_init(buf, (unsigned)(len + 1));
     /* Reading stops at the pause mark, so only answers already owed can pass
      * it; a client that lets them pile up past the cap is dropped. One answer
@@ -419,7 +579,6 @@ static void pending_done(struct client *c, struct pending *p, char *out) {
     p->done = true;
     p->held = out ? strlen(out) : 0;
     c->held_bytes += p->held;
-    c->turn_bytes += p->held;
 }
 
 static void line_done_cb(void *owner, struct rpc_line *line, char *out) {
@@ -448,6 +607,29 @@ static struct pending *client_enqueue(struct client *c) {
     return p;
 }
 
+/* rpc_owner.pace: between the calls of a batch, whether the client may go
+ * on in this loop turn. Each call counts as a request. */
+static bool pace_cb(void *owner) {
+    struct pending *p = owner;
+    struct client *c = p->client;
+
+    client_charge(c, c->srv->work_t0);
+    c->srv->work_t0 = uv_hrtime();
+    if (client_share_spent(c))
+        return false;
+    c->turn_lines++;
+    return true;
+}
+
+/* What the answers to one more line may take: what the client may have
+ * outstanding, less what it has. At least 1 byte, since 0 means no limit to
+ * rpc_line_run: a client over its cap gets only errors. */
+static size_t answer_budget(struct client *c) {
+    size_t cap = (size_t)c->srv->cfg->write_queue_max_bytes, have = backlog(c);
+
+    return have < cap ? cap - have : 1;
+}
+
 static void on_line(void *ctx, const char *line, size_t len) {
     struct client *c = ctx;
     struct pending *p;
@@ -459,18 +641,32 @@ static void on_line(void *ctx, const char *line, size_t len) {
         client_close(c);
         return;
     }
+    const struct rpc_owner o = {
+        .done = line_done_cb,
+        .owner = p,
+        .peer = c,
+        .budget_bytes = answer_budget(c),
+        .pace = pace_cb,
+    };
     /* done may run before this returns; p is already queued for it, and a
      * line that is done has freed itself. */
+    client_turn(c);
+    c->turn_lines++;
+    c->srv->work_t0 = uv_hrtime();
     c->in_process = true;
-    struct rpc_line *l = rpc_line_process(c->srv->rpc, line, len, line_done_cb, p, c);
+    struct rpc_line *l = rpc_line_run(c->srv->rpc, line, len, &o);
     c->in_process = false;
+    client_charge(c, c->srv->work_t0);
     if (!p->done)
         p->line = l;
+    bool held = l != NULL && rpc_line_paused(l);
     client_flush(c);
-    if (client_over(c))
+    if (c->closing)
+        return;
+    if (held || (!client_over(c) && client_share_spent(c)))
+        client_yield(c); /* the rest of the batch, or of the read, next turn */
+    else if (client_over(c))
         client_pause(c);
-    else if (++c->turn_lines >= LINES_PER_TURN || c->turn_bytes >= BYTES_PER_TURN)
-        client_yield(c);
 }
 
 static void on_overflow(void *ctx) {
@@ -534,17 +730,38 @@ static void peer_name(uv_tcp_t *tcp, struct sockaddr_storage *peer, char *out, s
     snprintf(out, outlen, "%s:%d", host, port);
 }
 
-static void connection_cb(uv_stream_t *listener, int status) {
-    struct server *s = listener->data;
-    struct client *c;
+/* Answer a refused connection with one error line, then close it. The
+ * refusal is logged once per address per minute: a flood of connections
+ * must not become a flood of log lines. */
+static void client_refuse(struct client *c, const char *why, const char *msg) {
+    struct pending *p = client_enqueue(c);
+    unsigned unlogged = 0;
+    char host[INET6_ADDRSTRLEN] = "?";
 
-    if (status < 0) {
-        log_warnx("server: accept: %s", uv_strerror(status));
-        return;
+    if (c->peer_row == NULL) {
+        log_warnx("client %s: refused, %s", c->name, why);
+    } else if (peers_refusal_log(c->peer_row, uv_hrtime(), REFUSAL_LOG_NS, &unlogged)) {
+        peers_name(c->peer_row, host, sizeof(host));
+        if (unlogged)
+            log_warnx("client %s: refused, %s (%u more from %s refused in the last minute)",
+                      c->name, why, unlogged, host);
+        else
+            log_warnx("client %s: refused, %s", c->name, why);
     }
+    if (p)
+        pending_done(c, p, rpc_error_text(RPC_BUSY, msg));
+    client_end_input(c); /* answer the refusal, then close */
+    client_flush(c);
+}
+
+static void accept_one(struct server *s) {
+    struct client *c;
+    char why[96], msg[96];
+    uint64_t t0 = uv_hrtime();
+
     if ((c = calloc(1, sizeof(*c))) == NULL) {
         log_warnx("server: out of memory for a client");
-        return;
+        return; /* the connection waits in the backlog until the next one */
     }
     c->srv = s;
     uv_tcp_init(s->loop, &c->tcp);
@@ -555,23 +772,29 @@ static void connection_cb(uv_stream_t *listener, int status) {
     s->clients = c;
     s->nclients++;
     linebuf_init(&c->lb, (size_t)s->cfg->max_line_bytes);
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) != 0) {
         client_close(c);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
     peer_name(&c->tcp, &c->peer, c->name, sizeof(c->name));
     c->last_active_ns = uv_hrtime();
+    c->turn_id = s->turn_id;
+    if ((c->peer_row = peers_get(&s->peers, (const struct sockaddr *)&c->peer, t0)) != NULL)
+        c->peer_row->nconn++;
+    s->turn_ns += uv_hrtime() - t0;
     if (s->nclients > s->cfg->max_clients) {
-        char msg[80];
-        struct pending *p = client_enqueue(c);
-
-        log_warnx("client %s: refused, %d clients already connected", c->name, s->cfg->max_clients);
+        snprintf(why, sizeof(why), "%d clients already connected", s->cfg->max_clients);
         snprintf(msg, sizeof(msg), "Too many clients (max %d)", s->cfg->max_clients);
-        if (p)
-            pending_done(c, p, rpc_error_text(RPC_BUSY, msg));
-        client_end_input(c); /* answer the refusal, then close */
-        client_flush(c);
+        client_refuse(c, why, msg);
+        return;
+    }
+    if (c->peer_row && c->peer_row->nconn > s->cfg->max_clients_per_address) {
+        snprintf(why, sizeof(why), "%d connections from this address already",
+                 s->cfg->max_clients_per_address);
+        snprintf(msg, sizeof(msg), "Too many connections from this address (max %d)",
+                 s->cfg->max_clients_per_address);
+        client_refuse(c, why, msg);
         return;
     }
     log_debug("client %s: connected", c->name);
@@ -582,11 +805,46 @@ static void connection_cb(uv_stream_t *listener, int status) {
     c->reading = true;
 }
 
+static void connection_cb(uv_stream_t *listener, int status) {
+    struct server *s = listener->data;
+
+    if (status < 0) {
+        log_warnx("server: accept: %s", uv_strerror(status));
+        return;
+    }
+    /* A connection not accepted now stops libuv from watching the listener
+     * until uv_accept is called: a flood of connections is taken one turn's
+     * budget at a time, with the clients already served going first. */
+    if (turn_spent(s) || s->ready_head != NULL) {
+        s->accept_deferred = true;
+        uv_idle_start(&s->idle, idle_cb);
+        return;
+    }
+    accept_one(s);
+}
+
+/* A line begun and not finished within limits.line_timeout_s: a byte a
+ * second must not hold a connection. The client is told why, then closed. */
+static void client_line_timeout(struct client *c) {
+    struct pending *p = client_enqueue(c);
+    char msg[96];
+
+    log_info("client %s: line not finished within %d s, closing", c->name,
+             c->srv->cfg->line_timeout_s);
+    snprintf(msg, sizeof(msg), "Invalid Request: line not finished within %d s",
+             c->srv->cfg->line_timeout_s);
+    if (p)
+        pending_done(c, p, rpc_error_text(RPC_INVALID_REQUEST, msg));
+    client_end_input(c);
+    client_flush(c);
+}
+
 static void sweep_cb(uv_timer_t *t) {
     struct server *s = t->data;
     uint64_t now_ns = uv_hrtime();
     uint64_t idle_ns = (uint64_t)s->cfg->idle_timeout_s * 1000000000u;
     uint64_t stall_ns = (uint64_t)s->cfg->write_stall_timeout_s * 1000000000u;
+    uint64_t line_ns = (uint64_t)s->cfg->line_timeout_s * 1000000000u;
     struct client *c, *n;
 
     for (c = s->clients; c; c = n) {
@@ -597,10 +855,19 @@ static void sweep_cb(uv_timer_t *t) {
             log_warnx("client %s: not reading its answers for %d s, closing", c->name,
                       s->cfg->write_stall_timeout_s);
             client_close(c);
+        } else if (c->line_started_ns != 0 && !c->paused && !c->yielded && !c->eof &&
+                   now_ns - c->line_started_ns > line_ns) {
+            client_line_timeout(c);
         } else if (c->head == NULL && now_ns - c->last_active_ns > idle_ns) {
             log_info("client %s: idle for %d s, closing", c->name, s->cfg->idle_timeout_s);
             client_close(c);
         }
+    }
+    /* After a burst of big answers, give the freed pages back, so the
+     * daemon's size returns to its idle size. */
+    if (s->trim_bytes >= TRIM_AFTER_BYTES) {
+        s->trim_bytes = 0;
+        malloc_trim(0);
     }
 }
 
@@ -628,6 +895,10 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->sweep.data = s;
     uv_idle_init(loop, &s->idle);
     s->idle.data = s;
+    uv_check_init(loop, &s->turn_check);
+    s->turn_check.data = s;
+    uv_check_start(&s->turn_check, turn_check_cb);
+    peers_init(&s->peers);
     if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&s->listener, 128, connection_cb)) != 0) {
         snprintf(err, errlen, "listen %s:%d: %s", cfg->listen_host, cfg->listen_port,
@@ -635,6 +906,7 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
         uv_close((uv_handle_t *)&s->listener, NULL);
         uv_close((uv_handle_t *)&s->sweep, NULL);
         uv_close((uv_handle_t *)&s->idle, NULL);
+        uv_close((uv_handle_t *)&s->turn_check, NULL);
         return rc;
     }
     uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
@@ -651,8 +923,11 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
 static void server_handle_closed(uv_handle_t *h) {
     struct server *s = h->data;
 
-    if (--s->closing == 0 && s->on_closed)
-        s->on_closed(s);
+    if (--s->closing == 0) {
+        peers_fini(&s->peers);
+        if (s->on_closed)
+            s->on_closed(s);
+    }
 }
 
 /* The drain deadline: whoever still waits for an answer is closed now. */
@@ -668,16 +943,18 @@ void server_stop(struct server *s, void (*cb)(struct server *s)) {
     s->on_closed = cb;
     /* The listener, the idle handle, the sweep timer and every client still
      * in the list (one already closing still gets its close callback). */
-    s->closing = 3 + s->nclients;
+    s->closing = 4 + s->nclients;
     s->stopping = true;
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     uv_close((uv_handle_t *)&s->idle, server_handle_closed); /* nobody reads any more */
-    for (struct client *c = s->ready, *n; c; c = n) {
+    uv_close((uv_handle_t *)&s->turn_check, server_handle_closed);
+    s->accept_deferred = false;
+    for (struct client *c = s->ready_head, *n; c; c = n) {
         n = c->ready_next;
         c->ready_next = NULL;
         c->yielded = false;
     }
-    s->ready = NULL;
+    s->ready_head = s->ready_tail = NULL;
     if (s->nclients == 0) {
         uv_close((uv_handle_t *)&s->sweep, server_handle_closed);
         return;

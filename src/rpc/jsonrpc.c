@@ -8,6 +8,7 @@
 
 #include <assert.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,27 +26,33 @@
 
 /* Written when even an error answer cannot be built (out of memory). */
 #define RPC_FALLBACK_ERROR "{\"code\":-32603,\"message\":\"Internal error\"}"
+#define RPC_FALLBACK_ERROR_LINE "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":" RPC_FALLBACK_ERROR "}"
 
 /* One request of a line (a single request is a batch of one). */
 struct rpc_call {
     struct rpc_line *line;
     json_t *id;     /* new reference; NULL for a notification */
+    char *id_raw;   /* a number id as the client wrote it (malloc'd), or NULL */
+    char *idt;      /* the id as answers write it (malloc'd), while running */
     json_t *method; /* the method name string, new reference, while running */
     json_t *params; /* new reference, while running */
     char *out;      /* the answer, NULL when there is nothing to write */
     bool running;   /* handed to a handler and not answered yet */
+    bool counted;   /* out is in line->out_bytes */
 };
 
 struct rpc_line {
     const struct rpc_server *srv;
-    rpc_done_cb done;
-    void *owner;
-    void *peer;
+    struct rpc_owner o;
+    json_t *doc; /* the parsed batch, new reference, while calls remain to start */
     bool batch;
     bool abandoned;
-    /* Calls not answered yet, plus one held by rpc_line_process while it
-     * dispatches, so a handler answering at once cannot finish the line
-     * under the loop that is still starting the others. */
+    bool paused;      /* the owner's pace callback held back the rest */
+    size_t next;      /* first call of the batch not started yet */
+    size_t out_bytes; /* answer text made so far, for o.budget_bytes */
+    /* Calls not answered yet, plus one held while calls remain to start, so
+     * a handler answering at once cannot finish the line under the loop
+     * that is still starting the others. */
     size_t pending;
     size_t ncalls;
     struct rpc_call calls[];
@@ -128,33 +135,23 @@ static json_t *error_value(int code, const char *message, json_t *data) {
     return NULL;
 }
 
-/* An id as text. A real id is written with the fewest digits that read back
- * as the same double, so 0.1 comes back as 0.1 and not 0.10000000000000001;
- * that is as close to "unchanged" as a parsed number allows. */
-static char *id_text(const json_t *id) {
+/* An id as answers write it: a number exactly as the client wrote it
+ * (raw, when the scanner found it: 1e-400 stays 1e-400 and -0 stays -0, where
+ * a parsed double would come back as 0.0 and 0), anything else as jansson
+ * writes it. NULL id is null. New malloc'd text, NULL when out of memory. */
+static char *id_text(const json_t *id, const char *raw) {
     if (!id)
         return strdup("null");
-    size_t flags = RPC_DUMP_FLAGS;
-    if (json_is_real(id)) {
-        double v = json_real_value(id);
-        for (int prec = 1; prec <= 17; prec++) {
-            char buf[40];
-            snprintf(buf, sizeof buf, "%.*g", prec, v);
-            if (strtod(buf, NULL) == v) {
-                flags |= JSON_REAL_PRECISION(prec);
-                break;
-            }
-        }
-    }
-    return json_dumps(id, flags);
+    if (raw && json_is_number(id))
+        return strdup(raw);
+    return json_dumps(id, RPC_DUMP_FLAGS);
 }
 
 /* One response object as text: {"jsonrpc":"2.0","id":..,"result"|"error":..}.
- * Written by hand around dumped parts so the id can keep its own number
- * format. id: borrowed, NULL for null. value: steals; NULL means it could
- * not be built. Returns malloc'd text, or NULL when out of memory. */
-static char *response_text(const json_t *id, const char *member, json_t *value) {
-    char *idt = id_text(id);
+ * Written by hand around dumped parts so the id keeps the client's own
+ * spelling. idt: the id's text, NULL for null. value: steals; NULL means it
+ * could not be built. Returns malloc'd text, or NULL when out of memory. */
+static char *response_text(const char *idt, const char *member, json_t *value) {
     char *vt = value ? json_dumps(value, RPC_VALUE_FLAGS) : NULL;
     json_decref(value);
     if (!vt) {
@@ -164,19 +161,69 @@ static char *response_text(const json_t *id, const char *member, json_t *value) 
         vt = strdup(RPC_FALLBACK_ERROR);
     }
     char *out = NULL;
-    if (idt && vt)
-        out = format("{\"jsonrpc\":\"2.0\",\"id\":%s,\"%s\":%s}", idt, member, vt);
-    free(idt);
+    if (vt)
+        out = format("{\"jsonrpc\":\"2.0\",\"id\":%s,\"%s\":%s}", idt ? idt : "null", member, vt);
     free(vt);
     return out;
 }
 
-static char *error_text(const json_t *id, int code, const char *message, json_t *data) {
-    return response_text(id, "error", error_value(code, message, data));
+static char *error_text(const char *idt, int code, const char *message, json_t *data) {
+    return response_text(idt, "error", error_value(code, message, data));
 }
 
 char *rpc_error_text(int code, const char *message) {
     return error_text(NULL, code, message, NULL);
+}
+
+/* Where each request's "id" number is written in the line, so answers can
+ * give it back as written. One pass over text that jansson has already
+ * accepted: for a batch (batch true) the members of the objects that are
+ * elements of the top-level array, else those of the top-level object. An
+ * "id" key written with escapes is not recognised; its id is then written
+ * the way jansson writes it. */
+static void find_raw_ids(const char *t, size_t len, bool batch, struct rpc_call *calls,
+                         size_t ncalls) {
+    size_t depth = 0, elem = 0, target = batch ? 2 : 1;
+    bool obj = false, want_key = false;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = t[i];
+        if (c == '"') {
+            size_t j = i + 1;
+            while (j < len && t[j] != '"')
+                j += t[j] == '\\' ? 2 : 1;
+            if (j >= len)
+                return;
+            if (depth == target && obj && want_key) {
+                want_key = false;
+                if (j - i - 1 == 2 && t[i + 1] == 'i' && t[i + 2] == 'd') {
+                    size_t k = j + 1;
+                    while (k < len && (t[k] == ' ' || t[k] == '\t' || t[k] == '\n' ||
+                                       t[k] == '\r' || t[k] == ':'))
+                        k++;
+                    size_t e = k;
+                    while (e < len && strchr("0123456789+-.eE", t[e]) && t[e] != '\0')
+                        e++;
+                    size_t idx = batch ? elem : 0;
+                    if (e > k && idx < ncalls && calls[idx].id_raw == NULL)
+                        calls[idx].id_raw = strndup(t + k, e - k);
+                }
+            }
+            i = j;
+        } else if (c == '{' || c == '[') {
+            if (++depth == target) {
+                obj = c == '{';
+                want_key = obj;
+            }
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ',') {
+            if (depth == target && obj)
+                want_key = true;
+            else if (depth == 1 && batch)
+                elem++;
+        }
+    }
 }
 
 /* Answer for a line that jansson would not load. Some of its failures are
@@ -185,28 +232,69 @@ char *rpc_error_text(int code, const char *message) {
  * duplicated member: which "id" or "method" did the client mean?): those are
  * -32600, not -32700, because the text itself is well-formed. */
 static char *load_error_text(const json_error_t *err) {
-    int code;
-    const char *what;
+    int code = RPC_PARSE_ERROR;
+    char *msg;
+    /* Our own words, not the parser's: they name the byte (so a client can
+     * find its mistake) and never echo the client's bytes back. */
     switch (json_error_code(err)) {
     case json_error_numeric_overflow:
+        code = RPC_INVALID_REQUEST;
+        msg = format("Invalid Request: a number too large to carry exactly, near column %d",
+                     err->column);
+        break;
     case json_error_null_character:
     case json_error_null_byte_in_key:
+        code = RPC_INVALID_REQUEST;
+        msg = format("Invalid Request: \\u0000 in a string, near column %d", err->column);
+        break;
     case json_error_stack_overflow:
+        code = RPC_INVALID_REQUEST;
+        msg = format("Invalid Request: nested deeper than %d levels", JSON_PARSER_MAX_DEPTH);
+        break;
     case json_error_duplicate_key:
         code = RPC_INVALID_REQUEST;
-        what = "Invalid Request";
+        msg = format("Invalid Request: a member appears twice in one object, near column %d",
+                     err->column);
         break;
     case json_error_out_of_memory:
         code = RPC_INTERNAL_ERROR;
-        what = "Internal error";
+        msg = strdup("Internal error: out of memory");
+        break;
+    case json_error_invalid_utf8:
+        msg = format("Parse error: invalid UTF-8 near column %d", err->column);
+        break;
+    case json_error_premature_end_of_input:
+        msg = strdup("Parse error: the JSON text ends before it is complete");
+        break;
+    case json_error_end_of_input_expected:
+        msg = format("Parse error: more text after the JSON value, near column %d (one request "
+                     "or one batch per line)",
+                     err->column);
         break;
     default:
-        code = RPC_PARSE_ERROR;
-        what = "Parse error";
+        msg = format("Parse error: invalid JSON near column %d", err->column);
         break;
     }
-    char *msg = format("%s: %s", what, err->text);
-    char *out = error_text(NULL, code, msg ? msg : what, NULL);
+    char *out = error_text(NULL, code, msg ? msg : "Parse error", NULL);
+    free(msg);
+    return out;
+}
+
+/* The -32005 answer for a call whose answer (need bytes, 0 when not known
+ * yet) does not fit in what the line may still produce. */
+static char *too_big_text(const char *idt, const struct rpc_line *line, size_t need) {
+    size_t left = line->o.budget_bytes > line->out_bytes ? line->o.budget_bytes - line->out_bytes : 0;
+    char *msg = need ? format("Server busy: the answer would be %zu bytes, more than the %zu "
+                              "bytes this connection may still have outstanding "
+                              "(limits.write_queue_max_bytes); ask for less",
+                              need, left)
+                     : format("Server busy: the answers to this batch already fill the %zu "
+                              "bytes this connection may have outstanding "
+                              "(limits.write_queue_max_bytes); send fewer calls per batch",
+                              line->o.budget_bytes);
+    json_t *data = json_pack("{s:I, s:I}", "need_bytes", (json_int_t)need, "budget_bytes",
+                             (json_int_t)left);
+    char *out = error_text(idt, RPC_BUSY, msg ? msg : "Server busy", data);
     free(msg);
     return out;
 }
@@ -322,10 +410,13 @@ static struct rpc_line *line_release(struct rpc_line *line) {
                 *p = '\0';
             }
         }
-        line->done(line->owner, line, out);
+        line->o.done(line->o.owner, line, out);
     }
-    for (size_t i = 0; i < line->ncalls; i++)
+    for (size_t i = 0; i < line->ncalls; i++) {
         free(line->calls[i].out);
+        free(line->calls[i].id_raw);
+    }
+    json_decref(line->doc);
     free(line);
     return NULL;
 }
@@ -345,26 +436,43 @@ static void dispatch(struct rpc_line *line, struct rpc_call *call, json_t *req) 
 
     json_t *id = json_object_get(req, "id");
     json_t *name = json_object_get(req, "method");
+    /* A notification is never answered; a request's id text is made once. */
+    char *idt = id ? id_text(id, call->id_raw) : NULL;
+    if (id && !idt) {
+        call->out = strdup(RPC_FALLBACK_ERROR_LINE);
+        return;
+    }
+    if (line->o.budget_bytes && line->out_bytes >= line->o.budget_bytes) {
+        /* The batch's answers already fill what the client may have
+         * outstanding: the rest are refused, not run. */
+        if (id)
+            call->out = too_big_text(idt, line, 0);
+        free(idt);
+        return;
+    }
     const struct rpc_method *m = find_method(line->srv, json_string_value(name));
     if (!m || !m->fn) {
         if (id) {
             char *msg = format("Method not found: %s", json_string_value(name));
-            call->out = error_text(id, RPC_METHOD_NOT_FOUND, msg, NULL);
+            call->out = error_text(idt, RPC_METHOD_NOT_FOUND, msg, NULL);
             free(msg);
         }
+        free(idt);
         return;
     }
     json_t *params = named_params(m, json_object_get(req, "params"), &why);
     if (!params) {
         if (id)
             call->out =
-                why ? error_text(id, RPC_INVALID_PARAMS, why, NULL)
-                    : error_text(id, RPC_INTERNAL_ERROR, "Internal error: out of memory", NULL);
+                why ? error_text(idt, RPC_INVALID_PARAMS, why, NULL)
+                    : error_text(idt, RPC_INTERNAL_ERROR, "Internal error: out of memory", NULL);
         free(why);
+        free(idt);
         return;
     }
 
     call->id = json_incref(id);
+    call->idt = idt;
     call->method = json_incref(name);
     call->params = params;
     call->running = true;
@@ -372,8 +480,32 @@ static void dispatch(struct rpc_line *line, struct rpc_call *call, json_t *req) 
     m->fn(call, params, line->srv->ctx);
 }
 
-struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf, size_t len,
-                                  rpc_done_cb done, void *owner, void *peer) {
+/* Start the calls of line from line->next on, until all are started or the
+ * owner's pace callback says to wait; then give up the dispatch hold. */
+static struct rpc_line *line_dispatch(struct rpc_line *line) {
+    line->paused = false;
+    /* A handler may make the owner go away (and abandon this line): the
+     * calls not started by then are not started at all. */
+    while (line->next < line->ncalls && !line->abandoned) {
+        if (line->next > 0 && line->o.pace && !line->o.pace(line->o.owner)) {
+            line->paused = true;
+            return line;
+        }
+        size_t i = line->next++;
+        struct rpc_call *call = &line->calls[i];
+        dispatch(line, call, json_array_get(line->doc, i));
+        if (call->out && !call->counted) { /* answered by the envelope itself */
+            line->out_bytes += strlen(call->out);
+            call->counted = true;
+        }
+    }
+    json_decref(line->doc);
+    line->doc = NULL;
+    return line_release(line);
+}
+
+struct rpc_line *rpc_line_run(const struct rpc_server *srv, const char *buf, size_t len,
+                              const struct rpc_owner *o) {
     json_error_t err;
     json_t *doc = json_loadb(buf, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
     size_t n = json_is_array(doc) ? json_array_size(doc) : 0;
@@ -382,26 +514,24 @@ struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf,
     struct rpc_line *line = calloc(1, sizeof *line + (batch ? n : 1) * sizeof line->calls[0]);
     if (!line) {
         json_decref(doc);
-        done(owner, NULL, NULL);
+        o->done(o->owner, NULL, NULL);
         return NULL;
     }
     line->srv = srv;
-    line->done = done;
-    line->owner = owner;
-    line->peer = peer;
+    line->o = *o;
     line->batch = batch;
     line->ncalls = batch ? n : 1;
     line->pending = 1;
     for (size_t i = 0; i < line->ncalls; i++)
         line->calls[i].line = line;
+    if (doc && (batch || json_is_object(doc)))
+        find_raw_ids(buf, len, batch, line->calls, line->ncalls);
 
     if (!doc) {
         line->calls[0].out = load_error_text(&err);
     } else if (batch) {
-        /* A handler may make the owner go away (and abandon this line):
-         * the calls not started by then are not started at all. */
-        for (size_t i = 0; i < n && !line->abandoned; i++)
-            dispatch(line, &line->calls[i], json_array_get(doc, i));
+        line->doc = doc;
+        return line_dispatch(line);
     } else if (json_is_array(doc) && n == 0) {
         line->calls[0].out =
             error_text(NULL, RPC_INVALID_REQUEST, "Invalid Request: empty batch", NULL);
@@ -416,16 +546,38 @@ struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf,
     return line_release(line);
 }
 
+struct rpc_line *rpc_line_process(const struct rpc_server *srv, const char *buf, size_t len,
+                                  rpc_done_cb done, void *owner, void *peer) {
+    const struct rpc_owner o = {.done = done, .owner = owner, .peer = peer};
+
+    return rpc_line_run(srv, buf, len, &o);
+}
+
+struct rpc_line *rpc_line_resume(struct rpc_line *line) {
+    assert(line->paused && !line->abandoned);
+    return line_dispatch(line);
+}
+
+bool rpc_line_paused(const struct rpc_line *line) {
+    return line->paused;
+}
+
 void rpc_line_abandon(struct rpc_line *line) {
     if (!line)
         return;
     assert(!line->abandoned);
     line->abandoned = true;
-    line->peer = NULL;
+    line->o.peer = NULL;
     /* Answers already written will never be sent. */
     for (size_t i = 0; i < line->ncalls; i++) {
         free(line->calls[i].out);
         line->calls[i].out = NULL;
+    }
+    /* Nobody will resume a paused line: its calls not started never start,
+     * and its dispatch hold goes (freeing it unless calls still run). */
+    if (line->paused) {
+        line->paused = false;
+        line_release(line);
     }
 }
 
@@ -436,11 +588,27 @@ static void call_answer(struct rpc_call *call, const char *member, json_t *value
     assert(call->running);
     struct rpc_line *line = call->line;
     call->running = false;
-    if (call->id && !line->abandoned)
-        call->out = response_text(call->id, member, value);
-    else
+    if (call->id && !line->abandoned) {
+        call->out = response_text(call->idt, member, value);
+        size_t n = call->out ? strlen(call->out) : 0;
+        if (line->o.budget_bytes && line->out_bytes + n > line->o.budget_bytes &&
+            strcmp(member, "result") == 0) {
+            /* Built, but over what the client may have outstanding: only
+             * a method that cannot tell its size in advance gets here, and
+             * its answer is dropped at once. (Error answers are small and
+             * always go out, so the client learns why.) */
+            free(call->out);
+            call->out = too_big_text(call->idt, line, n);
+            n = call->out ? strlen(call->out) : 0;
+        }
+        line->out_bytes += n;
+        call->counted = true;
+    } else {
         json_decref(value);
+    }
     json_decref(call->id);
+    free(call->idt);
+    call->idt = NULL;
     json_decref(call->method);
     json_decref(call->params);
     call->id = call->method = call->params = NULL;
@@ -471,7 +639,27 @@ void rpc_call_errorf(struct rpc_call *call, int code, json_t *data, const char *
 }
 
 void *rpc_call_peer(const struct rpc_call *call) {
-    return call->line->abandoned ? NULL : call->line->peer;
+    return call->line->abandoned ? NULL : call->line->o.peer;
+}
+
+size_t rpc_call_budget(const struct rpc_call *call) {
+    const struct rpc_line *line = call->line;
+
+    if (!line->o.budget_bytes)
+        return SIZE_MAX;
+    return line->o.budget_bytes > line->out_bytes ? line->o.budget_bytes - line->out_bytes : 0;
+}
+
+void rpc_call_too_big(struct rpc_call *call, size_t need) {
+    size_t left = rpc_call_budget(call);
+
+    rpc_call_errorf(call, RPC_BUSY,
+                    json_pack("{s:I, s:I}", "need_bytes", (json_int_t)need, "budget_bytes",
+                              (json_int_t)(left == SIZE_MAX ? 0 : left)),
+                    "Server busy: the answer would be about %zu bytes, more than the %zu bytes "
+                    "this connection may still have outstanding "
+                    "(limits.write_queue_max_bytes); ask for less",
+                    need, left);
 }
 
 const char *rpc_call_method(const struct rpc_call *call) {

@@ -249,7 +249,8 @@ static void m_auth(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct client *c = rpc_call_peer(call);
     json_t *t = json_object_get(params, "token");
-    bool ok;
+    double wait_s = 0;
+    bool ok, was;
 
     if (!params_only(call, params, auth_params))
         return;
@@ -262,11 +263,21 @@ static void m_auth(struct rpc_call *call, json_t *params, void *ctx) {
         rpc_call_result(call, json_true()); /* nothing to unlock */
         return;
     }
+    if (c && server_client_login_blocked(c, &wait_s)) {
+        rpc_call_errorf(call, RPC_RATE_LIMITED, NULL,
+                        "Rate limited: too many wrong tokens from this address; try again in "
+                        "%.0f s",
+                        ceil(wait_s));
+        return;
+    }
     ok = token_check(&d->token, json_string_value(t), json_string_length(t));
-    if (c)
-        server_client_login(c, ok);
+    was = c ? server_client_login(c, ok) : false;
     if (ok)
         rpc_call_result(call, json_true());
+    else if (was)
+        rpc_call_error(call, RPC_UNAUTHORIZED,
+                       "Unauthorized: wrong token; this connection's earlier login is withdrawn",
+                       NULL);
     else
         rpc_call_error(call, RPC_UNAUTHORIZED, "Unauthorized: wrong token", NULL);
 }
@@ -469,8 +480,20 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx) {
             "Invalid params: give exactly one of \"frequency_thz\" and \"wavelength_nm\"", NULL);
         return;
     }
-    if (isnan(f))
-        f = wl > 0 ? C_NM_THZ / wl : -1;
+    if (isnan(f)) {
+        /* The laser's range in nm, checked before converting: 0, negative
+         * or denormal wavelengths never become a frequency. */
+        double min_nm = C_NM_THZ / l->cfg->max_thz, max_nm = C_NM_THZ / l->cfg->min_thz;
+        if (!(wl >= min_nm && wl <= max_nm)) {
+            rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                            json_pack("{s:f, s:f}", "min_nm", min_nm, "max_nm", max_nm),
+                            "Invalid params: %.6f nm is outside laser \"%s\"'s range [%.6f, "
+                            "%.6f] nm",
+                            wl, l->cfg->name, min_nm, max_nm);
+            return;
+        }
+        f = C_NM_THZ / wl;
+    }
     if (!(ramp >= 0 && ramp <= CONFIG_RAMP_MAX_MHZ_PER_S)) {
         rpc_call_errorf(call, RPC_INVALID_PARAMS,
                         json_pack("{s:f, s:f}", "min", 0.0, "max", CONFIG_RAMP_MAX_MHZ_PER_S),
@@ -623,6 +646,17 @@ static void history_one(const struct laser_sample *s, void *arg) {
     }
 }
 
+static void history_count(const struct laser_sample *s, void *arg) {
+    (void)s;
+    ++*(size_t *)arg;
+}
+
+/* The most one history sample takes as text: its seven members with every
+ * number at its longest (15 significant digits and an exponent) and the
+ * longest status and state names, 210 bytes; the rest of the answer, 400. */
+#define HISTORY_SAMPLE_MAX_BYTES 240
+#define HISTORY_FIXED_BYTES 400
+
 static const char *const history_params[] = {"laser", "channel", "seconds", NULL};
 
 static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
@@ -640,6 +674,15 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
         return;
     }
     l = lasers_find_channel(&d->lasers, c->cfg->channel);
+    /* The answer's size is known before it is built: refuse one the client
+     * may not have, rather than build megabytes to throw away. */
+    size_t n = 0;
+    laser_history(l, seconds, history_count, &n);
+    size_t need = HISTORY_FIXED_BYTES + n * HISTORY_SAMPLE_MAX_BYTES;
+    if (need > rpc_call_budget(call)) {
+        rpc_call_too_big(call, need);
+        return;
+    }
     h.samples = json_array();
     laser_history(l, seconds, history_one, &h);
     mean = h.n ? h.mean : (double)NAN;
@@ -678,6 +721,11 @@ static void m_sim_fault(struct rpc_call *call, json_t *params, void *ctx) {
     rpc_call_result(call, json_true());
 }
 
+/* A mode hop of a real diode laser is a few GHz to tens of GHz; a
+ * simulated one up to 1 THz covers every case and keeps the simulated
+ * frequency a frequency (1e308 MHz would make it infinite). */
+#define SIM_MAX_HOP_MHZ 1e6
+
 static const char *const sim_hop_params[] = {"channel", "laser", "jump_mhz", NULL};
 
 static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
@@ -690,9 +738,11 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
 
     if (!params_only(call, params, sim_hop_params) || !param_channel(call, params, d, true, &c))
         return;
-    if (!json_is_number(j) || !isfinite(json_number_value(j))) {
-        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"jump_mhz\" must be a number",
-                       NULL);
+    if (!json_is_number(j) || !(fabs(json_number_value(j)) <= SIM_MAX_HOP_MHZ)) {
+        rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                        json_pack("{s:f, s:f}", "min", -SIM_MAX_HOP_MHZ, "max", SIM_MAX_HOP_MHZ),
+                        "Invalid params: \"jump_mhz\" must be a number in [%g, %g]",
+                        -SIM_MAX_HOP_MHZ, SIM_MAX_HOP_MHZ);
         return;
     }
     sim_mode_hop(d->meter.dev, c->cfg->channel, json_number_value(j));
