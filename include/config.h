@@ -138,6 +138,19 @@ const char *config_restart_name(enum restart_policy p);
  * with cfg unchanged. */
 int config_set_listen(struct config *cfg, const char *text);
 
+/*
+ * A reload (SIGHUP): copy into cur what may change while the daemon runs:
+ * log_level, every limits.* key and access.write_from. Per-laser gains may
+ * change too, but through the lasers (they are saved state), so they are
+ * left to the caller. Keys that need a restart (listen, threadpool_size,
+ * state, wavemeter, access.require_token and token_file, the lasers other
+ * than their gains) keep cur's values; their paths are listed in restart
+ * ("listen, lasers[1]"), "" when none differ. Returns how many run-time keys
+ * changed.
+ */
+int config_update_runtime(struct config *cur, const struct config *next, char *restart,
+                          size_t restart_len);
+
 /* One key the loader accepts, as its table defines it (for docs and tests). */
 struct config_key_info {
     const char *section; /* "", "limits", "state", "access", "wavemeter", "lasers[]",

@@ -6,6 +6,8 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,10 +23,18 @@
 /* STATUS= is refreshed every 5 s: systemctl status shows it, nobody polls it. */
 #define STATUS_EVERY_MS 5000
 
+/* Signals that end the daemon the orderly way (log, save, exit 0): every
+ * signal whose default action would end it, but SIGHUP (reload), SIGPIPE
+ * (ignored: a vanished peer costs an EPIPE), SIGXFSZ (ignored: an oversized
+ * write fails with EFBIG) and SIGPROF (profilers). */
+static const int stop_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM};
+#define NSTOP_SIGNALS (sizeof(stop_signals) / sizeof(stop_signals[0]))
+
 struct runtime {
     struct daemon d;
     uv_loop_t loop;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t stops[NSTOP_SIGNALS], sighup;
+    const char *config_path;
     uv_timer_t watchdog, status;
     uint64_t watchdog_usec;
     int pending_stops;
@@ -96,6 +106,97 @@ static void meter_stopped(struct meter *m) {
     struct runtime *rt = (struct runtime *)((char *)m - offsetof(struct runtime, d.meter));
 
     lasers_stop(&rt->d.lasers, lasers_stopped);
+}
+
+/* A gain change from a reload has been saved (or failed). */
+static void reload_gains_done(void *arg, int rc, enum laser_stage stage) {
+    struct laser *l = arg;
+
+    if (rc != 0) /* success is logged by the laser itself */
+        log_warnx("reload: laser \"%s\": gains applied but %s: %s", l->cfg->name,
+                  stage == LASER_STAGE_STORE ? "not saved" : "refused", strerror(-rc));
+}
+
+/*
+ * SIGHUP: read the config file again and apply what can change while the
+ * daemon runs (log level, limits, access lists, gains the file changed). A
+ * file that does not load or check is refused with its reason and the
+ * running config stays whole. Logs go to stderr (the journal under
+ * systemd), so there is no log file to reopen.
+ */
+static void reload(struct runtime *rt) {
+    struct daemon *d = &rt->d;
+    struct config *next;
+    char err[512], restart[256];
+    enum log_level level;
+    int rc, gains = 0;
+
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, uv_hrtime() / 1000);
+    if (rt->config_path == NULL) {
+        log_notice("SIGHUP: running on the built-in defaults, no config file to re-read");
+        sd_notify(0, "READY=1");
+        return;
+    }
+    if ((next = malloc(sizeof(*next))) == NULL) {
+        log_warnx("reload: out of memory; keeping the running config");
+        sd_notify(0, "READY=1");
+        return;
+    }
+    rc = config_load(next, rt->config_path, err, sizeof(err));
+    if (rc == 0)
+        rc = wm_check_config(next, err, sizeof(err));
+    if (rc == 0 && log_level_parse(next->log_level, &level) != 0) {
+        snprintf(err, sizeof(err), "log_level \"%s\": unknown", next->log_level);
+        rc = -EINVAL;
+    }
+    if (rc != 0) {
+        log_error("reload refused, keeping the running config: %s", err);
+        free(next);
+        sd_notify(0, "READY=1");
+        return;
+    }
+    /* The file's gains, where they differ from what the file said before:
+     * an admin's edit wins over a client's laser.set_gains, an unchanged
+     * file does not undo one. */
+    if (next->nlasers == d->cfg.nlasers) {
+        for (int i = 0; i < d->lasers.n; i++) {
+            const struct laser_config *was = &d->cfg.lasers[i], *now = &next->lasers[i];
+            struct laser *l = &d->lasers.l[i];
+            if (strcmp(was->name, now->name) != 0 ||
+                (was->kp_v_per_mhz == now->kp_v_per_mhz && was->ki_v_per_mhz_s == now->ki_v_per_mhz_s &&
+                 was->kd_v_s_per_mhz == now->kd_v_s_per_mhz))
+                continue;
+            rc = laser_set_gains(l, now->kp_v_per_mhz, now->ki_v_per_mhz_s, now->kd_v_s_per_mhz,
+                                 reload_gains_done, l);
+            if (rc < 0) {
+                log_warnx("reload: laser \"%s\": gains not applied: %s", l->cfg->name,
+                          strerror(-rc));
+                continue;
+            }
+            d->cfg.lasers[i].kp_v_per_mhz = now->kp_v_per_mhz;
+            d->cfg.lasers[i].ki_v_per_mhz_s = now->ki_v_per_mhz_s;
+            d->cfg.lasers[i].kd_v_s_per_mhz = now->kd_v_s_per_mhz;
+            gains++;
+        }
+    }
+    rc = config_update_runtime(&d->cfg, next, restart, sizeof(restart));
+    log_set_level(level);
+    d->rpc.max_batch = (size_t)d->cfg.max_batch;
+    if (restart[0])
+        log_warnx("reload: %s changed in %s; that takes a restart, the running values stay",
+                  restart, rt->config_path);
+    log_notice("reload: %s applied: %d run-time keys and the gains of %d lasers changed",
+               rt->config_path, rc, gains);
+    free(next);
+    sd_notify(0, "READY=1");
+}
+
+static void sighup_cb(uv_signal_t *h, int signum) {
+    struct runtime *rt = h->data;
+
+    (void)signum;
+    if (!rt->stopping)
+        reload(rt);
 }
 
 static void signal_cb(uv_signal_t *h, int signum) {
@@ -219,6 +320,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     log_set_level(level);
+    rt.config_path = config_path;
 
     /* libuv reads UV_THREADPOOL_SIZE once, when the pool first starts: set it
      * before anything can queue work. */
@@ -226,6 +328,11 @@ int main(int argc, char **argv) {
     setenv("UV_THREADPOOL_SIZE", env, 1);
     /* A peer that vanishes mid-answer must cost an EPIPE, not the process. */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
+    /* Big answers get pages of their own, given back when freed: glibc's
+     * default would raise this threshold after the first big free and keep
+     * later answers in the heap, which does not shrink. */
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
     if ((rc = uv_loop_init(&rt.loop)) != 0) {
         log_error("loop: %s", uv_strerror(rc));
@@ -265,11 +372,14 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    uv_signal_init(&rt.loop, &rt.sigterm);
-    uv_signal_init(&rt.loop, &rt.sigint);
-    rt.sigterm.data = rt.sigint.data = &rt;
-    uv_signal_start(&rt.sigterm, signal_cb, SIGTERM);
-    uv_signal_start(&rt.sigint, signal_cb, SIGINT);
+    for (size_t i = 0; i < NSTOP_SIGNALS; i++) {
+        uv_signal_init(&rt.loop, &rt.stops[i]);
+        rt.stops[i].data = &rt;
+        uv_signal_start(&rt.stops[i], signal_cb, stop_signals[i]);
+    }
+    uv_signal_init(&rt.loop, &rt.sighup);
+    rt.sighup.data = &rt;
+    uv_signal_start(&rt.sighup, sighup_cb, SIGHUP);
 
     uv_timer_init(&rt.loop, &d->lag_timer);
     d->lag_timer.data = d;

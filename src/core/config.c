@@ -669,6 +669,82 @@ static void laser_default(struct laser_config *l, const char *name, int channel,
     laser_resolve(l);
 }
 
+static void note_key(char *list, size_t len, const char *key) {
+    size_t n = strlen(list);
+
+    if (n + 1 < len)
+        snprintf(list + n, len - n, "%s%s", n ? ", " : "", key);
+}
+
+int config_update_runtime(struct config *cur, const struct config *next, char *restart,
+                          size_t restart_len) {
+    int changed = 0;
+
+    restart[0] = '\0';
+#define SAME_STR(f) (strcmp(cur->f, next->f) == 0)
+#define RUNTIME(f)                                                                                 \
+    do {                                                                                           \
+        if (cur->f != next->f) {                                                                   \
+            cur->f = next->f;                                                                      \
+            changed++;                                                                             \
+        }                                                                                          \
+    } while (0)
+    if (!SAME_STR(log_level)) {
+        memcpy(cur->log_level, next->log_level, sizeof(cur->log_level));
+        changed++;
+    }
+    RUNTIME(max_line_bytes);
+    RUNTIME(max_clients);
+    RUNTIME(max_clients_per_address);
+    RUNTIME(max_batch);
+    RUNTIME(idle_timeout_s);
+    RUNTIME(write_queue_max_bytes);
+    RUNTIME(write_stall_timeout_s);
+    RUNTIME(line_timeout_s);
+#undef RUNTIME
+    if (cur->write_from.n != next->write_from.n ||
+        memcmp(cur->write_from.nets, next->write_from.nets,
+               next->write_from.n * sizeof(next->write_from.nets[0])) != 0) {
+        cur->write_from = next->write_from;
+        changed++;
+    }
+
+    if (!SAME_STR(listen_host) || cur->listen_port != next->listen_port)
+        note_key(restart, restart_len, "listen");
+    if (cur->threadpool_size != next->threadpool_size)
+        note_key(restart, restart_len, "threadpool_size");
+    if (!SAME_STR(state_dir) || cur->state_save_interval_s != next->state_save_interval_s)
+        note_key(restart, restart_len, "state");
+    if (cur->require_token != next->require_token || !SAME_STR(token_file))
+        note_key(restart, restart_len, "access.require_token/token_file");
+    if (!SAME_STR(driver) || cur->read_timeout_ms != next->read_timeout_ms ||
+        cur->seed != next->seed || !SAME_STR(wlm_library))
+        note_key(restart, restart_len, "wavemeter");
+#undef SAME_STR
+    if (cur->nlasers != next->nlasers) {
+        note_key(restart, restart_len, "lasers");
+        return changed;
+    }
+    for (int i = 0; i < cur->nlasers; i++) {
+        /* Everything but the gains, compared as the loader made it (it
+         * zeroes each struct first, so padding compares equal). */
+        struct laser_config a, b;
+        char key[24];
+
+        memcpy(&a, &cur->lasers[i], sizeof(a)); /* memcpy keeps the padding */
+        memcpy(&b, &next->lasers[i], sizeof(b));
+
+        a.kp_v_per_mhz = b.kp_v_per_mhz;
+        a.ki_v_per_mhz_s = b.ki_v_per_mhz_s;
+        a.kd_v_s_per_mhz = b.kd_v_s_per_mhz;
+        if (memcmp(&a, &b, sizeof(a)) != 0) {
+            snprintf(key, sizeof(key), "lasers[%d]", i);
+            note_key(restart, restart_len, key);
+        }
+    }
+    return changed;
+}
+
 void config_defaults(struct config *cfg) {
     memset(cfg, 0, sizeof(*cfg));
     copy_string(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
