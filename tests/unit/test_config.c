@@ -506,6 +506,55 @@ START_TEST(test_doc_lists_every_key) {
 }
 END_TEST
 
+/* ---- reload: what a SIGHUP may change ---- */
+
+START_TEST(test_update_runtime) {
+    static const char before[] =
+        "{\"limits\": {\"max_batch\": 10}, \"access\": {\"write_from\": [\"127.0.0.0/8\"]},\n"
+        " \"lasers\": [{\"name\": \"a\", \"channel\": 1, \"kp_v_per_mhz\": 1},\n"
+        "             {\"name\": \"b\", \"channel\": 2}]}";
+    static const char gains_limits[] =
+        "{\"log_level\": \"debug\",\n"
+        " \"limits\": {\"max_batch\": 20, \"line_timeout_s\": 3, \"max_clients_per_address\": 2},\n"
+        " \"access\": {\"write_from\": [\"127.0.0.0/8\", \"10.0.0.0/8\"]},\n"
+        " \"lasers\": [{\"name\": \"a\", \"channel\": 1, \"kp_v_per_mhz\": 2},\n"
+        "             {\"name\": \"b\", \"channel\": 2}]}";
+    static const char restart_only[] =
+        "{\"listen\": \"127.0.0.1:9\", \"limits\": {\"max_batch\": 10},\n"
+        " \"access\": {\"write_from\": [\"127.0.0.0/8\"]},\n"
+        " \"wavemeter\": {\"seed\": 5},\n"
+        " \"lasers\": [{\"name\": \"a\", \"channel\": 1, \"kp_v_per_mhz\": 1},\n"
+        "             {\"name\": \"b\", \"channel\": 3}]}";
+    static struct config cur, next;
+    char err[512] = "", restart[256];
+
+    ck_assert_msg(parse(&cur, before, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(parse(&next, before, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(config_update_runtime(&cur, &next, restart, sizeof(restart)), 0);
+    ck_assert_str_eq(restart, "");
+
+    /* Run-time keys copied; the gains are left to the lasers, and are not
+     * a restart. */
+    ck_assert_msg(parse(&next, gains_limits, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(config_update_runtime(&cur, &next, restart, sizeof(restart)), 5);
+    ck_assert_str_eq(restart, "");
+    ck_assert_str_eq(cur.log_level, "debug");
+    ck_assert_int_eq(cur.max_batch, 20);
+    ck_assert_int_eq(cur.line_timeout_s, 3);
+    ck_assert_int_eq(cur.max_clients_per_address, 2);
+    ck_assert_uint_eq(cur.write_from.n, 2);
+    ck_assert(cur.lasers[0].kp_v_per_mhz == 1);
+
+    /* Restart-only keys are named and keep the running values. */
+    ck_assert_msg(parse(&next, restart_only, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(config_update_runtime(&cur, &next, restart, sizeof(restart)), 5);
+    ck_assert_str_eq(restart, "listen, wavemeter, lasers[1]");
+    ck_assert_int_eq(cur.listen_port, 7420);
+    ck_assert_int_eq(cur.lasers[1].channel, 2);
+    ck_assert(cur.seed == 0);
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("jsonpos");
@@ -525,6 +574,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_load_file);
     tcase_add_test(tc, test_laser_by_name);
     tcase_add_test(tc, test_doc_lists_every_key);
+    tcase_add_test(tc, test_update_runtime);
     suite_add_tcase(s, tc);
     return s;
 }
