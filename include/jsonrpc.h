@@ -124,6 +124,11 @@ char *rpc_error_text(int code, const char *message);
  * answers -32603. Calls done on the line when it was the last pending call;
  * the call object is invalid afterwards. */
 void rpc_call_result(struct rpc_call *call, json_t *result);
+/* The same with the result already written as text: one compact JSON value,
+ * UTF-8, no newline, which the method guarantees (for big results that
+ * building as json_t would make slow: history). Steals the malloc'd text;
+ * NULL answers -32603. */
+void rpc_call_result_text(struct rpc_call *call, char *text);
 /* data: steals, may be NULL. message is copied; NULL gives the standard text
  * for the code. */
 void rpc_call_error(struct rpc_call *call, int code, const char *message, json_t *data);

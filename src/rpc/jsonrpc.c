@@ -151,9 +151,7 @@ static char *id_text(const json_t *id, const char *raw) {
  * Written by hand around dumped parts so the id keeps the client's own
  * spelling. idt: the id's text, NULL for null. value: steals; NULL means it
  * could not be built. Returns malloc'd text, or NULL when out of memory. */
-static char *response_text(const char *idt, const char *member, json_t *value) {
-    char *vt = value ? json_dumps(value, RPC_VALUE_FLAGS) : NULL;
-    json_decref(value);
+static char *response_raw(const char *idt, const char *member, char *vt) {
     if (!vt) {
         /* Nothing a method builds fails to dump except by exhaustion;
          * still answer, so the client is not left waiting. */
@@ -165,6 +163,12 @@ static char *response_text(const char *idt, const char *member, json_t *value) {
         out = format("{\"jsonrpc\":\"2.0\",\"id\":%s,\"%s\":%s}", idt ? idt : "null", member, vt);
     free(vt);
     return out;
+}
+
+static char *response_text(const char *idt, const char *member, json_t *value) {
+    char *vt = value ? json_dumps(value, RPC_VALUE_FLAGS) : NULL;
+    json_decref(value);
+    return response_raw(idt, member, vt);
 }
 
 static char *error_text(const char *idt, int code, const char *message, json_t *data) {
@@ -582,14 +586,16 @@ void rpc_line_abandon(struct rpc_line *line) {
 }
 
 /* value: steals. */
-static void call_answer(struct rpc_call *call, const char *member, json_t *value) {
+/* value, or raw when value is NULL: steals. */
+static void call_answer(struct rpc_call *call, const char *member, json_t *value, char *raw) {
     /* Invariant: a handler answers exactly once. (A second answer after the
      * line was freed cannot be caught here; ASan reports it.) */
     assert(call->running);
     struct rpc_line *line = call->line;
     call->running = false;
     if (call->id && !line->abandoned) {
-        call->out = response_text(call->idt, member, value);
+        call->out = value ? response_text(call->idt, member, value)
+                          : response_raw(call->idt, member, raw);
         size_t n = call->out ? strlen(call->out) : 0;
         if (line->o.budget_bytes && line->out_bytes + n > line->o.budget_bytes &&
             strcmp(member, "result") == 0) {
@@ -605,6 +611,7 @@ static void call_answer(struct rpc_call *call, const char *member, json_t *value
         call->counted = true;
     } else {
         json_decref(value);
+        free(raw);
     }
     json_decref(call->id);
     free(call->idt);
@@ -620,13 +627,21 @@ void rpc_call_result(struct rpc_call *call, json_t *result) {
      * packing failed: that is our failure, not the client's. */
     if (!result)
         call_answer(call, "error",
-                    error_value(RPC_INTERNAL_ERROR, "Internal error: no result", NULL));
+                    error_value(RPC_INTERNAL_ERROR, "Internal error: no result", NULL), NULL);
     else
-        call_answer(call, "result", result);
+        call_answer(call, "result", result, NULL);
+}
+
+void rpc_call_result_text(struct rpc_call *call, char *text) {
+    if (!text)
+        call_answer(call, "error",
+                    error_value(RPC_INTERNAL_ERROR, "Internal error: out of memory", NULL), NULL);
+    else
+        call_answer(call, "result", NULL, text);
 }
 
 void rpc_call_error(struct rpc_call *call, int code, const char *message, json_t *data) {
-    call_answer(call, "error", error_value(code, message, data));
+    call_answer(call, "error", error_value(code, message, data), NULL);
 }
 
 void rpc_call_errorf(struct rpc_call *call, int code, json_t *data, const char *fmt, ...) {

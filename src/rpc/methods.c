@@ -3,8 +3,11 @@
  * Translates between JSON and the meter (and later the lasers); holds no
  * state of its own and never sees a socket or a file descriptor.
  */
+#include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -619,22 +622,74 @@ static void m_set_output(struct rpc_call *call, json_t *params, void *ctx) {
     }
 }
 
+/* history's answer is written as text straight into one buffer sized by
+ * the bound below: building a json_t per sample and dumping it costs about
+ * ten times as much, and a history is the biggest answer a client can ask
+ * for (it must fit a loop turn's budget). */
+struct text {
+    char *p, *end; /* next byte, end of the buffer */
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct text *t, const char *fmt, ...) {
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(t->p, (size_t)(t->end - t->p), fmt, ap);
+    va_end(ap);
+    /* The buffer is sized by an upper bound; running out is a bug. */
+    assert(n >= 0 && n < t->end - t->p);
+    t->p += n;
+}
+
+/* A real the way answers write every real (jansson with 15 significant
+ * digits): "%.15g", ".0" added to what would read as an integer, no '+'
+ * and no leading zeros in the exponent; null when not finite. */
+static void put_real(struct text *t, double x) {
+    char buf[40], *e;
+
+    if (!isfinite(x)) {
+        put(t, "null");
+        return;
+    }
+    snprintf(buf, sizeof(buf), "%.15g", x);
+    if ((e = strchr(buf, 'e')) != NULL) {
+        char *from = e + 1, *to = e + 1;
+        if (*from == '+')
+            from++;
+        else if (*from == '-')
+            from++, to++;
+        while (*from == '0' && from[1] != '\0')
+            from++;
+        memmove(to, from, strlen(from) + 1);
+    } else if (strchr(buf, '.') == NULL) {
+        strcat(buf, ".0");
+    }
+    put(t, "%s", buf);
+}
+
 /* Error statistics by Welford's method: one pass, and no cancellation when
  * the mean is large against the spread (an unlocked laser far off). */
 struct history_acc {
-    json_t *samples;
+    struct text t;
     double mean, m2, min, max;
-    size_t n;
+    size_t n, samples;
 };
 
 static void history_one(const struct laser_sample *s, void *arg) {
     struct history_acc *h = arg;
-    json_t *o = json_pack("{s:f, s:I, s:s, s:o, s:o, s:f, s:s}", "time", s->time_unix, "seq",
-                          (json_int_t)s->seq, "status", wm_status_name(s->status), "frequency_thz",
-                          num_or_null(s->frequency_thz), "error_mhz", num_or_null(s->error_mhz),
-                          "output_v", s->output_v, "state", laser_state_name(s->state));
+    struct text *t = &h->t;
 
-    json_array_append_new(h->samples, o);
+    put(t, "%s{\"time\":", h->samples++ ? "," : "");
+    put_real(t, s->time_unix);
+    put(t, ",\"seq\":%" PRIu64 ",\"status\":\"%s\",\"frequency_thz\":", s->seq,
+        wm_status_name(s->status));
+    put_real(t, s->frequency_thz);
+    put(t, ",\"error_mhz\":");
+    put_real(t, s->error_mhz);
+    put(t, ",\"output_v\":");
+    put_real(t, s->output_v);
+    put(t, ",\"state\":\"%s\"}", laser_state_name(s->state));
     if (isfinite(s->error_mhz)) {
         double x = s->error_mhz, delta = x - h->mean;
 
@@ -664,7 +719,9 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
     struct meter_channel *c;
     struct laser *l;
     struct history_acc h = {0};
-    double seconds = 0, mean, var;
+    double seconds = 0;
+    size_t n = 0;
+    char *buf;
 
     if (!params_only(call, params, history_params) || !param_channel(call, params, d, true, &c) ||
         !param_number(call, params, "seconds", &seconds))
@@ -674,25 +731,34 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
         return;
     }
     l = lasers_find_channel(&d->lasers, c->cfg->channel);
-    /* The answer's size is known before it is built: refuse one the client
-     * may not have, rather than build megabytes to throw away. */
-    size_t n = 0;
+    /* The answer's size is bounded before it is built: refuse one the
+     * client may not have, rather than build megabytes to throw away. */
     laser_history(l, seconds, history_count, &n);
     size_t need = HISTORY_FIXED_BYTES + n * HISTORY_SAMPLE_MAX_BYTES;
     if (need > rpc_call_budget(call)) {
         rpc_call_too_big(call, need);
         return;
     }
-    h.samples = json_array();
+    if ((buf = malloc(need)) == NULL) {
+        rpc_call_error(call, RPC_INTERNAL_ERROR, "Internal error: out of memory", NULL);
+        return;
+    }
+    h.t.p = buf;
+    h.t.end = buf + need;
+    /* The name is [A-Za-z0-9_.-] (config): no escaping needed. */
+    put(&h.t, "{\"laser\":\"%s\",\"channel\":%d,\"samples\":[", c->cfg->name,
+        c->cfg->channel);
     laser_history(l, seconds, history_one, &h);
-    mean = h.n ? h.mean : (double)NAN;
-    var = h.n > 1 ? h.m2 / (double)(h.n - 1) : (double)NAN;
-    rpc_call_result(call,
-                    json_pack("{s:s, s:i, s:o, s:{s:I, s:o, s:o, s:o, s:o}}", "laser", c->cfg->name,
-                              "channel", c->cfg->channel, "samples", h.samples, "error_mhz", "n",
-                              (json_int_t)h.n, "mean", num_or_null(mean), "std",
-                              num_or_null(sqrt(var)), "min", h.n ? json_real(h.min) : json_null(),
-                              "max", h.n ? json_real(h.max) : json_null()));
+    put(&h.t, "],\"error_mhz\":{\"n\":%zu,\"mean\":", h.n);
+    put_real(&h.t, h.n ? h.mean : (double)NAN);
+    put(&h.t, ",\"std\":");
+    put_real(&h.t, h.n > 1 ? sqrt(h.m2 / (double)(h.n - 1)) : (double)NAN);
+    put(&h.t, ",\"min\":");
+    put_real(&h.t, h.n ? h.min : (double)NAN);
+    put(&h.t, ",\"max\":");
+    put_real(&h.t, h.n ? h.max : (double)NAN);
+    put(&h.t, "}}");
+    rpc_call_result_text(call, buf);
 }
 
 /* sim.* methods: present only when the simulator is the driver. */
