@@ -15,14 +15,18 @@
 
 /* Addresses remembered at once. Every connected address needs a row (up to
  * limits.max_clients, at most 4096), plus room for recently refused and
- * failed-login addresses; rows of addresses with no connection are reused,
- * least recently seen first. */
+ * failed-login addresses; rows of addresses with no connection are reused
+ * in turn (a clock hand), so an attacker cycling through addresses pushes
+ * out only rows without connections. Lookups go through a hash of the
+ * address. */
 #define PEERS_MAX 8192
+#define PEERS_BUCKETS 4096
 
 /* One remote address. Plain data, owned by the table. */
 struct peer {
     uint8_t addr[16];          /* IPv6, or IPv4 as ::ffff:a.b.c.d */
     bool used;
+    int32_t next;              /* next row in its hash bucket, -1 = none */
     int nconn;                 /* connections open from here */
     uint64_t seen_ns;          /* last connection or login attempt */
     uint64_t login_window_ns;  /* start of the current failed-login window */
@@ -34,7 +38,9 @@ struct peer {
 /* Embedded in the server; peers_fini frees the rows. */
 struct peers {
     struct peer *rows; /* PEERS_MAX, allocated on first use */
-    size_t used;
+    int32_t *heads;    /* PEERS_BUCKETS first rows, -1 = empty */
+    size_t used;       /* rows ever used */
+    size_t hand;       /* next row to consider for reuse */
 };
 
 void peers_init(struct peers *p);
@@ -44,7 +50,7 @@ void peers_fini(struct peers *p);
  * is neither, when out of memory, or when every row holds an address with
  * connections open (cannot happen with max_clients <= PEERS_MAX). now_ns:
  * monotonic, marks the row as seen. The pointer is valid until the next
- * peers_get. */
+ * peers_get, and for as long as the row has connections (nconn > 0). */
 struct peer *peers_get(struct peers *p, const struct sockaddr *addr, uint64_t now_ns);
 
 /* Failed logins: at most max wrong tokens per window_ns from one address.

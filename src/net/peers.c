@@ -1,7 +1,7 @@
 /*
- * peers: a bounded table of remote addresses and their counters. Linear
- * search: a lab has a handful of hosts, an attack a few thousand at most,
- * and a lookup happens once per connection or login, never per request.
+ * peers: a bounded table of remote addresses and their counters, hashed by
+ * address. A lookup happens once per connection or login, never per
+ * request.
  */
 #include "peers.h"
 
@@ -11,14 +11,32 @@
 #include <string.h>
 
 void peers_init(struct peers *p) {
-    p->rows = NULL;
-    p->used = 0;
+    memset(p, 0, sizeof(*p));
 }
 
 void peers_fini(struct peers *p) {
     free(p->rows);
-    p->rows = NULL;
-    p->used = 0;
+    free(p->heads);
+    memset(p, 0, sizeof(*p));
+}
+
+/* FNV-1a: the addresses come from the network, but the table is bounded
+ * whatever the spread, so a weak hash costs time, never memory. */
+static size_t bucket(const uint8_t key[16]) {
+    uint32_t h = 2166136261u;
+
+    for (int i = 0; i < 16; i++)
+        h = (h ^ key[i]) * 16777619u;
+    return h % PEERS_BUCKETS;
+}
+
+static void unlink_row(struct peers *p, struct peer *r) {
+    int32_t idx = (int32_t)(r - p->rows), *link = &p->heads[bucket(r->addr)];
+
+    while (*link != -1 && *link != idx)
+        link = &p->rows[*link].next;
+    if (*link == idx)
+        *link = r->next;
 }
 
 /* IPv4 and IPv4-mapped IPv6 are one address. */
@@ -39,32 +57,47 @@ static bool addr_key(const struct sockaddr *sa, uint8_t key[16]) {
 
 struct peer *peers_get(struct peers *p, const struct sockaddr *addr, uint64_t now_ns) {
     uint8_t key[16];
-    struct peer *victim = NULL;
+    struct peer *r = NULL;
 
     if (!addr_key(addr, key))
         return NULL;
-    if (p->rows == NULL && (p->rows = calloc(PEERS_MAX, sizeof(*p->rows))) == NULL)
-        return NULL;
-    for (size_t i = 0; i < p->used; i++) {
-        struct peer *r = &p->rows[i];
-        if (memcmp(r->addr, key, 16) == 0) {
-            r->seen_ns = now_ns;
-            return r;
+    if (p->rows == NULL) {
+        p->rows = calloc(PEERS_MAX, sizeof(*p->rows));
+        p->heads = malloc(PEERS_BUCKETS * sizeof(*p->heads));
+        if (p->rows == NULL || p->heads == NULL) {
+            peers_fini(p);
+            return NULL;
         }
-        /* Reuse the row of the address seen least recently, among those
-         * with no connection open. */
-        if (r->nconn == 0 && (victim == NULL || r->seen_ns < victim->seen_ns))
-            victim = r;
+        memset(p->heads, 0xff, PEERS_BUCKETS * sizeof(*p->heads)); /* all -1 */
     }
-    if (p->used < PEERS_MAX)
-        victim = &p->rows[p->used++];
-    if (victim == NULL)
-        return NULL;
-    memset(victim, 0, sizeof(*victim));
-    memcpy(victim->addr, key, 16);
-    victim->used = true;
-    victim->seen_ns = now_ns;
-    return victim;
+    size_t b = bucket(key);
+    for (int32_t i = p->heads[b]; i != -1; i = p->rows[i].next) {
+        if (memcmp(p->rows[i].addr, key, 16) == 0) {
+            p->rows[i].seen_ns = now_ns;
+            return &p->rows[i];
+        }
+    }
+    if (p->used < PEERS_MAX) {
+        r = &p->rows[p->used++];
+    } else {
+        /* Reuse the next row, in turn, of an address with no connection. */
+        for (size_t n = 0; n < PEERS_MAX && r == NULL; n++) {
+            struct peer *c = &p->rows[p->hand];
+            p->hand = (p->hand + 1) % PEERS_MAX;
+            if (c->nconn == 0)
+                r = c;
+        }
+        if (r == NULL)
+            return NULL;
+        unlink_row(p, r);
+    }
+    memset(r, 0, sizeof(*r));
+    memcpy(r->addr, key, 16);
+    r->used = true;
+    r->seen_ns = now_ns;
+    r->next = p->heads[b];
+    p->heads[b] = (int32_t)(r - p->rows);
+    return r;
 }
 
 bool peers_login_blocked(struct peer *r, uint64_t now_ns, uint64_t window_ns, unsigned max,

@@ -385,11 +385,11 @@ static bool client_resume_line(struct client *c) {
 
     if (p == NULL || p->line == NULL || !rpc_line_paused(p->line))
         return true;
-    uint64_t t0 = uv_hrtime();
+    c->srv->work_t0 = uv_hrtime(); /* pace_cb charges from here */
     c->in_process = true;
     struct rpc_line *l = rpc_line_resume(p->line);
     c->in_process = false;
-    client_charge(c, t0);
+    client_charge(c, c->srv->work_t0);
     if (!p->done)
         p->line = l;
     bool held = l != NULL && rpc_line_paused(l);

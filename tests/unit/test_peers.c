@@ -60,8 +60,8 @@ END_TEST
 
 START_TEST(test_bounded_and_connected_rows_kept) {
     /* Many more addresses than rows: the table stays PEERS_MAX rows, the
-     * addresses with a connection keep theirs (and their counts), the least
-     * recently seen idle ones make room. */
+     * addresses with a connection keep theirs (and their counts), idle ones
+     * make room in turn, and a reused row forgets its old address. */
     struct peers p;
     char text[32];
 
@@ -75,6 +75,13 @@ START_TEST(test_bounded_and_connected_rows_kept) {
     ck_assert_uint_eq(p.used, PEERS_MAX);
     ck_assert_ptr_eq(get(&p, "192.168.0.1", 5 * PEERS_MAX), held);
     ck_assert_int_eq(held->nconn, 3);
+    /* The last addresses are still known (same row, counters kept)... */
+    struct peer *last = get(&p, "10.0.95.255", 5 * PEERS_MAX); /* i = 3 * 8192 - 1 */
+    last->login_failures = 7;
+    ck_assert_ptr_eq(get(&p, "10.0.95.255", 5 * PEERS_MAX + 1), last);
+    ck_assert_uint_eq(last->login_failures, 7);
+    /* ...the first ones were pushed out: a fresh row. */
+    ck_assert_uint_eq(get(&p, "10.0.0.0", 5 * PEERS_MAX + 2)->login_failures, 0);
     /* Every row connected: nothing to give a new address. */
     for (size_t i = 0; i < p.used; i++)
         p.rows[i].nconn = 1;
