@@ -35,6 +35,7 @@ struct runtime {
     uv_loop_t loop;
     uv_signal_t stops[NSTOP_SIGNALS], sighup;
     const char *config_path;
+    const char *listen_arg; /* --listen, which a reload keeps too */
     uv_timer_t watchdog, status;
     uint64_t watchdog_usec;
     int pending_stops;
@@ -145,6 +146,8 @@ static void reload(struct runtime *rt) {
     rc = config_load(next, rt->config_path, err, sizeof(err));
     if (rc == 0)
         rc = wm_check_config(next, err, sizeof(err));
+    if (rc == 0 && rt->listen_arg)
+        (void)config_set_listen(next, rt->listen_arg); /* checked at start-up */
     if (rc == 0 && log_level_parse(next->log_level, &level) != 0) {
         snprintf(err, sizeof(err), "log_level \"%s\": unknown", next->log_level);
         rc = -EINVAL;
@@ -321,6 +324,7 @@ int main(int argc, char **argv) {
     }
     log_set_level(level);
     rt.config_path = config_path;
+    rt.listen_arg = listen;
 
     /* libuv reads UV_THREADPOOL_SIZE once, when the pool first starts: set it
      * before anything can queue work. */
