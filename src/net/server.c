@@ -447,15 +447,20 @@ static void client_maybe_resume(struct client *c) {
     client_continue(c);
 }
 
-/* The next loop turn: the clients that yielded go on in the order they
- * yielded, while the turn's budget lasts; the rest wait for the next turn,
- * still first in line. A connection held back from accepting comes after
- * them. */
+/* The next loop turn: a connection held back is accepted, then the
+ * clients that yielded go on in the order they yielded, while the turn's
+ * budget lasts; the rest wait for the next turn, still first in line. */
 static void idle_cb(uv_idle_t *h) {
     struct server *s = h->data;
     struct client *c = s->ready_head;
 
     s->ready_head = s->ready_tail = NULL;
+    /* One held-back connection per turn at least, first: clients that
+     * always have work queued must not keep new ones out. */
+    if (s->accept_deferred) {
+        s->accept_deferred = false;
+        accept_one(s);
+    }
     while (c && !turn_spent(s)) {
         struct client *next = c->ready_next;
 
@@ -472,10 +477,6 @@ static void idle_cb(uv_idle_t *h) {
         if (s->ready_tail == NULL)
             s->ready_tail = last;
         s->ready_head = c;
-    }
-    if (s->accept_deferred && !turn_spent(s)) {
-        s->accept_deferred = false;
-        accept_one(s);
     }
     if (s->ready_head == NULL && !s->accept_deferred)
         uv_idle_stop(h);
@@ -814,8 +815,8 @@ static void connection_cb(uv_stream_t *listener, int status) {
     }
     /* A connection not accepted now stops libuv from watching the listener
      * until uv_accept is called: a flood of connections is taken one turn's
-     * budget at a time, with the clients already served going first. */
-    if (turn_spent(s) || s->ready_head != NULL) {
+     * budget at a time (and at least one a turn). */
+    if (turn_spent(s)) {
         s->accept_deferred = true;
         uv_idle_start(&s->idle, idle_cb);
         return;
