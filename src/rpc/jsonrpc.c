@@ -167,6 +167,13 @@ static char *response_raw(const char *idt, const char *member, char *vt) {
 
 static char *response_text(const char *idt, const char *member, json_t *value) {
     char *vt = value ? json_dumps(value, RPC_VALUE_FLAGS) : NULL;
+    /* 15 digits round a double near DBL_MAX up past it (1.79769313486232e308
+     * reads back as an overflow): such an answer is written with the 17
+     * digits that always read back. Only "e308" can be one. */
+    if (vt && strstr(vt, "e308")) {
+        free(vt);
+        vt = json_dumps(value, RPC_DUMP_FLAGS);
+    }
     json_decref(value);
     return response_raw(idt, member, vt);
 }

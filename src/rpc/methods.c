@@ -652,7 +652,8 @@ static void put_real(struct text *t, double x) {
         put(t, "null");
         return;
     }
-    snprintf(buf, sizeof(buf), "%.15g", x);
+    /* Near DBL_MAX 15 digits round past it; 17 always read back. */
+    snprintf(buf, sizeof(buf), fabs(x) < 1e308 ? "%.15g" : "%.17g", x);
     if ((e = strchr(buf, 'e')) != NULL) {
         char *from = e + 1, *to = e + 1;
         if (*from == '+')

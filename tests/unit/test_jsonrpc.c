@@ -179,6 +179,10 @@ static const struct row rows[] = {
      "Request: not an object\"}},"
      "{\"jsonrpc\":\"2.0\",\"id\":-0,\"result\":{}},"
      "{\"jsonrpc\":\"2.0\",\"id\":\"s\",\"result\":{}}]"},
+    {"a real near DBL_MAX reads back (17 digits, not 15 rounded past it)",
+     "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"params\":{\"x\":1.7976931348623157e308},"
+     "\"id\":1}",
+     "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"x\":1.7976931348623157e308}}"},
     {"missing params is an empty object", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":2}",
      "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}"},
     {"empty positional params, no names",
