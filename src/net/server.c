@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,16 @@
 /* Also at most this many requests (batch calls count one each) per client
  * per turn, so cheap requests are shared fairly too. */
 #define LINES_PER_TURN 64
+/* Who goes first when clients wait for a turn: the one that has used the
+ * least work lately, a sum decaying with this time constant. A client that
+ * sends a ping now and then has used next to nothing and goes before a
+ * flood's 60 connections, which share what is left of each turn. */
+#define USAGE_TAU_NS 1e9
+/* A new connection starts as if it had used this much: a flood of new
+ * connections queues behind the clients already being served lightly (a
+ * ping 50 times a second comes to about 2 ms), and the fee is gone in a few
+ * seconds. */
+#define USAGE_ENTRY_NS 10e6
 /* Freed answer memory after which glibc is asked to give free pages back
  * (malloc_trim, from the once-a-second sweep): after a burst of large
  * answers the daemon returns to its idle size. */
@@ -85,6 +96,8 @@ struct client {
     uint64_t line_started_ns;  /* first byte of an unfinished line; 0 = none */
     uint64_t turn_id;          /* the loop turn the counters below are for */
     uint64_t turn_ns;          /* work done for this client in that turn */
+    double usage_ns;           /* work done for it lately (decays, USAGE_TAU_NS) */
+    uint64_t usage_at_ns;      /* when usage_ns was last brought up to date */
     unsigned turn_lines;       /* requests handled in that turn */
     struct client *ready_next; /* on the server's ready list */
     struct peer *peer_row;     /* NULL when the address could not be counted */
@@ -303,13 +316,23 @@ static void client_turn(struct client *c) {
     }
 }
 
+/* c's recent usage, decayed to now. */
+static double client_usage(struct client *c, uint64_t now) {
+    if (now > c->usage_at_ns) {
+        c->usage_ns *= exp(-(double)(now - c->usage_at_ns) / USAGE_TAU_NS);
+        c->usage_at_ns = now;
+    }
+    return c->usage_ns;
+}
+
 /* Charge the work since t0 (uv_hrtime) to c and to this loop turn. */
 static void client_charge(struct client *c, uint64_t t0) {
-    uint64_t dt = uv_hrtime() - t0;
+    uint64_t now = uv_hrtime(), dt = now - t0;
 
     client_turn(c);
     c->turn_ns += dt;
     c->srv->turn_ns += dt;
+    c->usage_ns = client_usage(c, now) + (double)dt;
 }
 
 static bool turn_spent(const struct server *s) {
@@ -322,18 +345,31 @@ static bool client_share_spent(struct client *c) {
     return turn_spent(c->srv) || c->turn_ns >= CLIENT_SLICE_NS || c->turn_lines >= LINES_PER_TURN;
 }
 
+/* Queue c for a later turn, behind every waiting client that has used as
+ * little work lately, ahead of those that used more. At most max_clients
+ * wait, so the walk is short. */
 static void ready_push(struct server *s, struct client *c) {
-    c->ready_next = NULL;
-    if (s->ready_tail)
-        s->ready_tail->ready_next = c;
+    uint64_t now = uv_hrtime();
+    double u = client_usage(c, now);
+    struct client *prev = NULL, *r = s->ready_head;
+
+    while (r && client_usage(r, now) <= u) {
+        prev = r;
+        r = r->ready_next;
+    }
+    c->ready_next = r;
+    if (prev)
+        prev->ready_next = c;
     else
         s->ready_head = c;
-    s->ready_tail = c;
+    if (r == NULL)
+        s->ready_tail = c;
     uv_idle_start(&s->idle, idle_cb);
 }
 
-/* Fairness: a client whose requests used up its share of this loop turn is
- * served again on a later turn, after everyone queued before it. */
+/* Fairness: a client whose requests used up its share of this loop turn, or
+ * that came when the turn was spent, is served again on a later turn, in
+ * order of recent usage. */
 static void client_yield(struct client *c) {
     if (c->yielded || c->closing)
         return;
@@ -448,8 +484,8 @@ static void client_maybe_resume(struct client *c) {
 }
 
 /* The next loop turn: a connection held back is accepted, then the
- * clients that yielded go on in the order they yielded, while the turn's
- * budget lasts; the rest wait for the next turn, still first in line. */
+ * clients that yielded go on, least recent usage first, while the turn's
+ * budget lasts; the rest wait for the next turn. */
 static void idle_cb(uv_idle_t *h) {
     struct server *s = h->data;
     struct client *c = s->ready_head;
@@ -469,14 +505,10 @@ static void idle_cb(uv_idle_t *h) {
         client_continue(c);
         c = next;
     }
-    if (c) { /* put the rest back, ahead of any that yielded just now */
-        struct client *last = c;
-        while (last->ready_next)
-            last = last->ready_next;
-        last->ready_next = s->ready_head;
-        if (s->ready_tail == NULL)
-            s->ready_tail = last;
-        s->ready_head = c;
+    while (c) { /* the rest wait again, in order of usage with the others */
+        struct client *next = c->ready_next;
+        ready_push(s, c);
+        c = next;
     }
     if (s->ready_head == NULL && !s->accept_deferred)
         uv_idle_stop(h);
@@ -781,6 +813,8 @@ static void accept_one(struct server *s) {
     peer_name(&c->tcp, &c->peer, c->name, sizeof(c->name));
     c->last_active_ns = uv_hrtime();
     c->turn_id = s->turn_id;
+    c->usage_ns = USAGE_ENTRY_NS;
+    c->usage_at_ns = uv_hrtime();
     if ((c->peer_row = peers_get(&s->peers, (const struct sockaddr *)&c->peer, t0)) != NULL)
         c->peer_row->nconn++;
     s->turn_ns += uv_hrtime() - t0;
