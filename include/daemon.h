@@ -35,6 +35,12 @@ struct daemon {
     uv_timer_t lag_timer;
     uint64_t lag_due_ns;
     double lag_last_ms, lag_max_ms;
+
+    /* Loop turns: the time each turn of the loop spent working (its
+     * length less the time it waited in poll), measured after each poll. */
+    uv_check_t turn_check;
+    uint64_t turn_at_ns, turn_idle_ns; /* at the last check: uv_hrtime, idle time */
+    double turn_max_ms;
 };
 
 /* The method table (methods.c). Fills rpc for the daemon d. */

@@ -63,6 +63,18 @@ static void lag_cb(uv_timer_t *t) {
     d->lag_due_ns = now_ns + LAG_TICK_MS * 1000000u;
 }
 
+/* After each poll: how long the turn that ends here worked (not waited). */
+static void turn_cb(uv_check_t *h) {
+    struct daemon *d = h->data;
+    uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(d->loop);
+    uint64_t busy = now - d->turn_at_ns - (idle - d->turn_idle_ns);
+
+    if (d->turn_at_ns != 0 && (double)busy * 1e-6 > d->turn_max_ms)
+        d->turn_max_ms = (double)busy * 1e-6;
+    d->turn_at_ns = now;
+    d->turn_idle_ns = idle;
+}
+
 /* The watchdog is fed from the loop: if the loop blocks, systemd restarts us. */
 static void watchdog_cb(uv_timer_t *t) {
     (void)t;
@@ -338,7 +350,8 @@ int main(int argc, char **argv) {
      * later answers in the heap, which does not shrink. */
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
-    if ((rc = uv_loop_init(&rt.loop)) != 0) {
+    if ((rc = uv_loop_init(&rt.loop)) != 0 ||
+        (rc = uv_loop_configure(&rt.loop, UV_METRICS_IDLE_TIME)) != 0) {
         log_error("loop: %s", uv_strerror(rc));
         return 1;
     }
@@ -389,6 +402,10 @@ int main(int argc, char **argv) {
     d->lag_timer.data = d;
     d->lag_due_ns = uv_hrtime() + LAG_TICK_MS * 1000000u;
     uv_timer_start(&d->lag_timer, lag_cb, LAG_TICK_MS, LAG_TICK_MS);
+
+    uv_check_init(&rt.loop, &d->turn_check);
+    d->turn_check.data = d;
+    uv_check_start(&d->turn_check, turn_cb);
 
     uv_timer_init(&rt.loop, &rt.status);
     rt.status.data = &rt;

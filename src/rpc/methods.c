@@ -179,11 +179,12 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
     if (d->meter.last_error[0])
         json_object_set_new(drv, "error", json_string(d->meter.last_error));
     rpc_call_result(
-        call, json_pack("{s:f, s:o, s:f, s:o, s:i, s:i, s:{s:f, s:f}, s:i, s:b, s:i, s:s}",
+        call, json_pack("{s:f, s:o, s:f, s:o, s:i, s:i, s:{s:f, s:f}, s:{s:f}, s:i, s:b, s:i, s:s}",
                         "uptime_s", ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver", drv,
                         "cycle_ms", ns_to_ms(d->meter.last_cycle_ns), "channels", chans, "clients",
                         d->server.nclients, "clients_paused", server_clients_paused(&d->server),
-                        "loop_lag_ms", "last", d->lag_last_ms, "max", d->lag_max_ms, "pool_jobs",
+                        "loop_lag_ms", "last", d->lag_last_ms, "max", d->lag_max_ms,
+                        "loop_turn_ms", "max", d->turn_max_ms, "pool_jobs",
                         (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers), "read_in_flight",
                         meter_busy(&d->meter), "threadpool_size", d->cfg.threadpool_size,
                         "state_dir", d->state_dir));
