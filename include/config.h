@@ -91,6 +91,7 @@ struct config {
     int max_batch;
     int idle_timeout_s;
     int write_queue_max_bytes;
+    int answer_memory_max_bytes;
     int write_stall_timeout_s;
     int line_timeout_s;
 

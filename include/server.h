@@ -23,11 +23,11 @@ struct server {
     const struct config *cfg;
     const struct rpc_server *rpc;
     uv_tcp_t listener;
-    uv_timer_t sweep;       /* idle and write-stall checks */
-    uv_idle_t idle;         /* runs the clients that yielded their turn */
-    uv_check_t turn_check;  /* marks the end of each loop turn */
+    uv_timer_t sweep;                       /* idle and write-stall checks */
+    uv_idle_t idle;                         /* runs the clients that yielded their turn */
+    uv_check_t turn_check;                  /* marks the end of each loop turn */
     struct client *ready_head, *ready_tail; /* those clients, first come first served */
-    struct client *clients; /* doubly linked */
+    struct client *clients;                 /* doubly linked */
     int nclients;
     struct peers peers;     /* per-address connection counts and login failures */
     uint64_t turn_ns;       /* client work done in this loop turn, in ns */
@@ -35,8 +35,10 @@ struct server {
     uint64_t work_t0;       /* when the client work being metered began */
     bool accept_deferred;   /* a connection waits to be accepted next turn */
     size_t trim_bytes;      /* answer bytes freed since memory was last trimmed */
-    bool stopping;  /* server_stop called: draining answers owed */
-    char bound[80]; /* "127.0.0.1:7420" as bound (port resolved) */
+    size_t answer_bytes;    /* answers made and not yet taken by the kernel, all clients */
+    size_t answer_reserved; /* answer budgets of lines still being answered */
+    bool stopping;          /* server_stop called: draining answers owed */
+    char bound[80];         /* "127.0.0.1:7420" as bound (port resolved) */
     void (*on_closed)(struct server *s);
     int closing; /* handles still to close during stop */
 };

@@ -177,9 +177,9 @@ static void reload(struct runtime *rt) {
         for (int i = 0; i < d->lasers.n; i++) {
             const struct laser_config *was = &d->cfg.lasers[i], *now = &next->lasers[i];
             struct laser *l = &d->lasers.l[i];
-            if (strcmp(was->name, now->name) != 0 ||
-                (was->kp_v_per_mhz == now->kp_v_per_mhz && was->ki_v_per_mhz_s == now->ki_v_per_mhz_s &&
-                 was->kd_v_s_per_mhz == now->kd_v_s_per_mhz))
+            if (strcmp(was->name, now->name) != 0 || (was->kp_v_per_mhz == now->kp_v_per_mhz &&
+                                                      was->ki_v_per_mhz_s == now->ki_v_per_mhz_s &&
+                                                      was->kd_v_s_per_mhz == now->kd_v_s_per_mhz))
                 continue;
             rc = laser_set_gains(l, now->kp_v_per_mhz, now->ki_v_per_mhz_s, now->kd_v_s_per_mhz,
                                  reload_gains_done, l);

@@ -96,6 +96,8 @@ static const struct key limits_keys[] = {
             "a connection silent this long is closed, in s"),
     ROW_INT("write_queue_max_bytes", C, write_queue_max_bytes, 65536, 1073741824,
             "unsent bytes queued to one client before it is dropped"),
+    ROW_INT("answer_memory_max_bytes", C, answer_memory_max_bytes, 1048576, 1073741824,
+            "answers all clients together may have outstanding, in bytes"),
     ROW_INT("write_stall_timeout_s", C, write_stall_timeout_s, 1, 3600,
             "a client that reads nothing for this long while output waits is dropped, in s"),
     ROW_INT("line_timeout_s", C, line_timeout_s, 1, 3600,
@@ -699,6 +701,7 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
     RUNTIME(max_batch);
     RUNTIME(idle_timeout_s);
     RUNTIME(write_queue_max_bytes);
+    RUNTIME(answer_memory_max_bytes);
     RUNTIME(write_stall_timeout_s);
     RUNTIME(line_timeout_s);
 #undef RUNTIME
@@ -758,6 +761,7 @@ void config_defaults(struct config *cfg) {
     cfg->write_queue_max_bytes = 1048576;
     cfg->write_stall_timeout_s = 10;
     cfg->line_timeout_s = 10;
+    cfg->answer_memory_max_bytes = 32 * 1024 * 1024;
     cfg->max_clients_per_address = 16;
     copy_string(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/wavemeterd");
     /* Writes from this host only, until the config names other networks. */

@@ -58,6 +58,10 @@
  * ping 50 times a second comes to about 2 ms), and the fee is gone in a few
  * seconds. */
 #define USAGE_ENTRY_NS 10e6
+/* Every line may make at least this much answer, whatever the others hold:
+ * a ping, a read or an error always fits, so a well-behaved client is never
+ * refused because of a flood. 64 clients x 4 KiB is what it can cost. */
+#define ANSWER_FLOOR_BYTES 4096u
 /* Freed answer memory after which glibc is asked to give free pages back
  * (malloc_trim, from the once-a-second sweep): after a burst of large
  * answers the daemon returns to its idle size. */
@@ -70,6 +74,7 @@ struct pending {
     struct rpc_line *line; /* NULL once done */
     char *out;             /* answer text, NULL for none */
     size_t held;           /* bytes of out counted in the client's held_bytes */
+    size_t reserved;       /* answer budget taken from the server's while answered */
     bool done;
 };
 
@@ -147,8 +152,8 @@ bool server_client_login_blocked(struct client *c, double *wait_s) {
     uint64_t wait_ns = 0;
     struct peer *r = peers_get(&c->srv->peers, (const struct sockaddr *)&c->peer, uv_hrtime());
 
-    if (r == NULL ||
-        !peers_login_blocked(r, uv_hrtime(), ADDR_LOGIN_WINDOW_NS, ADDR_MAX_FAILED_LOGINS, &wait_ns))
+    if (r == NULL || !peers_login_blocked(r, uv_hrtime(), ADDR_LOGIN_WINDOW_NS,
+                                          ADDR_MAX_FAILED_LOGINS, &wait_ns))
         return false;
     *wait_s = (double)wait_ns * 1e-9;
     return true;
@@ -201,6 +206,8 @@ static void client_closed_cb(uv_handle_t *h) {
         n = p->next;
         if (p->line) /* still being answered: its effects complete, answer dropped */
             rpc_line_abandon(p->line);
+        s->answer_reserved -= p->reserved;
+        s->answer_bytes -= p->held;
         free(p->out);
         free(p);
     }
@@ -528,6 +535,7 @@ static void write_cb(uv_write_t *req, int status) {
     struct client *c = req->handle->data;
 
     c->srv->trim_bytes += wr->len;
+    c->srv->answer_bytes -= wr->len;
     free(wr->buf);
     free(wr);
     if (status < 0) {
@@ -577,6 +585,7 @@ static void client_write(struct client *c, char *text) {
         client_close(c);
         return;
     }
+    c->srv->answer_bytes += wr->len; /* until write_cb */
     /* Paused for answers still being made durable, and now they wait for
      * the client: from here on it is the client that stalls. */
     if (c->paused && c->stalled_since_ns == 0 &&
@@ -594,6 +603,7 @@ static void client_flush(struct client *c) {
             c->tail = NULL;
         c->npending--;
         c->held_bytes -= p->held;
+        c->srv->answer_bytes -= p->held;
         if (p->out && !c->closing)
             client_write(c, p->out);
         else
@@ -612,6 +622,9 @@ static void pending_done(struct client *c, struct pending *p, char *out) {
     p->done = true;
     p->held = out ? strlen(out) : 0;
     c->held_bytes += p->held;
+    c->srv->answer_bytes += p->held;
+    c->srv->answer_reserved -= p->reserved;
+    p->reserved = 0;
 }
 
 static void line_done_cb(void *owner, struct rpc_line *line, char *out) {
@@ -655,12 +668,19 @@ static bool pace_cb(void *owner) {
 }
 
 /* What the answers to one more line may take: what the client may have
- * outstanding, less what it has. At least 1 byte, since 0 means no limit to
- * rpc_line_run: a client over its cap gets only errors. */
+ * outstanding, less what it has, and no more than all clients together may
+ * still have (limits.answer_memory_max_bytes, less what is made and what
+ * other lines in progress may make), but always ANSWER_FLOOR_BYTES. The line
+ * holds this much of the server's room until it is answered. */
 static size_t answer_budget(struct client *c) {
-    size_t cap = (size_t)c->srv->cfg->write_queue_max_bytes, have = backlog(c);
+    const struct server *s = c->srv;
+    size_t cap = (size_t)s->cfg->write_queue_max_bytes, have = backlog(c);
+    size_t all = (size_t)s->cfg->answer_memory_max_bytes,
+           used = s->answer_bytes + s->answer_reserved;
+    size_t mine = have < cap ? cap - have : 0, room = used < all ? all - used : 0;
+    size_t budget = mine < room ? mine : room;
 
-    return have < cap ? cap - have : 1;
+    return budget > ANSWER_FLOOR_BYTES ? budget : ANSWER_FLOOR_BYTES;
 }
 
 static void on_line(void *ctx, const char *line, size_t len) {
@@ -674,11 +694,13 @@ static void on_line(void *ctx, const char *line, size_t len) {
         client_close(c);
         return;
     }
+    p->reserved = answer_budget(c);
+    c->srv->answer_reserved += p->reserved;
     const struct rpc_owner o = {
         .done = line_done_cb,
         .owner = p,
         .peer = c,
-        .budget_bytes = answer_budget(c),
+        .budget_bytes = p->reserved,
         .pace = pace_cb,
     };
     /* done may run before this returns; p is already queued for it, and a

@@ -294,17 +294,20 @@ static char *load_error_text(const json_error_t *err) {
 /* The -32005 answer for a call whose answer (need bytes, 0 when not known
  * yet) does not fit in what the line may still produce. */
 static char *too_big_text(const char *idt, const struct rpc_line *line, size_t need) {
-    size_t left = line->o.budget_bytes > line->out_bytes ? line->o.budget_bytes - line->out_bytes : 0;
-    char *msg = need ? format("Server busy: the answer would be %zu bytes, more than the %zu "
-                              "bytes this connection may still have outstanding "
-                              "(limits.write_queue_max_bytes); ask for less",
-                              need, left)
-                     : format("Server busy: the answers to this batch already fill the %zu "
-                              "bytes this connection may have outstanding "
-                              "(limits.write_queue_max_bytes); send fewer calls per batch",
-                              line->o.budget_bytes);
-    json_t *data = json_pack("{s:I, s:I}", "need_bytes", (json_int_t)need, "budget_bytes",
-                             (json_int_t)left);
+    size_t left =
+        line->o.budget_bytes > line->out_bytes ? line->o.budget_bytes - line->out_bytes : 0;
+    char *msg =
+        need ? format("Server busy: the answer would be %zu bytes, more than the %zu "
+                      "bytes this connection may still have outstanding "
+                      "(limits.write_queue_max_bytes, answer_memory_max_bytes); ask for less",
+                      need, left)
+             : format("Server busy: the answers to this batch already fill the %zu "
+                      "bytes this connection may have outstanding "
+                      "(limits.write_queue_max_bytes, answer_memory_max_bytes); send fewer calls "
+                      "per batch",
+                      line->o.budget_bytes);
+    json_t *data =
+        json_pack("{s:I, s:I}", "need_bytes", (json_int_t)need, "budget_bytes", (json_int_t)left);
     char *out = error_text(idt, RPC_BUSY, msg ? msg : "Server busy", data);
     free(msg);
     return out;
@@ -601,8 +604,8 @@ static void call_answer(struct rpc_call *call, const char *member, json_t *value
     struct rpc_line *line = call->line;
     call->running = false;
     if (call->id && !line->abandoned) {
-        call->out = value ? response_text(call->idt, member, value)
-                          : response_raw(call->idt, member, raw);
+        call->out =
+            value ? response_text(call->idt, member, value) : response_raw(call->idt, member, raw);
         size_t n = call->out ? strlen(call->out) : 0;
         if (line->o.budget_bytes && line->out_bytes + n > line->o.budget_bytes &&
             strcmp(member, "result") == 0) {
@@ -680,7 +683,7 @@ void rpc_call_too_big(struct rpc_call *call, size_t need) {
                               (json_int_t)(left == SIZE_MAX ? 0 : left)),
                     "Server busy: the answer would be about %zu bytes, more than the %zu bytes "
                     "this connection may still have outstanding "
-                    "(limits.write_queue_max_bytes); ask for less",
+                    "(limits.write_queue_max_bytes, answer_memory_max_bytes); ask for less",
                     need, left);
 }
 

@@ -183,8 +183,8 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
                         "uptime_s", ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver", drv,
                         "cycle_ms", ns_to_ms(d->meter.last_cycle_ns), "channels", chans, "clients",
                         d->server.nclients, "clients_paused", server_clients_paused(&d->server),
-                        "loop_lag_ms", "last", d->lag_last_ms, "max", d->lag_max_ms,
-                        "loop_turn_ms", "max", d->turn_max_ms, "pool_jobs",
+                        "loop_lag_ms", "last", d->lag_last_ms, "max", d->lag_max_ms, "loop_turn_ms",
+                        "max", d->turn_max_ms, "pool_jobs",
                         (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers), "read_in_flight",
                         meter_busy(&d->meter), "threadpool_size", d->cfg.threadpool_size,
                         "state_dir", d->state_dir));
@@ -748,8 +748,7 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
     h.t.p = buf;
     h.t.end = buf + need;
     /* The name is [A-Za-z0-9_.-] (config): no escaping needed. */
-    put(&h.t, "{\"laser\":\"%s\",\"channel\":%d,\"samples\":[", c->cfg->name,
-        c->cfg->channel);
+    put(&h.t, "{\"laser\":\"%s\",\"channel\":%d,\"samples\":[", c->cfg->name, c->cfg->channel);
     laser_history(l, seconds, history_one, &h);
     put(&h.t, "],\"error_mhz\":{\"n\":%zu,\"mean\":", h.n);
     put_real(&h.t, h.n ? h.mean : (double)NAN);

@@ -204,9 +204,10 @@ static const struct row rows[] = {
      "{\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{}}"},
     {"trailing garbage", "{\"jsonrpc\":\"2.0\",\"method\":\"echo\",\"id\":4} x",
      E(-32700, "Parse error: more text after the JSON value, near column 42 (one request or "
-                "one batch per line)")},
-    {"two texts on one line", "{} {}", E(-32700, "Parse error: more text after the JSON value, near column 4 (one request or "
-                "one batch per line)")},
+               "one batch per line)")},
+    {"two texts on one line", "{} {}",
+     E(-32700, "Parse error: more text after the JSON value, near column 4 (one request or "
+               "one batch per line)")},
     {"bare word", "hello", E(-32700, "Parse error: invalid JSON near column 5")},
     {"invalid UTF-8", "\"\xff\"", E(-32700, "Parse error: invalid UTF-8 near column 1")},
 
@@ -282,7 +283,8 @@ static const struct row rows[] = {
      "[{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32000,\"message\":\"failed as "
      "asked\",\"data\":{\"why\":\"asked\"}}}]"},
     {"batch over max_batch", "[1,2,3,4,5]", INVALID("batch too large (5 > 4)")},
-    {"parse error in a batch", "[1,", E(-32700, "Parse error: the JSON text ends before it is complete")},
+    {"parse error in a batch", "[1,",
+     E(-32700, "Parse error: the JSON text ends before it is complete")},
 
     /* Method lookup and params. */
     {"unknown method", "{\"jsonrpc\":\"2.0\",\"method\":\"nope\",\"id\":1}",
@@ -373,8 +375,9 @@ START_TEST(test_nul_byte_in_line) {
     memset(&o, 0, sizeof o);
     ck_assert_ptr_null(rpc_line_process(&server, in, sizeof in - 1, on_done, &o, NULL));
     ck_assert_int_eq(o.n_done, 1);
-    ck_assert_str_eq(o.out, E(-32700, "Parse error: more text after the JSON value, near column 41 (one "
-                                   "request or one batch per line)"));
+    ck_assert_str_eq(o.out,
+                     E(-32700, "Parse error: more text after the JSON value, near column 41 (one "
+                               "request or one batch per line)"));
     free(o.out);
 }
 END_TEST
