@@ -158,9 +158,18 @@ static char *response_raw(const char *idt, const char *member, char *vt) {
         member = "error";
         vt = strdup(RPC_FALLBACK_ERROR);
     }
-    char *out = NULL;
-    if (vt)
-        out = format("{\"jsonrpc\":\"2.0\",\"id\":%s,\"%s\":%s}", idt ? idt : "null", member, vt);
+    if (!vt)
+        return NULL;
+    /* Copied, not printf'd: a history answer is hundreds of kilobytes. */
+    char *head = format("{\"jsonrpc\":\"2.0\",\"id\":%s,\"%s\":", idt ? idt : "null", member);
+    size_t nh = head ? strlen(head) : 0, nv = strlen(vt);
+    char *out = head ? malloc(nh + nv + 2) : NULL;
+    if (out) {
+        memcpy(out, head, nh);
+        memcpy(out + nh, vt, nv);
+        memcpy(out + nh + nv, "}", 2);
+    }
+    free(head);
     free(vt);
     return out;
 }

@@ -15,6 +15,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "numfmt.h"
 #include "sim.h"
 
 /* Protocol version: the major changes only for incompatible changes. */
@@ -643,31 +644,20 @@ __attribute__((format(printf, 2, 3))) static void put(struct text *t, const char
     t->p += n;
 }
 
-/* A real the way answers write every real (jansson with 15 significant
- * digits): "%.15g", ".0" added to what would read as an integer, no '+'
- * and no leading zeros in the exponent; null when not finite. */
+/* A real the way answers write every real (numfmt: as jansson does with 15
+ * digits, without printf's cost); null when not finite. */
 static void put_real(struct text *t, double x) {
-    char buf[40], *e;
+    char buf[NUMFMT_REAL_MAX];
 
     if (!isfinite(x)) {
         put(t, "null");
         return;
     }
-    /* Near DBL_MAX 15 digits round past it; 17 always read back. */
-    snprintf(buf, sizeof(buf), fabs(x) < 1e308 ? "%.15g" : "%.17g", x);
-    if ((e = strchr(buf, 'e')) != NULL) {
-        char *from = e + 1, *to = e + 1;
-        if (*from == '+')
-            from++;
-        else if (*from == '-')
-            from++, to++;
-        while (*from == '0' && from[1] != '\0')
-            from++;
-        memmove(to, from, strlen(from) + 1);
-    } else if (strchr(buf, '.') == NULL) {
-        strcat(buf, ".0");
-    }
-    put(t, "%s", buf);
+    size_t n = numfmt_real(buf, x);
+    assert(n < (size_t)(t->end - t->p));
+    memcpy(t->p, buf, n);
+    t->p += n;
+    *t->p = '\0';
 }
 
 /* Error statistics by Welford's method: one pass, and no cancellation when
