@@ -2,7 +2,8 @@
  * numfmt: reals as answers write them, fast. The same text as jansson with
  * JSON_REAL_PRECISION(15) (what every answer uses): "%.15g", ".0" added to
  * what would read as an integer, no '+' and no leading zeros in an
- * exponent. A pure module; it exists because glibc's printf takes about a
+ * exponent; 17 digits near DBL_MAX, where 15 would round past it (as the
+ * answers do, see jsonrpc.c). A pure module; it exists because glibc's printf takes about a
  * microsecond per real, and a history answer holds four per reading.
  */
 #ifndef WMD_NUMFMT_H

@@ -423,6 +423,27 @@ static void client_feed(struct client *c, const char *data, size_t n) {
     c->stash_len = n - used;
 }
 
+/* Around rpc_line_run and rpc_line_resume for p: the work is charged to
+ * c (pace_cb charges from work_t0 too), the line noted while it is not
+ * done, the answers that are ready written. Returns whether the line is
+ * held for a later turn. */
+static void line_begin(struct client *c) {
+    c->srv->work_t0 = uv_hrtime();
+    c->in_process = true;
+}
+
+static bool line_end(struct client *c, struct pending *p, struct rpc_line *l) {
+    c->in_process = false;
+    client_charge(c, c->srv->work_t0);
+    /* done may have run already (p is queued for it); a line that is done
+     * has freed itself. */
+    if (!p->done)
+        p->line = l;
+    bool held = l != NULL && rpc_line_paused(l);
+    client_flush(c);
+    return held;
+}
+
 /* A batch whose calls were held back for a later turn goes on first.
  * Returns false when the client must wait again (or is gone). */
 static bool client_resume_line(struct client *c) {
@@ -430,15 +451,8 @@ static bool client_resume_line(struct client *c) {
 
     if (p == NULL || p->line == NULL || !rpc_line_paused(p->line))
         return true;
-    c->srv->work_t0 = uv_hrtime(); /* pace_cb charges from here */
-    c->in_process = true;
-    struct rpc_line *l = rpc_line_resume(p->line);
-    c->in_process = false;
-    client_charge(c, c->srv->work_t0);
-    if (!p->done)
-        p->line = l;
-    bool held = l != NULL && rpc_line_paused(l);
-    client_flush(c);
+    line_begin(c);
+    bool held = line_end(c, p, rpc_line_resume(p->line));
     if (c->closing)
         return false;
     if (held) {
@@ -705,19 +719,10 @@ static void on_line(void *ctx, const char *line, size_t len) {
         .budget_bytes = p->reserved,
         .pace = pace_cb,
     };
-    /* done may run before this returns; p is already queued for it, and a
-     * line that is done has freed itself. */
     client_turn(c);
     c->turn_lines++;
-    c->srv->work_t0 = uv_hrtime();
-    c->in_process = true;
-    struct rpc_line *l = rpc_line_run(c->srv->rpc, line, len, &o);
-    c->in_process = false;
-    client_charge(c, c->srv->work_t0);
-    if (!p->done)
-        p->line = l;
-    bool held = l != NULL && rpc_line_paused(l);
-    client_flush(c);
+    line_begin(c);
+    bool held = line_end(c, p, rpc_line_run(c->srv->rpc, line, len, &o));
     if (c->closing)
         return;
     if (held || (!client_over(c) && client_share_spent(c)))

@@ -21,6 +21,11 @@ static size_t slow(char *buf, double x) {
     char *e;
     int n = snprintf(buf, NUMFMT_REAL_MAX, "%.15g", x);
 
+    /* 15 digits round a double near DBL_MAX past it (1.79769313486232e+308
+     * reads back as an overflow): 17, as the answers do. */
+    if (strstr(buf, "e+308"))
+        n = snprintf(buf, NUMFMT_REAL_MAX, "%.17g", x);
+
     if ((e = strchr(buf, 'e')) != NULL) {
         char *from = e + 1, *to = e + 1;
         if (*from == '+')

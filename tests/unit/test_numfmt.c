@@ -16,6 +16,12 @@ static void check_same(double x) {
     char got[NUMFMT_REAL_MAX];
     json_t *v = json_real(x);
     char *want = json_dumps(v, JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+    /* An exponent of 308 may have been rounded past DBL_MAX: 17 digits
+     * then, as the answers do (jsonrpc.c). */
+    if (strstr(want, "e308")) {
+        free(want);
+        want = json_dumps(v, JSON_ENCODE_ANY);
+    }
     size_t n = numfmt_real(got, x);
 
     ck_assert_msg(strcmp(got, want) == 0, "%.17g: got %s, jansson %s", x, got, want);
@@ -50,6 +56,9 @@ static const double edge[] = {
     -3.99999999999999,
     123456789012345.6,
     1e300,
+    1.797693134862314e308,
+    1.7976931348623e308,
+    1e308,
     -1.7976931348623157e308,
     5e-324,
     2.5e-5,
