@@ -128,6 +128,8 @@ void lasers_fini(struct lasers *ls);
 struct laser *lasers_find(struct lasers *ls, const char *name);
 struct laser *lasers_find_channel(struct lasers *ls, int channel);
 int lasers_jobs(const struct lasers *ls);
+/* Whether the laser has an actuator to drive (false: monitor only). */
+bool laser_has_actuator(const struct laser *l);
 
 /*
  * Client changes. Each validates, applies, and calls cb(arg, rc) once the

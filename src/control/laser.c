@@ -168,7 +168,7 @@ static void laser_restore(struct laser *l, json_t *saved) {
                                              CONFIG_RAMP_MAX_MHZ_PER_S);
     else
         l->pid.ramp_mhz_per_s = c->ramp_mhz_per_s;
-    if (l->act == NULL || strcmp(c->actuator.driver, "none") == 0) {
+    if (l->act == NULL) {
         l->lock_on = false;
         return;
     }
@@ -489,6 +489,10 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
 
 /* ---- client changes ---- */
 
+bool laser_has_actuator(const struct laser *l) {
+    return l->act != NULL;
+}
+
 int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per_s,
                        laser_change_cb cb, void *arg) {
     if (!isfinite(setpoint_thz) || setpoint_thz < l->cfg->min_thz || setpoint_thz > l->cfg->max_thz)
@@ -510,7 +514,7 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
 }
 
 int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg) {
-    if (on && (l->act == NULL || strcmp(l->cfg->actuator.driver, "none") == 0))
+    if (on && l->act == NULL)
         return -ENOTSUP;
     if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
         /* Locking a lost laser again is how a user says "try again from here". */
@@ -547,7 +551,7 @@ int laser_set_gains(struct laser *l, double kp, double ki, double kd, laser_chan
 int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void *arg) {
     struct laser_change *ch;
 
-    if (l->act == NULL || strcmp(l->cfg->actuator.driver, "none") == 0)
+    if (l->act == NULL)
         return -ENOTSUP;
     if (l->lock_on)
         return -EPERM;
@@ -613,17 +617,21 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
         l->state = LOCK_OFF;
         snprintf(l->reason, sizeof(l->reason), "not locked");
         l->since_unix = clk->wall_s(clk->ctx);
-        l->act = act_driver_find(c->actuator.driver);
-        if (l->act == NULL) {
-            snprintf(err, errlen, "laser \"%s\": unknown actuator driver \"%s\"", c->name,
-                     c->actuator.driver);
-            rc = -EINVAL;
-            goto fail;
-        }
-        rc = l->act->open(c, meter->drv, meter->dev, &l->act_dev, err, errlen);
-        if (rc < 0) {
-            l->act = NULL;
-            goto fail;
+        /* The one place that knows the name: "none" is monitor only, no
+         * driver; everywhere else asks whether there is one. */
+        if (strcmp(c->actuator.driver, "none") != 0) {
+            l->act = act_driver_find(c->actuator.driver);
+            if (l->act == NULL) {
+                snprintf(err, errlen, "laser \"%s\": unknown actuator driver \"%s\"", c->name,
+                         c->actuator.driver);
+                rc = -EINVAL;
+                goto fail;
+            }
+            rc = l->act->open(c, meter->drv, meter->dev, &l->act_dev, err, errlen);
+            if (rc < 0) {
+                l->act = NULL;
+                goto fail;
+            }
         }
         if (c->history_depth > 0 &&
             (l->hist = calloc((size_t)c->history_depth, sizeof(*l->hist))) == NULL) {

@@ -16,32 +16,9 @@ static const struct wm_driver *const wm_drivers[] = {
     &highfinesse_driver,
 };
 
-static int none_open(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev,
-                     void **dev, char *err, size_t errlen) {
-    (void)lc, (void)wm, (void)wm_dev, (void)err, (void)errlen;
-    *dev = NULL;
-    return 0;
-}
-
-static void none_close(void *dev) {
-    (void)dev;
-}
-
-/* A monitor-only laser: there is nothing to write, so a write is a bug. */
-static int none_write(void *dev, double output_v, int timeout_ms) {
-    (void)dev, (void)output_v, (void)timeout_ms;
-    return -ENOTSUP;
-}
-
-static const struct act_driver none_actuator = {
-    .name = "none",
-    .open = none_open,
-    .close = none_close,
-    .write = none_write,
-};
-
+/* "none" in a config is no row here: a monitor-only laser has no actuator
+ * driver at all (laser.act NULL), not a driver that refuses to write. */
 static const struct act_driver *const act_drivers[] = {
-    &none_actuator,
     &sim_actuator,
 };
 

@@ -532,7 +532,7 @@ static void lock_common(struct rpc_call *call, json_t *params, struct daemon *d,
 
     if (!params_only(call, params, laser_params) || (l = param_laser(call, params, d)) == NULL)
         return;
-    if (on && strcmp(l->cfg->actuator.driver, "none") == 0) {
+    if (on && !laser_has_actuator(l)) {
         write_refused(call, l, -ENOTSUP);
         return;
     }
