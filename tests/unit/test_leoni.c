@@ -1,0 +1,316 @@
+/*
+ * test_leoni: the Leoni 1xN switch protocol against recorded transcripts
+ * (the .log files in tests/fixtures/leoni) through a scripted lineio, and the line
+ * parsers against a table of good and bad lines.
+ */
+#include <check.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "leoni.h"
+#include "lineio.h"
+
+#define FIXTURE(name) WMD_SOURCE_DIR "/tests/fixtures/leoni/" name
+
+/*
+ * A scripted lineio over a recorded transcript (gpsd test/daemon style): '#'
+ * lines are the header, "> bytes" what the code must send, in order, "< bytes"
+ * what the device sends after the preceding write, C-escaped (\r \n \t \\ \"
+ * \xNN). Bytes from "<" lines become readable when every earlier ">" line
+ * has been written; flush_input discards those already readable. When no
+ * readable bytes are left, read_until returns -ETIMEDOUT at once.
+ */
+#define SCRIPT_MAX_ITEMS 64
+#define SCRIPT_ITEM_CAP 256
+
+struct script {
+    struct {
+        char dir; /* '>' or '<' */
+        char bytes[SCRIPT_ITEM_CAP];
+        size_t n;
+    } item[SCRIPT_MAX_ITEMS];
+    size_t nitems, cur;                          /* cur: the next item not yet sent or arrived */
+    char rx[SCRIPT_MAX_ITEMS * SCRIPT_ITEM_CAP]; /* arrived, not yet read */
+    size_t rx_head, rx_len;
+    char mismatch[512]; /* first difference between the code and the script */
+};
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Unescapes s into out; returns the byte count, or exits the test on a
+ * malformed fixture. */
+static size_t unescape(const char *path, const char *s, char *out, size_t cap) {
+    size_t n = 0;
+
+    for (; *s; s++) {
+        char c = *s;
+
+        if (c == '\\') {
+            s++;
+            switch (*s) {
+            case 'r':
+                c = '\r';
+                break;
+            case 'n':
+                c = '\n';
+                break;
+            case 't':
+                c = '\t';
+                break;
+            case '\\':
+                c = '\\';
+                break;
+            case '"':
+                c = '"';
+                break;
+            case 'x':
+                ck_assert_msg(hexval(s[1]) >= 0 && hexval(s[2]) >= 0, "%s: bad \\x escape", path);
+                c = (char)(hexval(s[1]) * 16 + hexval(s[2]));
+                s += 2;
+                break;
+            default:
+                ck_abort_msg("%s: unknown escape \\%c", path, *s);
+            }
+        }
+        ck_assert_msg(n < cap, "%s: line too long", path);
+        out[n++] = c;
+    }
+    return n;
+}
+
+static void script_load(struct script *sc, const char *path) {
+    FILE *f = fopen(path, "r");
+    char line[1024];
+
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    memset(sc, 0, sizeof(*sc));
+    while (fgets(line, sizeof(line), f)) {
+        size_t len = strcspn(line, "\n");
+
+        line[len] = '\0';
+        if (len == 0 || line[0] == '#')
+            continue;
+        ck_assert_msg((line[0] == '>' || line[0] == '<') && line[1] == ' ',
+                      "%s: line must start with \"> \", \"< \" or '#': %s", path, line);
+        ck_assert_msg(sc->nitems < SCRIPT_MAX_ITEMS, "%s: too many lines", path);
+        sc->item[sc->nitems].dir = line[0];
+        sc->item[sc->nitems].n =
+            unescape(path, line + 2, sc->item[sc->nitems].bytes, SCRIPT_ITEM_CAP);
+        sc->nitems++;
+    }
+    fclose(f);
+}
+
+/* Everything the device sent up to the next write it waits for arrives. */
+static void script_arrive(struct script *sc) {
+    while (sc->cur < sc->nitems && sc->item[sc->cur].dir == '<') {
+        memcpy(sc->rx + sc->rx_head + sc->rx_len, sc->item[sc->cur].bytes, sc->item[sc->cur].n);
+        sc->rx_len += sc->item[sc->cur].n;
+        sc->cur++;
+    }
+}
+
+static int script_write(void *ctx, const char *buf, size_t n, int timeout_ms) {
+    struct script *sc = ctx;
+
+    (void)timeout_ms;
+    script_arrive(sc);
+    if (sc->cur >= sc->nitems || sc->item[sc->cur].n != n ||
+        memcmp(sc->item[sc->cur].bytes, buf, n) != 0) {
+        if (sc->mismatch[0] == '\0')
+            snprintf(sc->mismatch, sizeof(sc->mismatch), "unexpected write of %zu bytes \"%.*s\"",
+                     n, (int)n, buf);
+        return -EIO;
+    }
+    sc->cur++;
+    return 0;
+}
+
+static int script_read_until(void *ctx, char *buf, size_t cap, const char *stop, int timeout_ms,
+                             size_t *n) {
+    struct script *sc = ctx;
+
+    (void)timeout_ms;
+    ck_assert_uint_ge(cap, 2);
+    script_arrive(sc);
+    *n = 0;
+    while (sc->rx_len > 0) {
+        char c = sc->rx[sc->rx_head];
+
+        if (*n == cap - 1) {
+            buf[*n] = '\0';
+            return -EOVERFLOW;
+        }
+        buf[(*n)++] = c;
+        sc->rx_head++;
+        sc->rx_len--;
+        if (c != '\0' && strchr(stop, c)) {
+            buf[*n] = '\0';
+            return 0;
+        }
+    }
+    buf[*n] = '\0';
+    return -ETIMEDOUT;
+}
+
+static int script_flush_input(void *ctx) {
+    struct script *sc = ctx;
+
+    script_arrive(sc);
+    sc->rx_head += sc->rx_len;
+    sc->rx_len = 0;
+    return 0;
+}
+
+static bool script_done(const struct script *sc) {
+    return sc->cur == sc->nitems && sc->rx_len == 0;
+}
+
+static struct lineio script_io(struct script *sc) {
+    struct lineio io = {
+        .ctx = sc,
+        .write = script_write,
+        .read_until = script_read_until,
+        .flush_input = script_flush_input,
+    };
+    return io;
+}
+
+enum op { OP_NONE, OP_SELECT, OP_POSITION };
+
+/* Every row runs leoni_hello, then op; err_has must appear in the error of
+ * the step that fails. */
+static const struct {
+    const char *label, *fixture;
+    int hello_rc, nchannels;
+    enum op op;
+    int ch, op_rc, position;
+    const char *err_has;
+} rows[] = {
+    {"select and confirm", FIXTURE("eol1x8_select.log"), 0, 8, OP_SELECT, 3, 0, 0, NULL},
+    {"confirm names another channel", FIXTURE("eol1x8_wrong_confirm.log"), 0, 8, OP_SELECT, 5,
+     -EPROTO, 0, "switch reports channel 4 after \"ch5\""},
+    {"mol type and position", FIXTURE("mol1x16_position.log"), 0, 16, OP_POSITION, 0, 0, 12, NULL},
+    {"echo of the select is harmless", FIXTURE("eol1x4_select_echo.log"), 0, 4, OP_SELECT, 2, 0, 0,
+     NULL},
+    {"error line after the select", FIXTURE("eol1x4_select_error.log"), 0, 4, OP_SELECT, 2, -EPROTO,
+     0, "unexpected reply to \"ch2\": \"ERR\\r\\n\""},
+    {"type? answered with garbage", FIXTURE("type_garbage.log"), -EPROTO, 0, OP_NONE, 0, 0, 0,
+     "not an \"eol 1xN\" or \"mol 1xN\" type: \"1x8\\r\\n\""},
+    {"position outside 1..N", FIXTURE("eol1x8_position_out_of_range.log"), 0, 8, OP_POSITION, 0,
+     -EPROTO, 0, "channel 12 outside 1..8"},
+    {"no confirmation", FIXTURE("eol1x8_no_confirm.log"), 0, 8, OP_SELECT, 6, -ETIMEDOUT, 0,
+     "no complete reply to \"ch?\" in time"},
+    {"select outside 1..N", FIXTURE("eol1x8_select_out_of_range.log"), 0, 8, OP_SELECT, 9, -EINVAL,
+     0, "channel 9 outside 1..8"},
+    {"select channel 0", FIXTURE("eol1x8_select_out_of_range.log"), 0, 8, OP_SELECT, 0, -EINVAL, 0,
+     "channel 0 outside 1..8"},
+};
+
+START_TEST(test_transcript) {
+    static struct script sc; /* large: keep it off the stack */
+    struct lineio io;
+    char err[512] = "";
+    int rc, n = -1, pos = -1;
+
+    script_load(&sc, rows[_i].fixture);
+    io = script_io(&sc);
+    rc = leoni_hello(&io, 200, &n, err, sizeof(err));
+    ck_assert_msg(sc.mismatch[0] == '\0', "%s: %s", rows[_i].label, sc.mismatch);
+    ck_assert_msg(rc == rows[_i].hello_rc, "%s: hello returned %d (%s)", rows[_i].label, rc, err);
+    if (rc < 0) {
+        ck_assert_msg(strstr(err, rows[_i].err_has), "%s: error \"%s\" lacks \"%s\"",
+                      rows[_i].label, err, rows[_i].err_has);
+        ck_assert_int_eq(n, -1);
+        return;
+    }
+    ck_assert_msg(n == rows[_i].nchannels, "%s: %d channels", rows[_i].label, n);
+    if (rows[_i].op == OP_SELECT)
+        rc = leoni_select(&io, n, rows[_i].ch, 200, err, sizeof(err));
+    else if (rows[_i].op == OP_POSITION)
+        rc = leoni_position(&io, n, 200, &pos, err, sizeof(err));
+    ck_assert_msg(sc.mismatch[0] == '\0', "%s: %s", rows[_i].label, sc.mismatch);
+    ck_assert_msg(rc == rows[_i].op_rc, "%s: returned %d (%s)", rows[_i].label, rc, err);
+    if (rc < 0) {
+        ck_assert_msg(strstr(err, rows[_i].err_has), "%s: error \"%s\" lacks \"%s\"",
+                      rows[_i].label, err, rows[_i].err_has);
+        ck_assert_msg(pos == -1, "%s: wrote a position on error", rows[_i].label);
+    } else if (rows[_i].op == OP_POSITION)
+        ck_assert_msg(pos == rows[_i].position, "%s: position %d", rows[_i].label, pos);
+    if (rc == 0 || rc == -EINVAL)
+        ck_assert_msg(script_done(&sc), "%s: transcript not used up", rows[_i].label);
+}
+END_TEST
+
+static const struct {
+    const char *label, *line;
+    bool type; /* leoni_parse_type, else leoni_parse_channel with 8 channels */
+    int rc, value;
+    const char *err_has;
+} parse_rows[] = {
+    {"channel", "3\r\n", false, 0, 3, NULL},
+    {"last channel", "8\r\n", false, 0, 8, NULL},
+    {"channel 0", "0\r\n", false, -EPROTO, 0, "channel 0 outside 1..8"},
+    {"channel too high", "9\r\n", false, -EPROTO, 0, "channel 9 outside 1..8"},
+    {"channel without CRLF", "3", false, -EPROTO, 0, "not a channel number: \"3\""},
+    {"channel with LF only", "3\n", false, -EPROTO, 0, "not a channel number"},
+    {"channel with sign", "+3\r\n", false, -EPROTO, 0, "not a channel number"},
+    {"channel with space", " 3\r\n", false, -EPROTO, 0, "not a channel number"},
+    {"channel empty", "\r\n", false, -EPROTO, 0, "not a channel number"},
+    {"channel huge", "99999999999\r\n", false, -EPROTO, 0, "not a channel number"},
+    {"channel echo", "ch?\r\n", false, -EPROTO, 0, "not a channel number: \"ch?\\r\\n\""},
+    {"eol type", "eol 1x8\r\n", true, 0, 8, NULL},
+    {"mol type", "mol 1x100\r\n", true, 0, 100, NULL},
+    {"type 1x0", "eol 1x0\r\n", true, -EPROTO, 0, "0 channels outside 1..256"},
+    {"type too many", "eol 1x999\r\n", true, -EPROTO, 0, "999 channels outside 1..256"},
+    {"type 2xN", "eol 2x8\r\n", true, -EPROTO, 0, "not an \"eol 1xN\""},
+    {"type trailing text", "eol 1x8 rev B\r\n", true, -EPROTO, 0, "not an \"eol 1xN\""},
+    {"type upper case", "EOL 1X8\r\n", true, -EPROTO, 0, "not an \"eol 1xN\""},
+    {"type binary", "\xff\xfe\r\n", true, -EPROTO, 0, "\"\\xff\\xfe\\r\\n\""},
+};
+
+START_TEST(test_parse) {
+    char err[256] = "";
+    int v = -1, rc;
+    const char *line = parse_rows[_i].line;
+
+    if (parse_rows[_i].type)
+        rc = leoni_parse_type(line, strlen(line), &v, err, sizeof(err));
+    else
+        rc = leoni_parse_channel(line, strlen(line), 8, &v, err, sizeof(err));
+    ck_assert_msg(rc == parse_rows[_i].rc, "%s: returned %d (%s)", parse_rows[_i].label, rc, err);
+    if (rc < 0) {
+        ck_assert_msg(strstr(err, parse_rows[_i].err_has), "%s: error \"%s\" lacks \"%s\"",
+                      parse_rows[_i].label, err, parse_rows[_i].err_has);
+        ck_assert_msg(v == -1, "%s: wrote a value on error", parse_rows[_i].label);
+    } else
+        ck_assert_msg(v == parse_rows[_i].value, "%s: %d", parse_rows[_i].label, v);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("leoni");
+    TCase *tc = tcase_create("leoni");
+    SRunner *sr;
+    int failed;
+
+    tcase_add_loop_test(tc, test_transcript, 0, (int)(sizeof(rows) / sizeof(rows[0])));
+    tcase_add_loop_test(tc, test_parse, 0, (int)(sizeof(parse_rows) / sizeof(parse_rows[0])));
+    suite_add_tcase(s, tc);
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
