@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 
@@ -47,9 +48,13 @@ def attack_idle(ctx):
 
 def start_daemon(cfg, timeout):
     d = wmd.Daemon(cfg, log_level="info")
-    d.start()
-    with d.client() as c:
-        hostile.wait_ready(d, c, timeout)
+    try:
+        d.start()
+        with d.client() as c:
+            hostile.wait_ready(d, c, timeout)
+    except BaseException:
+        finish(d)
+        raise
     return d
 
 
@@ -58,7 +63,7 @@ def finish(d):
         d.stop(timeout=10)
     except AssertionError:
         pass
-    if d.proc.poll() is None:
+    if d.proc is not None and d.proc.poll() is None:
         d.kill9()
     shutil.rmtree(d.tmp, ignore_errors=True)
 
@@ -75,6 +80,8 @@ def main():
     ap.add_argument("cases", nargs="*", help="run only these (default: all)")
     args = ap.parse_args()
 
+    # Killed (SIGTERM, a timeout): stop the daemon of the case on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     wmd.BIN = os.path.abspath(args.binary)
     hostile.raise_nofile()
     san = hostile.sanitized(wmd.BIN)
