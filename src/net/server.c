@@ -520,6 +520,12 @@ static void idle_cb(uv_idle_t *h) {
         s->accept_deferred = false;
         accept_one(s);
     }
+    /* Work earlier in this turn (a write callback that resumed a paused
+     * client) may have spent the budget already: the waiting clients get
+     * one of their own, or they might never make progress. At most two
+     * budgets a turn, then. */
+    if (turn_spent(s))
+        s->turn_ns = 0;
     while (c && !turn_spent(s)) {
         struct client *next = c->ready_next;
 
@@ -823,7 +829,11 @@ static void accept_one(struct server *s) {
 
     if ((c = calloc(1, sizeof(*c))) == NULL) {
         log_warnx("server: out of memory for a client");
-        return; /* the connection waits in the backlog until the next one */
+        /* libuv watches the listener again only after a uv_accept: try
+         * again next turn, or no connection would ever be taken again. */
+        s->accept_deferred = true;
+        uv_idle_start(&s->idle, idle_cb);
+        return;
     }
     c->srv = s;
     uv_tcp_init(s->loop, &c->tcp);
