@@ -683,7 +683,9 @@ static bool pace_cb(void *owner) {
 
     client_charge(c, c->srv->work_t0);
     c->srv->work_t0 = uv_hrtime();
-    if (client_share_spent(c))
+    /* Stopping, a held batch is finished at once (its answer budget still
+     * bounds it), so its answer goes out within the drain. */
+    if (!c->srv->stopping && client_share_spent(c))
         return false;
     c->turn_lines++;
     return true;
@@ -1042,6 +1044,7 @@ void server_stop(struct server *s, void (*cb)(struct server *s)) {
         if (c->closing)
             continue;
         client_end_input(c);
-        client_flush(c);
+        if (client_resume_line(c)) /* a batch held for a later turn: finish it */
+            client_flush(c);
     }
 }
