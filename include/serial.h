@@ -92,7 +92,8 @@ void serial_lineio(struct serial *s, struct lineio *io);
  * Write the n bytes of in to out as one printable line for logs: C-style
  * escapes (\r \n \t \\ \" and \xNN for other bytes outside 0x20..0x7e), cut
  * with "..." when out (outlen bytes) is too short. out is always
- * NUL-terminated when outlen > 0. Returns strlen(out). Any thread.
+ * NUL-terminated when outlen > 0. Returns strlen(out). Any thread. A thin
+ * wrapper over escape_bytes (escape.h), kept for the serial API.
  */
 size_t serial_escape(const char *in, size_t n, char *out, size_t outlen);
 

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "escape.h"
+
 /*
  * The documented protocol gives no reply to "ch<n>". We listen this long
  * after sending it so that a reply we do not know about (an error message,
@@ -25,38 +27,6 @@
 /* Replies are a few bytes ("eol 1x16\r\n"); 64 leave room to quote garbage. */
 #define LINE_CAP 64
 #define ESC_CAP (4 * LINE_CAP + 1)
-
-/* Writes in as C-escaped text into out (cap >= 1, always terminated). */
-static void escape(const char *in, size_t n, char *out, size_t cap) {
-    size_t o = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)in[i];
-        char tmp[5];
-        size_t k;
-
-        if (c == '\r')
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\r");
-        else if (c == '\n')
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\n");
-        else if (c == '\\' || c == '"')
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\x%02x", c);
-        else
-            k = (size_t)snprintf(tmp, sizeof(tmp), "%c", c);
-        if (o + k + 4 > cap) {
-            if (o + 3 < cap) {
-                memcpy(out + o, "...", 3);
-                o += 3;
-            }
-            break;
-        }
-        memcpy(out + o, tmp, k);
-        o += k;
-    }
-    out[o] = '\0';
-}
 
 /* Strict unsigned decimal in s[0..n): digits only, no sign, no spaces, at
  * most 4 digits (more than any N). */
@@ -87,7 +57,7 @@ int leoni_parse_channel(const char *line, size_t n, int nchannels, int *ch, char
     size_t b = body_len(line, n);
     int v;
 
-    escape(line, n, esc, sizeof(esc));
+    escape_bytes(line, n, esc, sizeof(esc));
     if (b == 0 || memchr(line, '\0', n) || !parse_uint(line, b, &v)) {
         snprintf(err, errlen, "not a channel number: \"%s\"", esc);
         return -EPROTO;
@@ -105,7 +75,7 @@ int leoni_parse_type(const char *line, size_t n, int *nchannels, char *err, size
     size_t b = body_len(line, n);
     int v;
 
-    escape(line, n, esc, sizeof(esc));
+    escape_bytes(line, n, esc, sizeof(esc));
     if (b < 7 || memchr(line, '\0', n) ||
         (memcmp(line, "eol 1x", 6) != 0 && memcmp(line, "mol 1x", 6) != 0) ||
         !parse_uint(line + 6, b - 6, &v)) {
@@ -166,7 +136,7 @@ static int read_line(const struct lineio *io, const char *cmd, int timeout_ms, c
     rc = io->read_until(io->ctx, buf, cap, "\n", timeout_ms, n);
     if (rc == 0)
         return 0;
-    escape(buf, *n, esc, sizeof(esc));
+    escape_bytes(buf, *n, esc, sizeof(esc));
     if (rc == -ETIMEDOUT)
         snprintf(err, errlen, "no complete reply to \"%s\" in time (got \"%s\")", cmd, esc);
     else if (rc == -EOVERFLOW)
@@ -239,7 +209,7 @@ int leoni_select(const struct lineio *io, int nchannels, int ch, int timeout_ms,
         int k = snprintf(echo, sizeof(echo), "%s\r\n", cmd);
 
         if (rc != 0 || n != (size_t)k || memcmp(buf, echo, n) != 0) {
-            escape(buf, n, esc, sizeof(esc));
+            escape_bytes(buf, n, esc, sizeof(esc));
             snprintf(err, errlen, "unexpected reply to \"%s\": \"%s\"", cmd, esc);
             return -EPROTO;
         }

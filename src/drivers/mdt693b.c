@@ -14,6 +14,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "escape.h"
+
 /*
  * Decimals of the set command. The readback has 0.1 V resolution and can
  * differ from the set value by about 1 V; transcripts of public drivers show
@@ -28,39 +30,6 @@
 
 /* Room for an escaped reply in an error message. */
 #define ESC_CAP (4 * REPLY_CAP + 1)
-
-/* Writes in as C-escaped text into out (cap >= 1, always terminated); a
- * reply too long for out ends in "...". */
-static void escape(const char *in, size_t n, char *out, size_t cap) {
-    size_t o = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)in[i];
-        char tmp[5];
-        size_t k;
-
-        if (c == '\r')
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\r");
-        else if (c == '\n')
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\n");
-        else if (c == '\\' || c == '"')
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            k = (size_t)snprintf(tmp, sizeof(tmp), "\\x%02x", c);
-        else
-            k = (size_t)snprintf(tmp, sizeof(tmp), "%c", c);
-        if (o + k + 4 > cap) {
-            if (o + 3 < cap) {
-                memcpy(out + o, "...", 3);
-                o += 3;
-            }
-            break;
-        }
-        memcpy(out + o, tmp, k);
-        o += k;
-    }
-    out[o] = '\0';
-}
 
 static bool contains(const char *hay, size_t n, const char *needle) {
     size_t k = strlen(needle);
@@ -110,7 +79,7 @@ int mdt693b_parse_reply(const char *cmd, const char *reply, size_t n, bool echo,
     size_t i = 0, cmdlen = strlen(cmd);
     double v = 0.0;
 
-    escape(reply, n, esc, sizeof(esc));
+    escape_bytes(reply, n, esc, sizeof(esc));
     if (contains(reply, n, "CMD_NOT_DEFINED")) {
         snprintf(err, errlen, "\"%s\" not understood (CMD_NOT_DEFINED): \"%s\"", cmd, esc);
         return -EPROTO;
@@ -256,7 +225,7 @@ static int transact(const struct lineio *io, const char *cmd, bool want_value, c
         if (rc == 0 && *len > 0 && complete(buf, *len, want_value, prompts))
             return 0;
         if (rc < 0) {
-            escape(buf, *len, esc, sizeof(esc));
+            escape_bytes(buf, *len, esc, sizeof(esc));
             if (rc == -ETIMEDOUT)
                 snprintf(err, errlen, "no complete reply to \"%s\" in time (got \"%s\")", cmd, esc);
             else if (rc == -EOVERFLOW)
@@ -266,7 +235,7 @@ static int transact(const struct lineio *io, const char *cmd, bool want_value, c
             return rc;
         }
         if (now_ms() >= deadline) {
-            escape(buf, *len, esc, sizeof(esc));
+            escape_bytes(buf, *len, esc, sizeof(esc));
             snprintf(err, errlen, "no complete reply to \"%s\" in time (got \"%s\")", cmd, esc);
             return -ETIMEDOUT;
         }
@@ -294,7 +263,7 @@ int mdt693b_hello(const struct lineio *io, int timeout_ms, struct mdt693b_info *
     if (rc < 0)
         return rc;
     if (v != 75.0 && v != 100.0 && v != 150.0) {
-        escape(buf, len, esc, sizeof(esc));
+        escape_bytes(buf, len, esc, sizeof(esc));
         snprintf(err, errlen, "voltage limit %g V is not 75, 100 or 150 V: \"%s\"", v, esc);
         return -EPROTO;
     }

@@ -13,180 +13,9 @@
 
 #include "lineio.h"
 #include "mdt693b.h"
+#include "script_lineio.h"
 
 #define FIXTURE(name) WMD_SOURCE_DIR "/tests/fixtures/mdt693b/" name
-
-/*
- * A scripted lineio over a recorded transcript (gpsd test/daemon style): '#'
- * lines are the header, "> bytes" what the code must send, in order, "< bytes"
- * what the device sends after the preceding write, C-escaped (\r \n \t \\ \"
- * \xNN). Bytes from "<" lines become readable when every earlier ">" line
- * has been written; flush_input discards those already readable. When no
- * readable bytes are left, read_until returns -ETIMEDOUT at once.
- */
-#define SCRIPT_MAX_ITEMS 64
-#define SCRIPT_ITEM_CAP 256
-
-struct script {
-    struct {
-        char dir; /* '>' or '<' */
-        char bytes[SCRIPT_ITEM_CAP];
-        size_t n;
-    } item[SCRIPT_MAX_ITEMS];
-    size_t nitems, cur;                          /* cur: the next item not yet sent or arrived */
-    char rx[SCRIPT_MAX_ITEMS * SCRIPT_ITEM_CAP]; /* arrived, not yet read */
-    size_t rx_head, rx_len;
-    char mismatch[512]; /* first difference between the code and the script */
-};
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Unescapes s into out; returns the byte count, or exits the test on a
- * malformed fixture. */
-static size_t unescape(const char *path, const char *s, char *out, size_t cap) {
-    size_t n = 0;
-
-    for (; *s; s++) {
-        char c = *s;
-
-        if (c == '\\') {
-            s++;
-            switch (*s) {
-            case 'r':
-                c = '\r';
-                break;
-            case 'n':
-                c = '\n';
-                break;
-            case 't':
-                c = '\t';
-                break;
-            case '\\':
-                c = '\\';
-                break;
-            case '"':
-                c = '"';
-                break;
-            case 'x':
-                ck_assert_msg(hexval(s[1]) >= 0 && hexval(s[2]) >= 0, "%s: bad \\x escape", path);
-                c = (char)(hexval(s[1]) * 16 + hexval(s[2]));
-                s += 2;
-                break;
-            default:
-                ck_abort_msg("%s: unknown escape \\%c", path, *s);
-            }
-        }
-        ck_assert_msg(n < cap, "%s: line too long", path);
-        out[n++] = c;
-    }
-    return n;
-}
-
-static void script_load(struct script *sc, const char *path) {
-    FILE *f = fopen(path, "r");
-    char line[1024];
-
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    memset(sc, 0, sizeof(*sc));
-    while (fgets(line, sizeof(line), f)) {
-        size_t len = strcspn(line, "\n");
-
-        line[len] = '\0';
-        if (len == 0 || line[0] == '#')
-            continue;
-        ck_assert_msg((line[0] == '>' || line[0] == '<') && line[1] == ' ',
-                      "%s: line must start with \"> \", \"< \" or '#': %s", path, line);
-        ck_assert_msg(sc->nitems < SCRIPT_MAX_ITEMS, "%s: too many lines", path);
-        sc->item[sc->nitems].dir = line[0];
-        sc->item[sc->nitems].n =
-            unescape(path, line + 2, sc->item[sc->nitems].bytes, SCRIPT_ITEM_CAP);
-        sc->nitems++;
-    }
-    fclose(f);
-}
-
-/* Everything the device sent up to the next write it waits for arrives. */
-static void script_arrive(struct script *sc) {
-    while (sc->cur < sc->nitems && sc->item[sc->cur].dir == '<') {
-        memcpy(sc->rx + sc->rx_head + sc->rx_len, sc->item[sc->cur].bytes, sc->item[sc->cur].n);
-        sc->rx_len += sc->item[sc->cur].n;
-        sc->cur++;
-    }
-}
-
-static int script_write(void *ctx, const char *buf, size_t n, int timeout_ms) {
-    struct script *sc = ctx;
-
-    (void)timeout_ms;
-    script_arrive(sc);
-    if (sc->cur >= sc->nitems || sc->item[sc->cur].n != n ||
-        memcmp(sc->item[sc->cur].bytes, buf, n) != 0) {
-        if (sc->mismatch[0] == '\0')
-            snprintf(sc->mismatch, sizeof(sc->mismatch), "unexpected write of %zu bytes \"%.*s\"",
-                     n, (int)n, buf);
-        return -EIO;
-    }
-    sc->cur++;
-    return 0;
-}
-
-static int script_read_until(void *ctx, char *buf, size_t cap, const char *stop, int timeout_ms,
-                             size_t *n) {
-    struct script *sc = ctx;
-
-    (void)timeout_ms;
-    ck_assert_uint_ge(cap, 2);
-    script_arrive(sc);
-    *n = 0;
-    while (sc->rx_len > 0) {
-        char c = sc->rx[sc->rx_head];
-
-        if (*n == cap - 1) {
-            buf[*n] = '\0';
-            return -EOVERFLOW;
-        }
-        buf[(*n)++] = c;
-        sc->rx_head++;
-        sc->rx_len--;
-        if (c != '\0' && strchr(stop, c)) {
-            buf[*n] = '\0';
-            return 0;
-        }
-    }
-    buf[*n] = '\0';
-    return -ETIMEDOUT;
-}
-
-static int script_flush_input(void *ctx) {
-    struct script *sc = ctx;
-
-    script_arrive(sc);
-    sc->rx_head += sc->rx_len;
-    sc->rx_len = 0;
-    return 0;
-}
-
-static bool script_done(const struct script *sc) {
-    return sc->cur == sc->nitems && sc->rx_len == 0;
-}
-
-static struct lineio script_io(struct script *sc) {
-    struct lineio io = {
-        .ctx = sc,
-        .write = script_write,
-        .read_until = script_read_until,
-        .flush_input = script_flush_input,
-    };
-    return io;
-}
 
 enum op { OP_NONE, OP_SET, OP_GET };
 
@@ -247,15 +76,15 @@ static const struct {
 };
 
 START_TEST(test_transcript) {
-    static struct script sc; /* large: keep it off the stack */
+    static struct script_lineio sc; /* large: keep it off the stack */
     struct lineio io;
     struct mdt693b_info info;
     char err[512] = "";
     double v = -1.0;
     int rc;
 
-    script_load(&sc, rows[_i].fixture);
-    io = script_io(&sc);
+    script_lineio_load(&sc, rows[_i].fixture);
+    io = script_lineio_io(&sc);
     rc = mdt693b_hello(&io, 200, &info, err, sizeof(err));
     ck_assert_msg(sc.mismatch[0] == '\0', "%s: %s", rows[_i].label, sc.mismatch);
     ck_assert_msg(rc == rows[_i].hello_rc, "%s: hello returned %d (%s)", rows[_i].label, rc, err);
@@ -281,7 +110,7 @@ START_TEST(test_transcript) {
     } else if (rows[_i].op != OP_NONE)
         ck_assert_msg(v == rows[_i].value_v, "%s: read back %g", rows[_i].label, v);
     if (rc == 0 || rc == -EINVAL)
-        ck_assert_msg(script_done(&sc), "%s: transcript not used up", rows[_i].label);
+        ck_assert_msg(script_lineio_done(&sc), "%s: transcript not used up", rows[_i].label);
 }
 END_TEST
 
