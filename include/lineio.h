@@ -10,6 +10,8 @@
 #define WMD_LINEIO_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <time.h>
 
 struct lineio {
     void *ctx;
@@ -26,5 +28,21 @@ struct lineio {
     /* Discard whatever input is waiting (stale replies). 0 or -EIO. */
     int (*flush_input)(void *ctx);
 };
+
+/* Deadlines for protocol code that makes several lineio calls within one
+ * timeout: now on the monotonic clock, in ms, and the ms left before a
+ * deadline, at least 1 (a timeout of 0 may mean "wait for ever" below). */
+static inline int64_t lineio_now_ms(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline int lineio_remaining_ms(int64_t deadline) {
+    int64_t left = deadline - lineio_now_ms();
+
+    return left < 1 ? 1 : left > INT32_MAX ? INT32_MAX : (int)left;
+}
 
 #endif

@@ -90,21 +90,6 @@ int leoni_parse_type(const char *line, size_t n, int *nchannels, char *err, size
     return 0;
 }
 
-static int64_t now_ms(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Milliseconds left before deadline, at least 1: a lineio timeout of 0 may
- * mean "wait for ever" underneath. */
-static int remaining_ms(int64_t deadline) {
-    int64_t left = deadline - now_ms();
-
-    return left < 1 ? 1 : left > INT32_MAX ? INT32_MAX : (int)left;
-}
-
 /* Discards waiting input and sends cmd followed by CRLF. */
 static int send_cmd(const struct lineio *io, const char *cmd, int64_t deadline, char *err,
                     size_t errlen) {
@@ -120,7 +105,7 @@ static int send_cmd(const struct lineio *io, const char *cmd, int64_t deadline, 
         snprintf(err, errlen, "cannot discard input before \"%s\": %s", cmd, strerror(-rc));
         return rc;
     }
-    rc = io->write(io->ctx, line, (size_t)k, remaining_ms(deadline));
+    rc = io->write(io->ctx, line, (size_t)k, lineio_remaining_ms(deadline));
     if (rc < 0)
         snprintf(err, errlen, "cannot send \"%s\": %s", cmd, strerror(-rc));
     return rc;
@@ -147,14 +132,15 @@ static int read_line(const struct lineio *io, const char *cmd, int timeout_ms, c
 }
 
 int leoni_hello(const struct lineio *io, int timeout_ms, int *nchannels, char *err, size_t errlen) {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = lineio_now_ms() + timeout_ms;
     char buf[LINE_CAP];
     size_t n;
     int rc;
 
     rc = send_cmd(io, "type?", deadline, err, errlen);
     if (rc == 0)
-        rc = read_line(io, "type?", remaining_ms(deadline), buf, sizeof(buf), &n, err, errlen);
+        rc = read_line(io, "type?", lineio_remaining_ms(deadline), buf, sizeof(buf), &n, err,
+                       errlen);
     if (rc == 0)
         rc = leoni_parse_type(buf, n, nchannels, err, errlen);
     return rc;
@@ -168,7 +154,7 @@ static int position(const struct lineio *io, int nchannels, int64_t deadline, in
 
     rc = send_cmd(io, "ch?", deadline, err, errlen);
     if (rc == 0)
-        rc = read_line(io, "ch?", remaining_ms(deadline), buf, sizeof(buf), &n, err, errlen);
+        rc = read_line(io, "ch?", lineio_remaining_ms(deadline), buf, sizeof(buf), &n, err, errlen);
     if (rc == 0)
         rc = leoni_parse_channel(buf, n, nchannels, ch, err, errlen);
     return rc;
@@ -176,12 +162,12 @@ static int position(const struct lineio *io, int nchannels, int64_t deadline, in
 
 int leoni_position(const struct lineio *io, int nchannels, int timeout_ms, int *ch, char *err,
                    size_t errlen) {
-    return position(io, nchannels, now_ms() + timeout_ms, ch, err, errlen);
+    return position(io, nchannels, lineio_now_ms() + timeout_ms, ch, err, errlen);
 }
 
 int leoni_select(const struct lineio *io, int nchannels, int ch, int timeout_ms, char *err,
                  size_t errlen) {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = lineio_now_ms() + timeout_ms;
     char cmd[16], buf[LINE_CAP], esc[ESC_CAP];
     int rc, wait_ms, now_ch;
     size_t n = 0;
@@ -194,7 +180,7 @@ int leoni_select(const struct lineio *io, int nchannels, int ch, int timeout_ms,
     rc = send_cmd(io, cmd, deadline, err, errlen);
     if (rc < 0)
         return rc;
-    wait_ms = remaining_ms(deadline);
+    wait_ms = lineio_remaining_ms(deadline);
     if (wait_ms > LEONI_ACK_WAIT_MS)
         wait_ms = LEONI_ACK_WAIT_MS;
     rc = io->read_until(io->ctx, buf, sizeof(buf), "\n", wait_ms, &n);

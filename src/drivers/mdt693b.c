@@ -153,21 +153,6 @@ int mdt693b_parse_reply(const char *cmd, const char *reply, size_t n, bool echo,
     return 0;
 }
 
-static int64_t now_ms(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Milliseconds left before deadline, at least 1: a lineio timeout of 0 may
- * mean "wait for ever" underneath. */
-static int remaining_ms(int64_t deadline) {
-    int64_t left = deadline - now_ms();
-
-    return left < 1 ? 1 : left > INT32_MAX ? INT32_MAX : (int)left;
-}
-
 /* Is buf (len > 0, the last byte a stop byte) a complete reply? A value
  * reply is complete at the first prompt after its ']'; an earlier prompt is
  * the one older firmware sends between echo and value. */
@@ -208,7 +193,7 @@ static int transact(const struct lineio *io, const char *cmd, bool want_value, c
         snprintf(err, errlen, "cannot discard input before \"%s\": %s", cmd, strerror(-rc));
         return rc;
     }
-    rc = io->write(io->ctx, line, (size_t)k, remaining_ms(deadline));
+    rc = io->write(io->ctx, line, (size_t)k, lineio_remaining_ms(deadline));
     if (rc < 0) {
         snprintf(err, errlen, "cannot send \"%s\": %s", cmd, strerror(-rc));
         return rc;
@@ -219,8 +204,8 @@ static int transact(const struct lineio *io, const char *cmd, bool want_value, c
         if (cap - *len < 2)
             rc = -EOVERFLOW;
         else
-            rc = io->read_until(io->ctx, buf + *len, cap - *len, stops, remaining_ms(deadline),
-                                &got);
+            rc = io->read_until(io->ctx, buf + *len, cap - *len, stops,
+                                lineio_remaining_ms(deadline), &got);
         *len += got;
         if (rc == 0 && *len > 0 && complete(buf, *len, want_value, prompts))
             return 0;
@@ -234,7 +219,7 @@ static int transact(const struct lineio *io, const char *cmd, bool want_value, c
                 snprintf(err, errlen, "cannot read the reply to \"%s\": %s", cmd, strerror(-rc));
             return rc;
         }
-        if (now_ms() >= deadline) {
+        if (lineio_now_ms() >= deadline) {
             escape_bytes(buf, *len, esc, sizeof(esc));
             snprintf(err, errlen, "no complete reply to \"%s\" in time (got \"%s\")", cmd, esc);
             return -ETIMEDOUT;
@@ -245,7 +230,7 @@ static int transact(const struct lineio *io, const char *cmd, bool want_value, c
 int mdt693b_hello(const struct lineio *io, int timeout_ms, struct mdt693b_info *out, char *err,
                   size_t errlen) {
     static const char cmd[] = "vlimit?";
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = lineio_now_ms() + timeout_ms;
     char buf[REPLY_CAP], esc[ESC_CAP];
     struct mdt693b_info info;
     size_t len;
@@ -298,12 +283,12 @@ int mdt693b_get(const struct lineio *io, const struct mdt693b_info *info, char a
 
     if (rc < 0)
         return rc;
-    return readback(io, info, axis, now_ms() + timeout_ms, volts, err, errlen);
+    return readback(io, info, axis, lineio_now_ms() + timeout_ms, volts, err, errlen);
 }
 
 int mdt693b_set(const struct lineio *io, const struct mdt693b_info *info, char axis, double volts,
                 int timeout_ms, double *readback_v, char *err, size_t errlen) {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = lineio_now_ms() + timeout_ms;
     char cmd[32], buf[REPLY_CAP], prompts[2] = {info->prompt, '\0'};
     size_t len;
     int rc = check_axis(axis, err, errlen);

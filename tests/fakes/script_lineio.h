@@ -32,7 +32,7 @@ struct script_lineio {
         char bytes[SCRIPT_LINEIO_ITEM_CAP];
         size_t n;
     } item[SCRIPT_LINEIO_MAX_ITEMS];
-    size_t nitems, cur;                          /* cur: the next item not yet sent or arrived */
+    size_t nitems, cur; /* cur: the next item not yet sent or arrived */
     char rx[SCRIPT_LINEIO_MAX_ITEMS * SCRIPT_LINEIO_ITEM_CAP]; /* arrived, not yet read */
     size_t rx_head, rx_len;
     char mismatch[512]; /* first difference between the code and the script */

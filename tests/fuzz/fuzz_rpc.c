@@ -73,12 +73,12 @@ enum outcome {
 
 /* What one request of a line must be answered. */
 struct slot {
-    size_t index; /* in the line */
-    bool respond; /* an answer is written (not a notification) */
-    bool request; /* a valid request: a budget may refuse it */
-    json_t *id;   /* borrowed from the line's doc; NULL: the answer's id is null */
-    char *idt;    /* the id as the answer must write it (malloc'd) when respond */
-    const char *name;                /* the method name (borrowed from the doc) */
+    size_t index;     /* in the line */
+    bool respond;     /* an answer is written (not a notification) */
+    bool request;     /* a valid request: a budget may refuse it */
+    json_t *id;       /* borrowed from the line's doc; NULL: the answer's id is null */
+    char *idt;        /* the id as the answer must write it (malloc'd) when respond */
+    const char *name; /* the method name (borrowed from the doc) */
     const struct rpc_method *method; /* the handler that must run, NULL: none */
     json_t *params;                  /* the params it must see: new reference */
     bool known;                      /* the answer below is set */
@@ -641,7 +641,8 @@ static void check_slot(const struct fuzz *f, struct slot *s, json_t *got, const 
     size_t vs, ve;
     FUZZ_CHECK(member_span(raw, rawlen, 0, "id", &vs, &ve));
     if (ve - vs != strlen(s->idt) || memcmp(raw + vs, s->idt, ve - vs) != 0) {
-        fprintf(stderr, "id written %.*s, the request wrote %s\n", (int)(ve - vs), raw + vs, s->idt);
+        fprintf(stderr, "id written %.*s, the request wrote %s\n", (int)(ve - vs), raw + vs,
+                s->idt);
         fuzz_fail(__FILE__, __LINE__, "id not echoed as written");
     }
 
@@ -658,7 +659,8 @@ static void check_slot(const struct fuzz *f, struct slot *s, json_t *got, const 
     FUZZ_CHECK(!s->method || s->ran);
     if (f->budget && s->ran && !s->is_error && err) {
         /* A result built and then found too big: the need is its length. */
-        json_int_t left = json_integer_value(json_object_get(json_object_get(err, "data"), "budget_bytes"));
+        json_int_t left =
+            json_integer_value(json_object_get(json_object_get(err, "data"), "budget_bytes"));
         size_t need = result_len(s);
         FUZZ_CHECK(left >= 0 && (size_t)left < need);
         check_busy(got, need, (size_t)left);
@@ -759,7 +761,8 @@ static void check_budget(const struct fuzz *f, const struct line_rec *r) {
         }
         if (s->out == OUT_TOO_BIG) {
             /* What it says was left is what was left then. */
-            FUZZ_CHECK(s->left <= sub0(budget, made_before(r, s->dispatched_at_answer, s->answered_at)));
+            FUZZ_CHECK(s->left <=
+                       sub0(budget, made_before(r, s->dispatched_at_answer, s->answered_at)));
             FUZZ_CHECK(s->left >= sub0(budget, made_until(r, r->nslots, s->answered_at, s)));
         }
         if (s->budget_seen) {
@@ -1012,8 +1015,10 @@ static void answer_deferred(struct fuzz *f, size_t i) {
         break;
     case 2:
         expect_error(d.slot, RPC_TIMEOUT, "timed out", false, json_integer(seq));
-        a = (struct answer){.kind = ANS_ERROR, .code = RPC_TIMEOUT,
-                            .text = dup_text("timed out"), .value = json_integer(seq)};
+        a = (struct answer){.kind = ANS_ERROR,
+                            .code = RPC_TIMEOUT,
+                            .text = dup_text("timed out"),
+                            .value = json_integer(seq)};
         break;
     case 3:
         expect_error(d.slot, RPC_BUSY, NULL, false, NULL);
