@@ -24,8 +24,7 @@
 
 /* One remote address. Plain data, owned by the table. */
 struct peer {
-    uint8_t addr[16]; /* IPv6, or IPv4 as ::ffff:a.b.c.d */
-    bool used;
+    uint8_t addr[16];          /* IPv6, or IPv4 as ::ffff:a.b.c.d */
     int32_t next;              /* next row in its hash bucket, -1 = none */
     int nconn;                 /* connections open from here */
     uint64_t seen_ns;          /* last connection or login attempt */

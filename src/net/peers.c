@@ -93,7 +93,6 @@ struct peer *peers_get(struct peers *p, const struct sockaddr *addr, uint64_t no
     }
     memset(r, 0, sizeof(*r));
     memcpy(r->addr, key, 16);
-    r->used = true;
     r->seen_ns = now_ns;
     r->next = p->heads[b];
     p->heads[b] = (int32_t)(r - p->rows);

@@ -138,10 +138,8 @@ static json_t *error_value(int code, const char *message, json_t *data) {
 /* An id as answers write it: a number exactly as the client wrote it
  * (raw, when the scanner found it: 1e-400 stays 1e-400 and -0 stays -0, where
  * a parsed double would come back as 0.0 and 0), anything else as jansson
- * writes it. NULL id is null. New malloc'd text, NULL when out of memory. */
+ * writes it. id is not NULL. New malloc'd text, NULL when out of memory. */
 static char *id_text(const json_t *id, const char *raw) {
-    if (!id)
-        return strdup("null");
     if (raw && json_is_number(id))
         return strdup(raw);
     return json_dumps(id, RPC_DUMP_FLAGS);
@@ -300,16 +298,17 @@ static char *load_error_text(const json_error_t *err) {
     return out;
 }
 
-/* The -32005 answer for a call whose answer (need bytes, 0 when not known
- * yet) does not fit in what the line may still produce. */
-static char *too_big_text(const char *idt, const struct rpc_line *line, size_t need) {
+/* The -32005 error for an answer of need bytes (0: not known yet, the
+ * batch has filled its budget) that does not fit in what the line may still
+ * produce; estimate says need is a bound, not a size. New reference. */
+static json_t *busy_error(const struct rpc_line *line, size_t need, bool estimate) {
     size_t left =
         line->o.budget_bytes > line->out_bytes ? line->o.budget_bytes - line->out_bytes : 0;
     char *msg =
-        need ? format("Server busy: the answer would be %zu bytes, more than the %zu "
+        need ? format("Server busy: the answer would be %s%zu bytes, more than the %zu "
                       "bytes this connection may still have outstanding "
                       "(limits.write_queue_max_bytes, answer_memory_max_bytes); ask for less",
-                      need, left)
+                      estimate ? "about " : "", need, left)
              : format("Server busy: the answers to this batch already fill the %zu "
                       "bytes this connection may have outstanding "
                       "(limits.write_queue_max_bytes, answer_memory_max_bytes); send fewer calls "
@@ -317,9 +316,13 @@ static char *too_big_text(const char *idt, const struct rpc_line *line, size_t n
                       line->o.budget_bytes);
     json_t *data =
         json_pack("{s:I, s:I}", "need_bytes", (json_int_t)need, "budget_bytes", (json_int_t)left);
-    char *out = error_text(idt, RPC_BUSY, msg ? msg : "Server busy", data);
+    json_t *err = error_value(RPC_BUSY, msg ? msg : "Server busy", data);
     free(msg);
-    return out;
+    return err;
+}
+
+static char *too_big_text(const char *idt, const struct rpc_line *line, size_t need) {
+    return response_text(idt, "error", busy_error(line, need, false));
 }
 
 /* Whether req is a valid request object; if not, *why is the -32600 message
@@ -685,15 +688,7 @@ size_t rpc_call_budget(const struct rpc_call *call) {
 }
 
 void rpc_call_too_big(struct rpc_call *call, size_t need) {
-    size_t left = rpc_call_budget(call);
-
-    rpc_call_errorf(call, RPC_BUSY,
-                    json_pack("{s:I, s:I}", "need_bytes", (json_int_t)need, "budget_bytes",
-                              (json_int_t)(left == SIZE_MAX ? 0 : left)),
-                    "Server busy: the answer would be about %zu bytes, more than the %zu bytes "
-                    "this connection may still have outstanding "
-                    "(limits.write_queue_max_bytes, answer_memory_max_bytes); ask for less",
-                    need, left);
+    call_answer(call, "error", busy_error(call->line, need, true), NULL);
 }
 
 const char *rpc_call_method(const struct rpc_call *call) {
