@@ -319,12 +319,12 @@ static void run_seed(uint64_t seed, bool noise_free, struct seed_result *res) {
     memset(res, 0, sizeof(*res));
     res->seed = seed;
     config_defaults(&r->cfg);
-    r->cfg.seed = seed;
+    ((struct sim_settings *)(void *)r->cfg.wavemeter.u.bytes)->seed = seed;
     for (int i = 0; i < NLASERS; i++) {
         r->cfg.lasers[i].lock = true;
         if (noise_free) {
-            r->cfg.lasers[i].sim.noise_mhz = 0;
-            r->cfg.lasers[i].sim.drift_mhz_per_sqrt_s = 0;
+            sim_chan(&r->cfg.lasers[i])->noise_mhz = 0;
+            sim_chan(&r->cfg.lasers[i])->drift_mhz_per_sqrt_s = 0;
         }
     }
     r->tap = tap;
@@ -351,7 +351,7 @@ static void run_seed(uint64_t seed, bool noise_free, struct seed_result *res) {
         double *m = res->m[i];
         noise_stats(&b->tr[i], &m[M_SD_MEAS], &m[M_SD_TRUE], &m[M_DT_MS], &m[M_NOT_LOCKED],
                     &m[M_FLAPS]);
-        m[M_SD_RATIO] = noise_free ? (double)NAN : m[M_SD_MEAS] / r->cfg.lasers[i].sim.noise_mhz;
+        m[M_SD_RATIO] = noise_free ? (double)NAN : m[M_SD_MEAS] / sim_chan(&r->cfg.lasers[i])->noise_mhz;
     }
 
     /* A 100 MHz setpoint step, no ramp. */
@@ -539,8 +539,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < NLASERS; i++) {
         const struct laser_config *c = &cfg.lasers[i];
         printf("  %-5s %7.0f %6.2f %6.2f %6.0f %3d+%-2d %7.4f %7.4f %5.1f %5.1f %5.0f %6.1f\n",
-               c->name, c->sim.sensitivity_mhz_per_v, c->sim.noise_mhz, c->sim.drift_mhz_per_sqrt_s,
-               c->sim.lag_ms, c->exposure_ms, c->settle_ms, c->kp_v_per_mhz, c->ki_v_per_mhz_s,
+               c->name, sim_chan_const(c)->sensitivity_mhz_per_v, sim_chan_const(c)->noise_mhz, sim_chan_const(c)->drift_mhz_per_sqrt_s,
+               sim_chan_const(c)->lag_ms, c->exposure_ms, c->settle_ms, c->kp_v_per_mhz, c->ki_v_per_mhz_s,
                c->slew_v_per_s, c->tolerance_mhz, c->capture_mhz, c->rail_timeout_s);
     }
     printf("  (noise MHz 1 sigma, drift MHz/sqrt(s), exposure+settle ms, kp V/MHz, ki V/(MHz s), "
@@ -567,7 +567,7 @@ int main(int argc, char **argv) {
 
     for (int i = 0; i < NLASERS; i++) {
         printf("\nlaser \"%s\" (S %+.0f MHz/V), %d seed(s): %19s %8s %8s\n", cfg.lasers[i].name,
-               cfg.lasers[i].sim.sensitivity_mhz_per_v, nseeds, "mean", "min", "max");
+               sim_chan(&cfg.lasers[i])->sensitivity_mhz_per_v, nseeds, "mean", "min", "max");
         for (int m = 0; m < M_COUNT; m++) {
             for (int s = 0; s < nseeds; s++)
                 v[s] = res[s].m[i][m];

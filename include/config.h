@@ -25,20 +25,34 @@
 
 enum restart_policy { RESTART_RESUME, RESTART_RELEASE, RESTART_OFF };
 
-/* The light a simulated channel sees (driver "sim" only). */
-struct sim_laser_config {
-    double nominal_thz;           /* free-running frequency at 0 V */
-    double offset_mhz;            /* start offset from nominal */
-    double drift_mhz_per_sqrt_s;  /* random-walk strength */
-    double noise_mhz;             /* white measurement noise, 1 sigma */
-    double sensitivity_mhz_per_v; /* actuator input -> frequency */
-    double lag_ms;                /* first-order actuator time constant */
-    char fault[16];               /* none|no_signal|underexposed|overexposed */
+/* Room for one driver's own settings struct (a serial port path, a
+ * command template, ...): the largest driver's struct fits with room to spare;
+ * a driver whose struct outgrows it fails its unit test, not a user. */
+#define CONFIG_SETTINGS_MAX 640
+#define CONFIG_DRIVER_MAX 32 /* longer than any driver name (a unit test checks) */
+
+/* A driver's name and its settings, kept as bytes the driver alone reads
+ * (its key table says what is where). driver "" is no driver: a laser
+ * without an actuator, a wavemeter without an external switch. */
+struct drv_settings {
+    char driver[CONFIG_DRIVER_MAX];
+    union {
+        max_align_t align;
+        unsigned char bytes[CONFIG_SETTINGS_MAX];
+    } u;
 };
 
 struct actuator_config {
-    char driver[16]; /* "sim" or "none" (later: serial drivers, wlm analog) */
-    int timeout_ms;  /* every actuator write finishes or fails by then */
+    int timeout_ms; /* every actuator write finishes or fails by then */
+    struct drv_settings drv;
+};
+
+/* An external channel selector (a fibre switch) in front of the wavemeter. */
+struct switch_config {
+    struct drv_settings drv; /* driver "": none, the wavemeter switches itself */
+    int input;               /* the wavemeter channel the switch's output feeds */
+    int settle_ms;           /* wait after a confirmed switch before exposing */
+    int timeout_ms;          /* selecting and confirming finish or fail by then */
 };
 
 struct laser_config {
@@ -47,17 +61,19 @@ struct laser_config {
     int exposure_ms;
     int settle_ms; /* switch settle before the exposure */
     bool enabled;
-    struct sim_laser_config sim;
+    /* The wavemeter driver's settings for this channel, if it takes any
+     * (the simulator's lasers[].sim: the light it shows). */
+    struct drv_settings meter;
     struct actuator_config actuator;
 
     /* Stabilization (issue 3). */
-    double setpoint_thz;     /* default: sim.nominal_thz */
+    double setpoint_thz;     /* default: the wavemeter driver's (sim.nominal_thz) */
     double min_thz, max_thz; /* allowed setpoint range; default: setpoint +- 1 GHz */
     double kp_v_per_mhz;
     double ki_v_per_mhz_s;
     double kd_v_s_per_mhz;
     double sensitivity_mhz_per_v; /* signed; sign of the loop, 0 = assume +1;
-                                     default: sim.sensitivity_mhz_per_v */
+                                     default: the wavemeter driver's, else +50 */
     double output_min_v, output_max_v;
     double output_initial_v;
     double slew_v_per_s;
@@ -102,10 +118,9 @@ struct config {
     char state_dir[CONFIG_PATH_MAX];
     double state_save_interval_s;
 
-    char driver[16]; /* "sim" or "highfinesse" */
+    struct drv_settings wavemeter; /* driver "sim", "highfinesse", ... and its keys */
     int read_timeout_ms;
-    uint64_t seed; /* sim: 0 = from the clock */
-    char wlm_library[CONFIG_PATH_MAX];
+    struct switch_config sw;
 
     int nlasers;
     struct laser_config lasers[CONFIG_MAX_LASERS];
@@ -154,20 +169,24 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
 
 /* One key the loader accepts, as its table defines it (for docs and tests). */
 struct config_key_info {
-    const char *section; /* "", "limits", "state", "access", "wavemeter", "lasers[]",
-                            "lasers[].sim" or "lasers[].actuator" */
+    const char *section; /* "", "limits", "state", "access", "wavemeter",
+                            "wavemeter.switch", "lasers[]", "lasers[].actuator",
+                            or a wavemeter driver's "lasers[].sim" */
+    const char *driver;  /* NULL: a key of every driver; else only with this one */
     const char *key;
     const char *type; /* "integer", "number", "boolean", "string", "object",
                          "array" */
     bool has_range;   /* integer and number keys: min and max apply */
     double min, max;
     const char *const *values; /* allowed strings, NULL-terminated; NULL if free */
-    bool required;             /* no default (laser name and channel) */
+    bool required;             /* no default (laser name and channel, a port) */
+    bool device;               /* lasers sharing a device must agree on it */
     const char *doc;           /* one line, with units */
 };
 
-/* Call fn once per key, table by table in file-format order. Static data:
- * any thread, no allocation; the info is valid only during the call. */
+/* Call fn once per key: the core tables in file-format order, then every
+ * driver's own keys. Static data: any thread, no allocation; the info is
+ * valid only during the call. */
 void config_foreach_key(void (*fn)(const struct config_key_info *key, void *arg), void *arg);
 
 #endif

@@ -8,17 +8,29 @@
 #ifndef WMD_HIGHFINESSE_H
 #define WMD_HIGHFINESSE_H
 
+#include "config.h"
 #include "wavemeter.h"
+
+/* The driver's keys of the "wavemeter" object (its cfg.keys table), kept by
+ * the loader in config.wavemeter and handed to open as wm_open_args.settings. */
+struct hf_settings {
+    char library[CONFIG_PATH_MAX]; /* path of libwlmData.so, for dlopen */
+};
 
 /* Every call into the library runs on one thread the device owns, created
  * in open: the vendor's calls have no timeout of their own, and their thread
  * safety is undocumented. open: loop thread, at start-up, bounded by
  * wavemeter.read_timeout_ms; fails with one line naming the library path or
- * the missing or silent server. read: pool thread, one at a time; hands the
- * whole read to the device's thread and waits at most req->timeout_ms, then
- * fails with -ETIMEDOUT; while a vendor call stays blocked, reads fail at
- * once. close: loop thread; joins that thread and dlcloses, or, when it is
- * still blocked in a vendor call, detaches it and leaves the library loaded. */
+ * the missing or silent server; a library without SetDeviationSignalNum
+ * still opens (analog_out then fails with -ENOTSUP). read and analog_out:
+ * pool threads, any number at once; each hands its work to the device's
+ * thread, waits its turn and the work at most its own timeout, then fails
+ * with -ETIMEDOUT; while a vendor call stays blocked, both fail at once.
+ * analog_out drives a laser-control output (port 1..8) through
+ * SetDeviationSignalNum, in volts (the vendor takes mV). close: loop thread,
+ * once no read or analog_out is in flight; joins that thread and dlcloses,
+ * or, when it is still blocked in a vendor call, detaches it and leaves the
+ * library loaded. */
 extern const struct wm_driver highfinesse_driver;
 
 #endif

@@ -2,8 +2,10 @@
  * jsonrpc: the JSON-RPC 2.0 envelope, independent of sockets. One input line
  * in, one output line (or nothing) out, after every call it holds has been
  * answered. Handles batches, notifications, ids, positional params and every
- * envelope error; methods see only a params object and a call to answer. It
- * never sees a file descriptor and never blocks.
+ * envelope error; methods see only a params object and a call to answer.
+ * Also each connection's access state (struct rpc_session) and the decisions
+ * on it: who may write, logins. It never sees a file descriptor and never
+ * blocks.
  */
 #ifndef WMD_JSONRPC_H
 #define WMD_JSONRPC_H
@@ -11,6 +13,9 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+struct peers;
+struct sockaddr;
 
 /* Standard codes (jsonrpc.org) and our own (-32000..-32099, docs/PROTOCOL.md). */
 enum {
@@ -48,16 +53,60 @@ struct rpc_method {
     const char *const *params;
 };
 
-/* What the server gives the envelope: the method table and limits. Owned by
- * the caller, outlives every rpc_line. */
+/*
+ * Who may change things: the facts the sessions' access decisions rest on,
+ * from whoever knows the config (methods_init). Each hook gets the
+ * rpc_server's ctx and runs on the loop thread when a call needs it, never
+ * earlier, so a reload that changes what a hook reads (access.write_from)
+ * applies to every open connection from its next call on.
+ */
+struct rpc_access {
+    /* Whether a peer at addr may use write methods now. NULL: none may. */
+    bool (*write_from)(void *ctx, const struct sockaddr *addr);
+    /* Whether given (len bytes) is the write token, taking the same time
+     * wherever it differs. NULL: writes need no login. */
+    bool (*token_ok)(void *ctx, const char *given, size_t len);
+    /* Where clients find the token, for the refusal that asks for it;
+     * borrowed, read when the refusal is written. */
+    const char *token_path;
+    /* Wrong tokens per address, over all its connections, kept in the
+     * session's peers table: login_blocked says whether a login from addr is
+     * refused unchecked now (*wait_s: seconds until it is not), login_failed
+     * counts one more wrong token. NULL: not limited, not counted. */
+    bool (*login_blocked)(void *ctx, struct peers *peers, const struct sockaddr *addr,
+                          double *wait_s);
+    void (*login_failed)(void *ctx, struct peers *peers, const struct sockaddr *addr);
+};
+
+/* What the server gives the envelope: the method table, limits and access
+ * policy. Owned by the caller, outlives every rpc_line and rpc_session. */
 struct rpc_server {
     const struct rpc_method *methods;
     size_t nmethods;
-    void *ctx;        /* passed to every handler */
+    void *ctx;        /* passed to every handler and access hook */
     size_t max_batch; /* most requests in one batch; 0 = no limit */
     /* Optional second lookup (e.g. sim.* methods); may be NULL. */
     const struct rpc_method *(*find)(void *ctx, const char *name);
+    struct rpc_access access;
 };
+
+/*
+ * One connection's access state: its peer address, whether it has logged in
+ * with the token, its wrong tokens in a row. Opaque. The transport makes one
+ * per connection (rpc_session_create), owns it, hands it with each of the
+ * connection's lines (struct rpc_owner) without looking inside, and frees it
+ * (rpc_session_destroy) when the connection is gone. Every access decision
+ * is made here, on the loop thread, against the access policy as it is at
+ * the moment of the call.
+ */
+struct rpc_session;
+
+/* How a session asks its connection to end (five wrong tokens in a row:
+ * guessing, not a typo): read nothing more, write the answers owed, then
+ * close. why names the reason for the log ("5 wrong tokens"). Called from
+ * inside a handler, so inside rpc_line_run or rpc_line_resume; the answer
+ * to the call that caused it is still written. */
+typedef void (*rpc_end_cb)(void *owner, const char *why);
 
 struct rpc_line;
 /* Called once per rpc_line when all its calls are answered. out is a
@@ -72,7 +121,10 @@ typedef void (*rpc_done_cb)(void *owner, struct rpc_line *line, char *out);
 struct rpc_owner {
     rpc_done_cb done;
     void *owner; /* passed to done and pace */
-    void *peer;  /* available to handlers through rpc_call_peer */
+    void *peer;  /* an opaque tag handlers get through rpc_call_peer */
+    /* The connection's access state (borrowed: it must outlive the line, or
+     * the line be abandoned first); NULL: the line's calls may not write. */
+    struct rpc_session *session;
     /* Answer bytes this line may produce in all (0 = no limit): a call whose
      * answer would go past it is answered -32005 instead, and a method that
      * can tell in advance (rpc_call_budget) refuses before doing the work.
@@ -146,5 +198,37 @@ void rpc_call_too_big(struct rpc_call *call, size_t need);
 void *rpc_call_peer(const struct rpc_call *call);
 /* The method name as the client sent it; valid until the call is answered. */
 const char *rpc_call_method(const struct rpc_call *call);
+
+/* The session of the connection the call came on (struct rpc_owner), or NULL
+ * when the line was abandoned or has none. */
+struct rpc_session *rpc_call_session(const struct rpc_call *call);
+/* Whether the call may change things: its peer is in the write networks now
+ * and, when writes need a token, its connection has logged in. If not, the
+ * call is answered -32001 saying which, and false is returned. */
+bool rpc_call_may_write(struct rpc_call *call);
+/* Answer a login (the auth method) with token (len bytes): true when writes
+ * need no token or it is right, and the connection may then write; -32004
+ * when too many wrong tokens came from the address lately (unchecked);
+ * -32001 when wrong, which also withdraws an earlier login of the
+ * connection and, the fifth time in a row, ends the connection once
+ * answered. */
+void rpc_call_login(struct rpc_call *call, const char *token, size_t len);
+
+/*
+ * A new session for a connection from addr (AF_INET or AF_INET6; anything
+ * else may never write), on the loop thread. name is the peer's "ADDR:PORT"
+ * for messages (copied). peers: the per-address table the access policy
+ * counts wrong tokens in (borrowed; outlives the session; may be NULL). end
+ * and owner: how the session ends its connection (rpc_end_cb). Returns NULL
+ * when out of memory. Freed with rpc_session_destroy.
+ */
+struct rpc_session *rpc_session_create(const struct rpc_server *srv, const struct sockaddr *addr,
+                                       const char *name, struct peers *peers, rpc_end_cb end,
+                                       void *owner);
+/* Free s (NULL: no-op). Every line that carries it must be done or
+ * abandoned first. */
+void rpc_session_destroy(struct rpc_session *s);
+/* The peer's "ADDR:PORT" as given to rpc_session_create. */
+const char *rpc_session_name(const struct rpc_session *s);
 
 #endif

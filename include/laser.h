@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "actdev.h"
 #include "clock.h"
 #include "config.h"
 #include "meter.h"
@@ -58,8 +59,8 @@ typedef void (*laser_change_cb)(void *arg, int rc, enum laser_stage stage);
 struct laser {
     struct lasers *owner;
     const struct laser_config *cfg;
-    const struct act_driver *act;
-    void *act_dev;
+    const struct act_driver *act; /* NULL: monitor only */
+    struct actdev *dev;           /* the device it is a channel of (owner's) */
     struct pid pid;   /* gains, limits, setpoint, target, output */
     uint64_t pid_gen; /* bumped by every client change to pid */
 
@@ -78,8 +79,8 @@ struct laser {
     uint64_t lost_ns;
 
     /* The actuator job: inputs copied in, outputs read back on the loop. */
-    uv_work_t work;
-    bool busy;
+    struct actdev_job job;
+    bool busy; /* the job is queued on its device or running */
     bool held_during_job; /* a bad reading arrived while the step ran */
     struct pid job_pid;   /* job input and output */
     uint64_t job_gen;
@@ -90,6 +91,8 @@ struct laser {
     enum pid_result job_result;
     double job_error_mhz;
     int job_rc;
+    struct act_io job_io;
+    double readback_v; /* the device's read-back after the last write, NAN if none */
     struct laser_change *job_waiter; /* a set_output waiting for its write */
     uint64_t writes, write_errors;
 
@@ -104,6 +107,8 @@ struct lasers {
     struct meter *meter;
     int n;
     struct laser l[CONFIG_MAX_LASERS];
+    int ndevs, devs_stopped;
+    struct actdev devs[CONFIG_MAX_LASERS];
     struct store store;
     uv_timer_t save_timer; /* periodic save of outputs */
     bool outputs_dirty;
@@ -112,9 +117,12 @@ struct lasers {
 };
 
 /*
- * Open every actuator, load the state file from cfg->state_dir (or the
+ * Group the actuators into their devices (nothing is opened: no I/O), load
+ * the state file from cfg->state_dir (or the
  * directory given) and apply each laser's restart policy. Returns 0 or < 0
- * with err filled. Loop thread, start-up.
+ * with err filled. Loop thread, start-up; the last step that may fail,
+ * after which each device's open is queued (a device that is absent puts
+ * its lasers in fault and is retried; it never stops the daemon).
  */
 int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
                 const struct clock *clk, struct meter *meter, const char *state_dir, char *err,

@@ -49,6 +49,8 @@ struct meter {
     const struct clock *clk;
     const struct wm_driver *drv;
     void *dev;
+    const struct sw_driver *sw; /* NULL: the wavemeter switches itself */
+    void *sw_dev;               /* opened by the read job; NULL until then or after a failure */
     int nch;
     struct meter_channel ch[CONFIG_MAX_LASERS];
 
@@ -88,6 +90,10 @@ void meter_fini(struct meter *m);
 struct meter_channel *meter_channel_find(struct meter *m, int channel);
 struct meter_channel *meter_channel_by_name(struct meter *m, const char *name);
 const char *meter_state_name(const struct meter *m);
+/* The simulator's sim.* hooks: -ENOTSUP when the driver has none, else the
+ * driver's answer (-ENOENT no such channel, -EINVAL bad argument). Loop thread. */
+int meter_simulate(struct meter *m, const struct wm_sim_cmd *cmd);
+bool meter_can_simulate(const struct meter *m);
 bool meter_busy(const struct meter *m);
 
 #endif

@@ -1,8 +1,9 @@
 /*
  * server: the TCP side. Owns the listening socket and every client
  * connection: framing, per-client answer ordering, write backpressure, idle
- * and stall timeouts, the client limit. Hands each line to the JSON-RPC
- * envelope; never interprets a method itself.
+ * and stall timeouts, the client limits. Hands each line to the JSON-RPC
+ * envelope with the connection's rpc_session, which it carries and never
+ * looks into; never interprets a method or decides who may write.
  */
 #ifndef WMD_SERVER_H
 #define WMD_SERVER_H
@@ -15,7 +16,7 @@
 #include "jsonrpc.h"
 #include "peers.h"
 
-struct client; /* opaque: the rpc peer of a call */
+struct client; /* opaque */
 
 /* Embedded in the daemon. */
 struct server {
@@ -29,7 +30,7 @@ struct server {
     struct client *ready_head, *ready_tail; /* those clients, first come first served */
     struct client *clients;                 /* doubly linked */
     int nclients;
-    struct peers peers;     /* per-address connection counts and login failures */
+    struct peers peers;     /* per-address connection counts; shared with the sessions */
     uint64_t turn_ns;       /* client work done in this loop turn, in ns */
     uint64_t turn_id;       /* loop turns seen */
     uint64_t work_t0;       /* when the client work being metered began */
@@ -53,23 +54,7 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
  * complete). */
 void server_stop(struct server *s, void (*cb)(struct server *s));
 
-/* For handlers: the peer's "ADDR:PORT" (for the audit log). */
-const char *server_client_name(const struct client *c);
 /* Clients whose reading is paused because they do not take their answers. */
 int server_clients_paused(const struct server *s);
-/* True when the peer's address is in the config's access.write_from. */
-bool server_client_in_write_from(const struct client *c);
-/* Whether the client gave the right token with auth. */
-bool server_client_authorized(const struct client *c);
-/* Whether a login attempt from this client's address is refused unchecked
- * now (too many wrong tokens from that address lately); *wait_s is then the
- * seconds until it is not. */
-bool server_client_login_blocked(struct client *c, double *wait_s);
-/* The outcome of an auth: a right token authorizes the connection; a wrong
- * one withdraws any earlier login of this connection, counts against the
- * address, and the fifth in a row on one connection closes it once answered.
- * Returns whether the connection was authorized before (so the answer can
- * say the login was withdrawn). */
-bool server_client_login(struct client *c, bool ok);
 
 #endif

@@ -87,7 +87,7 @@ static void status_cb(uv_timer_t *t) {
 
     sd_notifyf(0, "STATUS=%s on %s; %d channels, driver %s %s, cycle %.0f ms, %d clients",
                rt->stopping ? "stopping" : "serving", d->server.bound, d->meter.nch,
-               d->meter.drv->name, meter_state_name(&d->meter),
+               d->meter.drv->cfg.name, meter_state_name(&d->meter),
                (double)d->meter.last_cycle_ns * 1e-6, d->server.nclients);
 }
 
@@ -156,8 +156,6 @@ static void reload(struct runtime *rt) {
         return;
     }
     rc = config_load(next, rt->config_path, err, sizeof(err));
-    if (rc == 0)
-        rc = wm_check_config(next, err, sizeof(err));
     if (rc == 0 && rt->listen_arg)
         (void)config_set_listen(next, rt->listen_arg); /* checked at start-up */
     if (rc == 0 && log_level_parse(next->log_level, &level) != 0) {
@@ -310,8 +308,6 @@ int main(int argc, char **argv) {
         config_defaults(&d->cfg);
         rc = 0;
     }
-    if (rc == 0)
-        rc = wm_check_config(&d->cfg, err, sizeof(err));
     if (rc == 0 && listen && config_set_listen(&d->cfg, listen) != 0) {
         snprintf(err, sizeof(err), "--listen \"%s\": expected ADDR:PORT", listen);
         rc = -EINVAL;
@@ -331,7 +327,7 @@ int main(int argc, char **argv) {
     }
     if (check_only) {
         printf("%s: ok (%d lasers, driver %s)\n", config_path ? config_path : "built-in defaults",
-               d->cfg.nlasers, d->cfg.driver);
+               d->cfg.nlasers, d->cfg.wavemeter.driver);
         return 0;
     }
     log_set_level(level);
@@ -420,7 +416,7 @@ int main(int argc, char **argv) {
 
     meter_start(&d->meter, lasers_on_reading, &d->lasers);
     log_notice("wavemeterd %s: listening on %s, driver %s, %d channels, %d pool threads",
-               WMD_VERSION, d->server.bound, d->cfg.driver, d->meter.nch, d->cfg.threadpool_size);
+               WMD_VERSION, d->server.bound, d->cfg.wavemeter.driver, d->meter.nch, d->cfg.threadpool_size);
     sd_notify(0, "READY=1");
     status_cb(&rt.status);
 

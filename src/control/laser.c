@@ -305,21 +305,29 @@ static void laser_engage(struct laser *l, double target_thz) {
     l->pid_gen++;
 }
 
-static void laser_work(uv_work_t *w) {
-    struct laser *l = w->data;
+static struct laser *job_laser(struct actdev_job *j) {
+    return (struct laser *)(void *)((char *)j - offsetof(struct laser, job));
+}
+
+/* Pool thread: the controller step on the copy, then the write. */
+static void laser_work(struct actdev_job *j, void *handle) {
+    struct laser *l = job_laser(j);
 
     l->job_rc = 0;
+    l->job_io.readback_v = (double)NAN;
+    l->job_io.why[0] = '\0';
     if (l->job_step) {
         l->job_result = pid_step(&l->job_pid, l->job_measured_thz, l->job_t_ns, &l->job_output_v,
                                  &l->job_error_mhz);
         if (l->job_result == PID_REFUSED)
             return;
     }
-    l->job_rc = l->act->write(l->act_dev, l->job_output_v, l->cfg->actuator.timeout_ms);
+    l->job_rc = l->act->write(handle, l->cfg->actuator.drv.u.bytes, l->cfg, l->job_output_v,
+                              l->cfg->actuator.timeout_ms, &l->job_io);
 }
 
-static void laser_after_work(uv_work_t *w, int status) {
-    struct laser *l = w->data;
+static void laser_after_work(struct actdev_job *j, int status) {
+    struct laser *l = job_laser(j);
     struct laser_change *waiter = l->job_waiter;
     int rc = status < 0 ? status : l->job_rc;
     bool held = l->held_during_job;
@@ -328,12 +336,22 @@ static void laser_after_work(uv_work_t *w, int status) {
     l->job_waiter = NULL;
     l->held_during_job = false;
     if (rc < 0) {
-        l->write_errors++;
         pid_hold(&l->pid);
-        laser_set_state(l, LOCK_FAULT, "actuator write of %.4f V failed: %s", l->job_output_v,
-                        rc == -ECANCELED || status < 0 ? uv_strerror(rc) : strerror(-rc));
+        l->pid_gen++;
+        if (status >= 0) {
+            /* The write itself failed: the device is suspect, and the
+             * device's fault puts every laser on it in fault. */
+            char why[sizeof(l->job_io.why) + 64];
+            l->write_errors++;
+            snprintf(why, sizeof(why), "write of %.4f V failed: %s", l->job_output_v,
+                     l->job_io.why[0] ? l->job_io.why : strerror(-rc));
+            actdev_fail(l->dev, why);
+        } else if (!l->owner->stopping) {
+            laser_set_state(l, LOCK_FAULT, "actuator %s: %s", l->dev->name,
+                            l->dev->reason[0] ? l->dev->reason : "not open");
+        }
         if (waiter) {
-            waiter->cb(waiter->arg, rc, LASER_STAGE_ACTUATOR);
+            waiter->cb(waiter->arg, status < 0 ? -ENODEV : rc, LASER_STAGE_ACTUATOR);
             free(waiter);
         }
         lasers_check_stopped(l->owner);
@@ -344,14 +362,19 @@ static void laser_after_work(uv_work_t *w, int status) {
         return;
     }
     l->writes++;
+    l->readback_v = l->job_io.readback_v;
     l->owner->outputs_dirty = true;
     if (!l->job_step) {
         /* A plain write: set_output, a restart or a relock. The controller
          * takes the new output as its own, bumpless, and a setpoint ramp in
          * progress goes on from where its target is. */
         pid_engage(&l->pid, l->job_output_v, l->pid.target_thz, now_ns(l));
-        if (l->state == LOCK_FAULT)
-            laser_set_state(l, l->lock_on ? LOCK_ACQUIRING : LOCK_OFF, "actuator writes again");
+        if (l->state == LOCK_FAULT) {
+            /* The device is back: the lock resumes from the output it held. */
+            laser_reset_counts(l);
+            laser_set_state(l, l->lock_on ? LOCK_ACQUIRING : LOCK_OFF,
+                            "actuator writes again, from %.4f V", l->job_output_v);
+        }
         if (waiter) {
             store_save(&l->owner->store, &waiter->w, change_durable, waiter);
         }
@@ -383,17 +406,14 @@ static void laser_after_work(uv_work_t *w, int status) {
     lasers_check_stopped(l->owner);
 }
 
+/* Queue the job on the laser's device; a device in fault runs nothing
+ * (l->busy stays false). */
 static void laser_job_start(struct laser *l) {
-    int rc;
-
-    l->work.data = l;
+    l->job.run = laser_work;
+    l->job.done = laser_after_work;
     l->job_gen = l->pid_gen;
-    rc = uv_queue_work(l->owner->loop, &l->work, laser_work, laser_after_work);
-    if (rc < 0) {
-        log_error("laser \"%s\": cannot queue actuator job: %s", l->cfg->name, uv_strerror(rc));
-        return;
-    }
-    l->busy = true;
+    if (actdev_submit(l->dev, &l->job) == 0)
+        l->busy = true;
 }
 
 static void laser_try_relock(struct laser *l, uint64_t t_ns) {
@@ -449,6 +469,14 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         s.state = l->state;
         hist_push(l, &s);
         laser_try_relock(l, r->t_ns);
+        return;
+    }
+    if (!actdev_ready(l->dev)) {
+        /* The device is away (fault) or not open yet: nothing to write to,
+         * the output stays where it was held. */
+        l->error_mhz = s.error_mhz;
+        s.state = l->state;
+        hist_push(l, &s);
         return;
     }
     /* Bad, stale or straddling readings never reach the controller. */
@@ -516,7 +544,11 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
 int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg) {
     if (on && l->act == NULL)
         return -ENOTSUP;
-    if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
+    if (on && l->state == LOCK_FAULT && !actdev_ready(l->dev)) {
+        /* Locked as soon as its device is back, from the output it holds. */
+        l->lock_on = true;
+        l->relocks = 0;
+    } else if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
         /* Locking a lost laser again is how a user says "try again from here". */
         l->lock_on = true;
         l->relocks = 0;
@@ -559,6 +591,8 @@ int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void 
         return -ERANGE;
     if (l->busy)
         return -EBUSY;
+    if (!actdev_ready(l->dev))
+        return -ENODEV;
     if ((ch = calloc(1, sizeof(*ch))) == NULL)
         return -ENOMEM;
     ch->cb = cb;
@@ -576,6 +610,68 @@ int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void 
 }
 
 /* ---- life cycle ---- */
+
+/* A device opened or failed: its lasers follow. */
+static void lasers_dev_state(struct actdev *d, void *ctx) {
+    struct lasers *ls = ctx;
+
+    for (int i = 0; i < ls->n; i++) {
+        struct laser *l = &ls->l[i];
+
+        if (l->dev != d || ls->stopping)
+            continue;
+        if (d->state == ACTDEV_FAULT) {
+            pid_hold(&l->pid);
+            l->pid_gen++;
+            laser_set_state(l, LOCK_FAULT, "actuator %s: %s", d->name, d->reason);
+        } else if (d->state == ACTDEV_OPEN && l->state == LOCK_FAULT && !l->busy) {
+            /* Put the held output back first (a power-cycled box lost it);
+             * its completion resumes the lock from there. */
+            l->job_step = false;
+            l->job_output_v = l->pid.output_v;
+            laser_job_start(l);
+        }
+    }
+}
+
+/* The device of each laser with an actuator: lasers naming the same device
+ * (the loader checked they agree on it) share one. No I/O. */
+static int lasers_group_devices(struct lasers *ls, char *err, size_t errlen) {
+    for (int i = 0; i < ls->n; i++) {
+        struct laser *l = &ls->l[i];
+        char dev[CONFIG_PATH_MAX], chan[32];
+        int rc;
+
+        if (l->act == NULL)
+            continue;
+        l->act->ident(l->cfg->actuator.drv.u.bytes, l->cfg, dev, sizeof(dev), chan, sizeof(chan));
+        for (int j = 0; j < i && l->dev == NULL; j++) {
+            struct laser *o = &ls->l[j];
+            char odev[CONFIG_PATH_MAX], ochan[32];
+
+            if (o->act != l->act)
+                continue;
+            o->act->ident(o->cfg->actuator.drv.u.bytes, o->cfg, odev, sizeof(odev), ochan,
+                          sizeof(ochan));
+            if (strcmp(dev, odev) == 0) {
+                l->dev = o->dev;
+                actdev_add_laser(l->dev, l->cfg);
+            }
+        }
+        if (l->dev != NULL)
+            continue;
+        l->dev = &ls->devs[ls->ndevs];
+        rc = actdev_init(l->dev, ls->loop, l->act, l->cfg, ls->meter->drv, ls->meter->dev, dev,
+                         lasers_dev_state, ls);
+        if (rc < 0) {
+            snprintf(err, errlen, "laser \"%s\": actuator timer: %s", l->cfg->name,
+                     uv_strerror(rc));
+            return rc;
+        }
+        ls->ndevs++;
+    }
+    return 0;
+}
 
 static void save_timer_cb(uv_timer_t *t) {
     struct lasers *ls = t->data;
@@ -617,22 +713,9 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
         l->state = LOCK_OFF;
         snprintf(l->reason, sizeof(l->reason), "not locked");
         l->since_unix = clk->wall_s(clk->ctx);
-        /* The one place that knows the name: "none" is monitor only, no
-         * driver; everywhere else asks whether there is one. */
-        if (strcmp(c->actuator.driver, "none") != 0) {
-            l->act = act_driver_find(c->actuator.driver);
-            if (l->act == NULL) {
-                snprintf(err, errlen, "laser \"%s\": unknown actuator driver \"%s\"", c->name,
-                         c->actuator.driver);
-                rc = -EINVAL;
-                goto fail;
-            }
-            rc = l->act->open(c, meter->drv, meter->dev, &l->act_dev, err, errlen);
-            if (rc < 0) {
-                l->act = NULL;
-                goto fail;
-            }
-        }
+        /* No driver is monitor only; the loader knows every name. */
+        l->act = act_driver_find(c->actuator.drv.driver);
+        l->readback_v = (double)NAN;
         if (c->history_depth > 0 &&
             (l->hist = calloc((size_t)c->history_depth, sizeof(*l->hist))) == NULL) {
             snprintf(err, errlen, "laser \"%s\": out of memory for history", c->name);
@@ -641,6 +724,8 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
         }
         ls->n++;
     }
+    if ((rc = lasers_group_devices(ls, err, errlen)) < 0)
+        goto fail;
     for (int i = 0; i < ls->n; i++)
         laser_restore(&ls->l[i],
                       saved_lasers ? json_object_get(saved_lasers, ls->l[i].cfg->name) : NULL);
@@ -651,14 +736,16 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
     uv_timer_start(&ls->save_timer, save_timer_cb, every_ms, every_ms);
     /* Write the file at once: a start from the config is acknowledged too. */
     store_save(&ls->store, NULL, NULL, NULL);
+    /* The restores' writes wait in their devices' queues for the opens. */
+    for (int i = 0; i < ls->ndevs; i++)
+        actdev_start(&ls->devs[i]);
     return 0;
 fail:
     json_decref(state);
-    for (int i = 0; i < CONFIG_MAX_LASERS; i++) {
-        if (ls->l[i].act && ls->l[i].act_dev)
-            ls->l[i].act->close(ls->l[i].act_dev);
+    for (int i = 0; i < ls->ndevs; i++)
+        uv_close((uv_handle_t *)&ls->devs[i].retry, NULL);
+    for (int i = 0; i < CONFIG_MAX_LASERS; i++)
         free(ls->l[i].hist);
-    }
     return rc;
 }
 
@@ -681,6 +768,8 @@ static void lasers_check_stopped(struct lasers *ls) {
     for (int i = 0; i < ls->n; i++)
         if (ls->l[i].busy)
             return;
+    if (ls->devs_stopped < ls->ndevs)
+        return;
     if (uv_is_closing((uv_handle_t *)&ls->save_timer) || ls->store.on_idle)
         return;
     /* Every job is done: save the outputs a last time, then close. */
@@ -688,17 +777,28 @@ static void lasers_check_stopped(struct lasers *ls) {
     store_when_idle(&ls->store, lasers_final_saved);
 }
 
+static void lasers_dev_stopped(struct actdev *d) {
+    struct lasers *ls = d->ctx;
+
+    ls->devs_stopped++;
+    lasers_check_stopped(ls);
+}
+
 void lasers_stop(struct lasers *ls, void (*cb)(struct lasers *ls)) {
     ls->stopping = true;
     ls->on_stopped = cb;
     uv_timer_stop(&ls->save_timer);
+    /* Jobs running finish; jobs waiting and reopens are dropped. */
+    for (int i = 0; i < ls->ndevs; i++)
+        actdev_stop(&ls->devs[i], lasers_dev_stopped);
     lasers_check_stopped(ls);
 }
 
+/* Before the meter's fini: a device may act through the wavemeter. */
 void lasers_fini(struct lasers *ls) {
+    for (int i = 0; i < ls->ndevs; i++)
+        actdev_fini(&ls->devs[i]);
     for (int i = 0; i < ls->n; i++) {
-        if (ls->l[i].act && ls->l[i].act_dev)
-            ls->l[i].act->close(ls->l[i].act_dev);
         free(ls->l[i].hist);
         ls->l[i].hist = NULL;
     }

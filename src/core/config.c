@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include "jsonpos.h"
+#include "wavemeter.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -32,193 +33,157 @@
 #define UNSET ((double)NAN)
 /* Default allowed setpoint range each side of the setpoint: 1 GHz. */
 #define LASER_DEFAULT_RANGE_THZ 0.001
+/* Only the sign of the sensitivity reaches the loop (the gains are in V per
+ * MHz); + is the common case, a piezo that raises the frequency. */
+#define LASER_DEFAULT_SENSITIVITY_MHZ_PER_V 50.0
 
-enum key_type {
-    KEY_INT,    /* int, JSON integer in [min, max] */
-    KEY_UINT64, /* uint64_t, JSON integer >= 0 (jansson stops at INT64_MAX) */
-    KEY_DOUBLE, /* double, JSON integer or real in [min, max] */
-    KEY_BOOL,   /* bool */
-    KEY_STRING, /* char[size], length in [min, size - 1] */
-    KEY_NAME,   /* char[size], 1 to size - 1 of [A-Za-z0-9_.-] */
-    KEY_ENUM,   /* char[size], one of values */
-    KEY_POLICY, /* enum restart_policy, the index of the string in values */
-    KEY_OBJECT, /* nested object, keys in sub, offsets relative to the same base */
-    KEY_LISTEN, /* "HOST:PORT" into listen_host and listen_port */
-    KEY_LASERS, /* array of laser objects, [min, max] elements */
-    KEY_NETS,   /* array of "ADDR[/BITS]" strings into a struct acl */
-};
-
-#define KEY_REQUIRED 1u
-
-struct key {
-    const char *name;
-    enum key_type type;
-    size_t offset;             /* into struct config or struct laser_config */
-    size_t size;               /* bytes of the field */
-    double min, max;           /* numbers: bounds; strings: min length; lasers: count */
-    const char *const *values; /* KEY_ENUM, KEY_POLICY: NULL-terminated */
-    const struct key *sub;     /* KEY_OBJECT */
-    unsigned flags;
-    const char *doc;
-};
-
-#define FIELD(s, f) offsetof(s, f), sizeof(((s *)0)->f)
-/* One row macro per line reads as a table. */
-/* clang-format off */
-#define ROW_INT(n, s, f, lo, hi, d) {n, KEY_INT, FIELD(s, f), lo, hi, NULL, NULL, 0, d}
-#define ROW_U64(n, s, f, d) {n, KEY_UINT64, FIELD(s, f), 0, 0, NULL, NULL, 0, d}
-#define ROW_DBL(n, s, f, lo, hi, d) {n, KEY_DOUBLE, FIELD(s, f), lo, hi, NULL, NULL, 0, d}
-#define ROW_BOOL(n, s, f, d) {n, KEY_BOOL, FIELD(s, f), 0, 0, NULL, NULL, 0, d}
-#define ROW_STR(n, s, f, d) {n, KEY_STRING, FIELD(s, f), 1, 0, NULL, NULL, 0, d}
-#define ROW_ENUM(n, s, f, v, d) {n, KEY_ENUM, FIELD(s, f), 0, 0, v, NULL, 0, d}
-#define ROW_OBJ(n, t, d) {n, KEY_OBJECT, 0, 0, 0, 0, NULL, t, 0, d}
-#define ROW_END {NULL, KEY_INT, 0, 0, 0, 0, NULL, NULL, 0, NULL}
-/* clang-format on */
-
-static const char *const log_levels[] = {"debug", "info", "notice", "warning", "error", NULL};
-static const char *const meter_drivers[] = {"sim", "highfinesse", NULL};
-static const char *const actuator_drivers[] = {"sim", "none", NULL};
-static const char *const sim_faults[] = {"none", "no_signal", "underexposed", "overexposed", NULL};
-/* Indexed by enum restart_policy. */
-static const char *const restart_names[] = {"resume", "release", "off", NULL};
+/* The loader's private row types beyond cfgkey.h: which kind of driver a
+ * CFG_DRIVER row picks from (its max field). */
+enum drv_kind { DRV_WAVEMETER, DRV_ACTUATOR, DRV_SWITCH };
 
 #define C struct config
 #define L struct laser_config
+/* A row for an object whose "driver" picks the rest of its keys: the
+ * settings land in field f (a struct drv_settings), the generic keys g (with
+ * offsets from the same base) are read as well. */
+#define ROW_DRIVER(n, s, f, g, kind, d)                                                            \
+    { n, CFG_DRIVER, CFG_FIELD(s, f), 0, kind, NULL, g, 0, d }
 
-static const struct key limits_keys[] = {
-    ROW_INT("max_line_bytes", C, max_line_bytes, 1024, 16777216,
-            "longest request line in bytes; longer lines get an error and are dropped"),
-    ROW_INT("max_clients", C, max_clients, 1, 4096, "connections served at once"),
-    ROW_INT("max_clients_per_address", C, max_clients_per_address, 1, 4096,
-            "connections served at once from one address (loopback included)"),
-    ROW_INT("max_batch", C, max_batch, 1, 10000, "requests in one JSON-RPC batch"),
-    ROW_INT("idle_timeout_s", C, idle_timeout_s, 1, 604800,
-            "a connection silent this long is closed, in s"),
-    ROW_INT("write_queue_max_bytes", C, write_queue_max_bytes, 65536, 1073741824,
-            "unsent bytes queued to one client before it is dropped"),
-    ROW_INT("answer_memory_max_bytes", C, answer_memory_max_bytes, 1048576, 1073741824,
-            "answers all clients together may have outstanding, in bytes"),
-    ROW_INT("write_stall_timeout_s", C, write_stall_timeout_s, 1, 3600,
-            "a client that reads nothing for this long while output waits is dropped, in s"),
-    ROW_INT("line_timeout_s", C, line_timeout_s, 1, 3600,
-            "a request line once begun must end (newline) within this, in s"),
-    ROW_END,
+static const char *const log_levels[] = {"debug", "info", "notice", "warning", "error", NULL};
+/* Indexed by enum restart_policy. */
+static const char *const restart_names[] = {"resume", "release", "off", NULL};
+
+static const struct cfg_key limits_keys[] = {
+    CFG_ROW_INT("max_line_bytes", C, max_line_bytes, 1024, 16777216,
+                "longest request line in bytes; longer lines get an error and are dropped"),
+    CFG_ROW_INT("max_clients", C, max_clients, 1, 4096, "connections served at once"),
+    CFG_ROW_INT("max_clients_per_address", C, max_clients_per_address, 1, 4096,
+                "connections served at once from one address (loopback included)"),
+    CFG_ROW_INT("max_batch", C, max_batch, 1, 10000, "requests in one JSON-RPC batch"),
+    CFG_ROW_INT("idle_timeout_s", C, idle_timeout_s, 1, 604800,
+                "a connection silent this long is closed, in s"),
+    CFG_ROW_INT("write_queue_max_bytes", C, write_queue_max_bytes, 65536, 1073741824,
+                "unsent bytes queued to one client before it is dropped"),
+    CFG_ROW_INT("answer_memory_max_bytes", C, answer_memory_max_bytes, 1048576, 1073741824,
+                "answers all clients together may have outstanding, in bytes"),
+    CFG_ROW_INT("write_stall_timeout_s", C, write_stall_timeout_s, 1, 3600,
+                "a client that reads nothing for this long while output waits is dropped, in s"),
+    CFG_ROW_INT("line_timeout_s", C, line_timeout_s, 1, 3600,
+                "a request line once begun must end (newline) within this, in s"),
+    CFG_ROW_END,
 };
 
-static const struct key state_keys[] = {
-    ROW_STR("dir", C, state_dir, "directory for the state file ($STATE_DIRECTORY wins)"),
-    ROW_DBL("save_interval_s", C, state_save_interval_s, 0.1, 3600,
-            "how often changed state is written, in s"),
-    ROW_END,
+static const struct cfg_key state_keys[] = {
+    CFG_ROW_STR("dir", C, state_dir, "directory for the state file ($STATE_DIRECTORY wins)"),
+    CFG_ROW_DBL("save_interval_s", C, state_save_interval_s, 0.1, 3600,
+                "how often changed state is written, in s"),
+    CFG_ROW_END,
 };
 
-static const struct key access_keys[] = {
-    {"write_from", KEY_NETS, FIELD(C, write_from), 0, ACL_MAX, NULL, NULL, 0,
+static const struct cfg_key access_keys[] = {
+    {"write_from", CFG_NETS, CFG_FIELD(C, write_from), 0, ACL_MAX, NULL, NULL, 0,
      "networks whose clients may use write methods, e.g. [\"127.0.0.0/8\", \"10.1.0.0/16\"]"},
-    ROW_BOOL("require_token", C, require_token,
-             "write methods also need the auth method with the token first"),
-    {"token_file", KEY_STRING, FIELD(C, token_file), 0, 0, NULL, NULL, 0,
+    CFG_ROW_BOOL("require_token", C, require_token,
+                 "write methods also need the auth method with the token first"),
+    {"token_file", CFG_STRING, CFG_FIELD(C, token_file), 0, 0, NULL, NULL, 0,
      "file holding the token; empty: a new cookie in the state directory at each start"},
-    ROW_END,
+    CFG_ROW_END,
 };
 
-static const struct key wavemeter_keys[] = {
-    ROW_ENUM("driver", C, driver, meter_drivers, "wavemeter driver"),
-    ROW_INT("read_timeout_ms", C, read_timeout_ms, 100, 60000,
-            "one reading finishes or fails by then, in ms"),
-    ROW_U64("seed", C, seed, "simulator random seed; 0 takes one from the clock"),
-    ROW_STR("library", C, wlm_library, "path of the HighFinesse libwlmData.so"),
-    ROW_END,
+/* The keys every switch takes; the driver's own (its port) come with it. */
+static const struct cfg_key switch_keys[] = {
+    CFG_ROW_INT("input", C, sw.input, 1, CONFIG_MAX_LASERS,
+                "the wavemeter channel the switch's output fibre is plugged into"),
+    CFG_ROW_INT("settle_ms", C, sw.settle_ms, 0, 10000,
+                "wait after the switch confirmed a channel before exposing, in ms"),
+    CFG_ROW_INT("timeout_ms", C, sw.timeout_ms, 10, 60000,
+                "selecting and confirming a channel finish or fail by then, in ms"),
+    CFG_ROW_END,
 };
 
-static const struct key sim_keys[] = {
-    ROW_DBL("nominal_thz", L, sim.nominal_thz, 1, 2000, "free-running frequency at 0 V, in THz"),
-    ROW_DBL("offset_mhz", L, sim.offset_mhz, -1000000, 1000000,
-            "start offset from nominal_thz, in MHz"),
-    ROW_DBL("drift_mhz_per_sqrt_s", L, sim.drift_mhz_per_sqrt_s, 0, 10000,
-            "random-walk strength, in MHz per sqrt(s)"),
-    ROW_DBL("noise_mhz", L, sim.noise_mhz, 0, 10000, "white measurement noise, 1 sigma, in MHz"),
-    ROW_DBL("sensitivity_mhz_per_v", L, sim.sensitivity_mhz_per_v, -1000000, 1000000,
-            "frequency change per actuator volt, signed, in MHz/V"),
-    ROW_DBL("lag_ms", L, sim.lag_ms, 0, 100000, "first-order time constant of the actuator, in ms"),
-    ROW_ENUM("fault", L, sim.fault, sim_faults, "every reading of this channel has this fault"),
-    ROW_END,
+/* The keys every wavemeter takes; "driver" picks the table for the rest. */
+static const struct cfg_key wavemeter_keys[] = {
+    CFG_ROW_INT("read_timeout_ms", C, read_timeout_ms, 100, 60000,
+                "one reading finishes or fails by then, in ms"),
+    ROW_DRIVER("switch", C, sw.drv, switch_keys, DRV_SWITCH,
+               "an external fibre switch in front of the wavemeter"),
+    CFG_ROW_END,
 };
 
-static const struct key actuator_keys[] = {
-    ROW_ENUM("driver", L, actuator.driver, actuator_drivers,
-             "what moves the laser; \"none\" for read-only channels"),
-    ROW_INT("timeout_ms", L, actuator.timeout_ms, 10, 60000,
-            "every actuator write finishes or fails by then, in ms"),
-    ROW_END,
+static const struct cfg_key actuator_keys[] = {
+    CFG_ROW_INT("timeout_ms", L, actuator.timeout_ms, 10, 60000,
+                "every actuator write finishes or fails by then, in ms"),
+    CFG_ROW_END,
 };
 
-static const struct key laser_keys[] = {
-    {"name", KEY_NAME, FIELD(L, name), 1, 0, NULL, NULL, KEY_REQUIRED,
+static const struct cfg_key laser_keys[] = {
+    {"name", CFG_NAME, CFG_FIELD(L, name), 1, 0, NULL, NULL, CFG_REQUIRED,
      "unique name used by clients, 1 to 31 of A-Z a-z 0-9 _ . -"},
-    {"channel", KEY_INT, FIELD(L, channel), 1, CONFIG_MAX_LASERS, NULL, NULL, KEY_REQUIRED,
+    {"channel", CFG_INT, CFG_FIELD(L, channel), 1, CONFIG_MAX_LASERS, NULL, NULL, CFG_REQUIRED,
      "wavemeter channel, 1-based, unique"},
-    ROW_INT("exposure_ms", L, exposure_ms, 1, 10000, "exposure time, in ms"),
-    ROW_INT("settle_ms", L, settle_ms, 0, 10000,
-            "wait after switching to the channel before exposing, in ms"),
-    ROW_BOOL("enabled", L, enabled, "measure this channel"),
-    ROW_OBJ("sim", sim_keys, "the light the simulator shows on this channel"),
-    ROW_OBJ("actuator", actuator_keys, "what the lock drives"),
-    ROW_DBL("setpoint_thz", L, setpoint_thz, 1, 2000, "lock setpoint at start, in THz"),
-    ROW_DBL("min_thz", L, min_thz, 1, 2000, "lowest setpoint a client may ask for, in THz"),
-    ROW_DBL("max_thz", L, max_thz, 1, 2000, "highest setpoint a client may ask for, in THz"),
-    ROW_DBL("kp_v_per_mhz", L, kp_v_per_mhz, 0, CONFIG_GAIN_MAX, "proportional gain, in V/MHz"),
-    ROW_DBL("ki_v_per_mhz_s", L, ki_v_per_mhz_s, 0, CONFIG_GAIN_MAX, "integral gain, in V/(MHz s)"),
-    ROW_DBL("kd_v_s_per_mhz", L, kd_v_s_per_mhz, 0, CONFIG_GAIN_MAX,
-            "derivative gain, in V s/MHz; 0 = off"),
-    ROW_DBL("sensitivity_mhz_per_v", L, sensitivity_mhz_per_v, -1000000, 1000000,
-            "actuator sensitivity, signed, in MHz/V; its sign sets the loop sign, 0 = +"),
-    ROW_DBL("output_min_v", L, output_min_v, -1000, 1000, "lowest actuator output, in V"),
-    ROW_DBL("output_max_v", L, output_max_v, -1000, 1000, "highest actuator output, in V"),
-    ROW_DBL("output_initial_v", L, output_initial_v, -1000, 1000, "output at first start, in V"),
-    ROW_DBL("slew_v_per_s", L, slew_v_per_s, 0, 1000000,
-            "fastest output change, in V/s; 0 = unlimited"),
-    ROW_DBL("ramp_mhz_per_s", L, ramp_mhz_per_s, 0, CONFIG_RAMP_MAX_MHZ_PER_S,
-            "default rate for setpoint changes, in MHz/s; 0 = step"),
-    ROW_DBL("capture_mhz", L, capture_mhz, 0.001, 1000000,
-            "|error| beyond this counts toward lost, in MHz"),
-    ROW_DBL("tolerance_mhz", L, tolerance_mhz, 0.001, 1000000,
-            "|error| within this counts toward locked, in MHz"),
-    ROW_INT("locked_after", L, locked_after, 1, 10000,
-            "readings in a row within tolerance before \"locked\""),
-    ROW_INT("lost_after", L, lost_after, 1, 10000,
-            "readings in a row beyond capture before \"lost\""),
-    ROW_DBL("rail_timeout_s", L, rail_timeout_s, 0.1, 86400,
-            "output on a limit this long means lost, in s"),
-    ROW_DBL("max_gap_s", L, max_gap_s, 0.01, 3600,
-            "a longer gap between readings freezes the integrator, in s"),
-    ROW_DBL("stale_s", L, stale_s, 0.01, 3600,
-            "a reading older than this never reaches the loop, in s"),
-    {"restart", KEY_POLICY, FIELD(L, restart), 0, 0, restart_names, NULL, 0,
+    CFG_ROW_INT("exposure_ms", L, exposure_ms, 1, 10000, "exposure time, in ms"),
+    CFG_ROW_INT("settle_ms", L, settle_ms, 0, 10000,
+                "wait after switching to the channel before exposing, in ms"),
+    CFG_ROW_BOOL("enabled", L, enabled, "measure this channel"),
+    ROW_DRIVER("actuator", L, actuator.drv, actuator_keys, DRV_ACTUATOR,
+               "what the lock drives; \"none\" or no block (with a real wavemeter): monitor only"),
+    CFG_ROW_DBL("setpoint_thz", L, setpoint_thz, 1, 2000, "lock setpoint at start, in THz"),
+    CFG_ROW_DBL("min_thz", L, min_thz, 1, 2000, "lowest setpoint a client may ask for, in THz"),
+    CFG_ROW_DBL("max_thz", L, max_thz, 1, 2000, "highest setpoint a client may ask for, in THz"),
+    CFG_ROW_DBL("kp_v_per_mhz", L, kp_v_per_mhz, 0, CONFIG_GAIN_MAX, "proportional gain, in V/MHz"),
+    CFG_ROW_DBL("ki_v_per_mhz_s", L, ki_v_per_mhz_s, 0, CONFIG_GAIN_MAX,
+                "integral gain, in V/(MHz s)"),
+    CFG_ROW_DBL("kd_v_s_per_mhz", L, kd_v_s_per_mhz, 0, CONFIG_GAIN_MAX,
+                "derivative gain, in V s/MHz; 0 = off"),
+    CFG_ROW_DBL("sensitivity_mhz_per_v", L, sensitivity_mhz_per_v, -1000000, 1000000,
+                "actuator sensitivity, signed, in MHz/V; its sign sets the loop sign, 0 = +"),
+    CFG_ROW_DBL("output_min_v", L, output_min_v, -1000, 1000, "lowest actuator output, in V"),
+    CFG_ROW_DBL("output_max_v", L, output_max_v, -1000, 1000, "highest actuator output, in V"),
+    CFG_ROW_DBL("output_initial_v", L, output_initial_v, -1000, 1000,
+                "output at first start, in V"),
+    CFG_ROW_DBL("slew_v_per_s", L, slew_v_per_s, 0, 1000000,
+                "fastest output change, in V/s; 0 = unlimited"),
+    CFG_ROW_DBL("ramp_mhz_per_s", L, ramp_mhz_per_s, 0, CONFIG_RAMP_MAX_MHZ_PER_S,
+                "default rate for setpoint changes, in MHz/s; 0 = step"),
+    CFG_ROW_DBL("capture_mhz", L, capture_mhz, 0.001, 1000000,
+                "|error| beyond this counts toward lost, in MHz"),
+    CFG_ROW_DBL("tolerance_mhz", L, tolerance_mhz, 0.001, 1000000,
+                "|error| within this counts toward locked, in MHz"),
+    CFG_ROW_INT("locked_after", L, locked_after, 1, 10000,
+                "readings in a row within tolerance before \"locked\""),
+    CFG_ROW_INT("lost_after", L, lost_after, 1, 10000,
+                "readings in a row beyond capture before \"lost\""),
+    CFG_ROW_DBL("rail_timeout_s", L, rail_timeout_s, 0.1, 86400,
+                "output on a limit this long means lost, in s"),
+    CFG_ROW_DBL("max_gap_s", L, max_gap_s, 0.01, 3600,
+                "a longer gap between readings freezes the integrator, in s"),
+    CFG_ROW_DBL("stale_s", L, stale_s, 0.01, 3600,
+                "a reading older than this never reaches the loop, in s"),
+    {"restart", CFG_CHOICE, CFG_FIELD(L, restart), 0, 0, restart_names, NULL, 0,
      "with saved state: relock, hold the output unlocked, or start afresh"},
-    ROW_BOOL("auto_relock", L, auto_relock, "try to lock again after lost"),
-    ROW_INT("relock_attempts", L, relock_attempts, 0, 1000,
-            "relock tries after lost before giving up"),
-    ROW_DBL("relock_delay_s", L, relock_delay_s, 0, 3600,
-            "wait after lost before each relock attempt, in s"),
-    ROW_INT("history_depth", L, history_depth, 1, 1000000, "readings kept for clients"),
-    ROW_BOOL("lock", L, lock, "lock at first start (no state file yet)"),
-    ROW_END,
+    CFG_ROW_BOOL("auto_relock", L, auto_relock, "try to lock again after lost"),
+    CFG_ROW_INT("relock_attempts", L, relock_attempts, 0, 1000,
+                "relock tries after lost before giving up"),
+    CFG_ROW_DBL("relock_delay_s", L, relock_delay_s, 0, 3600,
+                "wait after lost before each relock attempt, in s"),
+    CFG_ROW_INT("history_depth", L, history_depth, 1, 1000000, "readings kept for clients"),
+    CFG_ROW_BOOL("lock", L, lock, "lock at first start (no state file yet)"),
+    CFG_ROW_END,
 };
 
-static const struct key top_keys[] = {
-    {"listen", KEY_LISTEN, 0, 0, 0, 0, NULL, NULL, 0,
+static const struct cfg_key top_keys[] = {
+    {"listen", CFG_LISTEN, 0, 0, 0, 0, NULL, NULL, 0,
      "TCP address for JSON-RPC, \"HOST:PORT\" or \"[IPv6]:PORT\""},
-    ROW_ENUM("log_level", C, log_level, log_levels, "least severe message logged"),
-    ROW_INT("threadpool_size", C, threadpool_size, 1, 1024,
-            "libuv worker threads (UV_THREADPOOL_SIZE)"),
-    ROW_OBJ("limits", limits_keys, "client and protocol limits"),
-    ROW_OBJ("state", state_keys, "where lock state survives restarts"),
-    ROW_OBJ("access", access_keys, "who may change things"),
-    ROW_OBJ("wavemeter", wavemeter_keys, "the instrument"),
-    {"lasers", KEY_LASERS, 0, 0, 1, CONFIG_MAX_LASERS, NULL, NULL, 0,
+    CFG_ROW_ENUM("log_level", C, log_level, log_levels, "least severe message logged"),
+    CFG_ROW_INT("threadpool_size", C, threadpool_size, 1, 1024,
+                "libuv worker threads (UV_THREADPOOL_SIZE)"),
+    CFG_ROW_OBJ("limits", limits_keys, "client and protocol limits"),
+    CFG_ROW_OBJ("state", state_keys, "where lock state survives restarts"),
+    CFG_ROW_OBJ("access", access_keys, "who may change things"),
+    ROW_DRIVER("wavemeter", C, wavemeter, wavemeter_keys, DRV_WAVEMETER, "the instrument"),
+    {"lasers", CFG_LASERS, 0, 0, 1, CONFIG_MAX_LASERS, NULL, NULL, 0,
      "the channels; replaces the built-in lasers"},
-    ROW_END,
+    CFG_ROW_END,
 };
 
 #undef C
@@ -227,19 +192,19 @@ static const struct key top_keys[] = {
 /* For config_foreach_key: every table with the path prefix its keys have. */
 static const struct {
     const char *section;
-    const struct key *keys;
+    const struct cfg_key *keys;
 } sections[] = {
     {"", top_keys},
     {"limits", limits_keys},
     {"state", state_keys},
     {"access", access_keys},
     {"wavemeter", wavemeter_keys},
+    {"wavemeter.switch", switch_keys},
     {"lasers[]", laser_keys},
-    {"lasers[].sim", sim_keys},
     {"lasers[].actuator", actuator_keys},
 };
 
-/* lasers[i].sim.key is the deepest path the tables allow. */
+/* wavemeter.switch.key and lasers[i].sim.key are the deepest paths. */
 #define LOADER_MAX_DEPTH 4
 
 struct loader {
@@ -250,6 +215,7 @@ struct loader {
     size_t errlen;
     struct jsonpos_step path[LOADER_MAX_DEPTH];
     size_t depth;
+    const struct wm_driver *wm; /* the wavemeter driver, read before the lasers */
 };
 
 static void copy_string(char *dst, size_t size, const char *src) {
@@ -404,28 +370,31 @@ static int parse_listen(struct loader *ld, json_t *v, struct config *cfg) {
                     "e.g. \"127.0.0.1:7420\" or \"[::1]:7420\"");
 }
 
-static int parse_object(struct loader *ld, const struct key *table, json_t *obj, void *base);
-static int parse_lasers(struct loader *ld, const struct key *row, json_t *v, struct config *cfg);
-static int parse_nets(struct loader *ld, const struct key *row, json_t *v, struct acl *acl);
+static int parse_object(struct loader *ld, const struct cfg_key *table, json_t *obj, void *base);
+static int parse_lasers(struct loader *ld, const struct cfg_key *row, json_t *v,
+                        struct config *cfg);
+static int parse_nets(struct loader *ld, const struct cfg_key *row, json_t *v, struct acl *acl);
+static int parse_driver_object(struct loader *ld, const struct cfg_key *row, json_t *obj,
+                               void *base);
 
 /* Check one value against its row and store it at base + row->offset. */
-static int parse_value(struct loader *ld, const struct key *row, json_t *v, void *base) {
+static int parse_value(struct loader *ld, const struct cfg_key *row, json_t *v, void *base) {
     char *field = (char *)base + row->offset;
 
     switch (row->type) {
-    case KEY_INT: {
+    case CFG_INT: {
         json_int_t x = json_is_integer(v) ? json_integer_value(v) : 0;
         if (!json_is_integer(v) || x < (json_int_t)row->min || x > (json_int_t)row->max)
             return fail(ld, "must be an integer in [%.0f, %.0f]", row->min, row->max);
         *(int *)(void *)field = (int)x;
         return 0;
     }
-    case KEY_UINT64:
+    case CFG_UINT64:
         if (!json_is_integer(v) || json_integer_value(v) < 0)
             return fail(ld, "must be an integer in [0, %" PRId64 "]", INT64_MAX);
         *(uint64_t *)(void *)field = (uint64_t)json_integer_value(v);
         return 0;
-    case KEY_DOUBLE: {
+    case CFG_DOUBLE: {
         /* jansson reads 2 as an integer; a number key takes either. */
         double x = json_is_number(v) ? json_number_value(v) : (double)NAN;
         if (!(x >= row->min && x <= row->max))
@@ -433,49 +402,51 @@ static int parse_value(struct loader *ld, const struct key *row, json_t *v, void
         *(double *)(void *)field = x;
         return 0;
     }
-    case KEY_BOOL:
+    case CFG_BOOL:
         if (!json_is_boolean(v))
             return fail(ld, "must be true or false");
         *(bool *)(void *)field = json_is_true(v);
         return 0;
-    case KEY_STRING:
+    case CFG_STRING:
         if (!json_is_string(v) || json_string_length(v) < (size_t)row->min ||
             json_string_length(v) >= row->size)
             return fail(ld, "must be a string of %.0f to %zu bytes", row->min, row->size - 1);
         copy_string(field, row->size, json_string_value(v));
         return 0;
-    case KEY_NAME:
+    case CFG_NAME:
         if (!json_is_string(v) ||
             !name_valid(json_string_value(v), json_string_length(v), row->size))
             return fail(ld, "must be 1 to %zu characters of A-Z a-z 0-9 _ . -", row->size - 1);
         copy_string(field, row->size, json_string_value(v));
         return 0;
-    case KEY_ENUM:
+    case CFG_ENUM:
         if (!json_is_string(v) || find_value(row->values, json_string_value(v)) < 0)
             return fail_enum(ld, row->values);
         copy_string(field, row->size, json_string_value(v));
         return 0;
-    case KEY_POLICY: {
+    case CFG_CHOICE: {
         int i = json_is_string(v) ? find_value(row->values, json_string_value(v)) : -1;
         if (i < 0)
             return fail_enum(ld, row->values);
-        *(enum restart_policy *)(void *)field = (enum restart_policy)i;
+        *(int *)(void *)field = i;
         return 0;
     }
-    case KEY_OBJECT:
+    case CFG_DRIVER:
+        return parse_driver_object(ld, row, v, base);
+    case CFG_OBJECT:
         return parse_object(ld, row->sub, v, base);
-    case KEY_LISTEN:
+    case CFG_LISTEN:
         return parse_listen(ld, v, base);
-    case KEY_LASERS:
+    case CFG_LASERS:
         return parse_lasers(ld, row, v, base);
-    case KEY_NETS:
+    case CFG_NETS:
         return parse_nets(ld, row, v, (struct acl *)(void *)field);
     }
     return fail(ld, "internal error: bad key type");
 }
 
-static const struct key *key_find(const struct key *table, const char *name) {
-    for (const struct key *k = table; k->name != NULL; k++) {
+static const struct cfg_key *key_find(const struct cfg_key *table, const char *name) {
+    for (const struct cfg_key *k = table; k->name != NULL; k++) {
         if (strcmp(k->name, name) == 0)
             return k;
     }
@@ -484,7 +455,7 @@ static const struct key *key_find(const struct key *table, const char *name) {
 
 /* Members are checked in file order, so the first error is the first one a
  * reader meets (jansson keeps insertion order). */
-static int parse_object(struct loader *ld, const struct key *table, json_t *obj, void *base) {
+static int parse_object(struct loader *ld, const struct cfg_key *table, json_t *obj, void *base) {
     const char *name;
     json_t *v;
     int r;
@@ -492,8 +463,28 @@ static int parse_object(struct loader *ld, const struct key *table, json_t *obj,
     if (!json_is_object(obj))
         return fail(ld, "must be an object");
     json_object_foreach(obj, name, v) {
-        const struct key *row = key_find(table, name);
+        const struct cfg_key *row = key_find(table, name);
+        if (table == top_keys && strcmp(name, "wavemeter") == 0)
+            continue; /* read first, by config_parse: the lasers depend on it */
         path_push_key(ld, name);
+        if (row == NULL && table == laser_keys && ld->wm->chan.name != NULL &&
+            strcmp(name, ld->wm->chan.name) == 0) {
+            /* The wavemeter driver's per-laser section (lasers[].sim). */
+            r = parse_object(ld, ld->wm->chan.keys, v,
+                             ((struct laser_config *)base)->meter.u.bytes);
+            if (r < 0)
+                return r;
+            ld->depth--;
+            continue;
+        }
+        if (row == NULL && table == laser_keys) {
+            const struct wm_driver *o;
+            for (size_t i = 0; (o = wm_driver_at(i)) != NULL; i++)
+                if (o->chan.name != NULL && strcmp(name, o->chan.name) == 0)
+                    return fail(ld,
+                                "is only read with wavemeter driver \"%s\" (this file has \"%s\")",
+                                o->cfg.name, ld->wm->cfg.name);
+        }
         if (row == NULL)
             return fail(ld, "unknown key");
         r = parse_value(ld, row, v, base);
@@ -501,8 +492,8 @@ static int parse_object(struct loader *ld, const struct key *table, json_t *obj,
             return r;
         ld->depth--;
     }
-    for (const struct key *k = table; k->name != NULL; k++) {
-        if ((k->flags & KEY_REQUIRED) && json_object_get(obj, k->name) == NULL) {
+    for (const struct cfg_key *k = table; k->name != NULL; k++) {
+        if ((k->flags & CFG_REQUIRED) && json_object_get(obj, k->name) == NULL) {
             path_push_key(ld, k->name);
             return fail(ld, "is required");
         }
@@ -510,21 +501,29 @@ static int parse_object(struct loader *ld, const struct key *table, json_t *obj,
     return 0;
 }
 
+/* A driver's settings: its name and its defaults, everything else zero (so
+ * equal configs are equal byte for byte). d NULL: no driver. */
+static void settings_reset(struct drv_settings *ds, const struct cfg_driver *d) {
+    memset(ds, 0, sizeof(*ds));
+    if (d == NULL)
+        return;
+    copy_string(ds->driver, sizeof(ds->driver), d->name);
+    if (d->defaults)
+        d->defaults(ds->u.bytes);
+}
+
 /* Per-laser defaults. The keys whose default follows another key start as
  * NAN, which no JSON number can be, and laser_resolve fills them in. */
-static void laser_template(struct laser_config *l) {
+static void laser_template(struct laser_config *l, const struct wm_driver *wm) {
+    const struct act_driver *act =
+        wm->default_actuator ? act_driver_find(wm->default_actuator) : NULL;
+
     memset(l, 0, sizeof(*l));
     l->exposure_ms = 20;
     l->settle_ms = 30;
     l->enabled = true;
-    l->sim.nominal_thz = UNSET;
-    l->sim.offset_mhz = 0;
-    l->sim.drift_mhz_per_sqrt_s = 0.5;
-    l->sim.noise_mhz = 0.5;
-    l->sim.sensitivity_mhz_per_v = 50;
-    l->sim.lag_ms = 20;
-    copy_string(l->sim.fault, sizeof(l->sim.fault), "none");
-    copy_string(l->actuator.driver, sizeof(l->actuator.driver), "sim");
+    settings_reset(&l->meter, wm->chan.name ? &wm->chan : NULL);
+    settings_reset(&l->actuator.drv, act ? &act->cfg : NULL);
     l->actuator.timeout_ms = 1000;
     l->setpoint_thz = UNSET;
     l->min_thz = UNSET;
@@ -553,17 +552,197 @@ static void laser_template(struct laser_config *l) {
     l->lock = false;
 }
 
-static void laser_resolve(struct laser_config *l) {
-    if (isnan(l->sim.nominal_thz))
-        l->sim.nominal_thz = isnan(l->setpoint_thz) ? LASER_DEFAULT_NOMINAL_THZ : l->setpoint_thz;
+static void laser_resolve(struct laser_config *l, const struct wm_driver *wm) {
+    if (wm->chan_resolve)
+        wm->chan_resolve(l->meter.u.bytes, l);
     if (isnan(l->setpoint_thz))
-        l->setpoint_thz = l->sim.nominal_thz;
+        l->setpoint_thz = LASER_DEFAULT_NOMINAL_THZ;
     if (isnan(l->min_thz))
         l->min_thz = l->setpoint_thz - LASER_DEFAULT_RANGE_THZ;
     if (isnan(l->max_thz))
         l->max_thz = l->setpoint_thz + LASER_DEFAULT_RANGE_THZ;
     if (isnan(l->sensitivity_mhz_per_v))
-        l->sensitivity_mhz_per_v = l->sim.sensitivity_mhz_per_v;
+        l->sensitivity_mhz_per_v = LASER_DEFAULT_SENSITIVITY_MHZ_PER_V;
+}
+
+/* ---- driver-owned keys ---- */
+
+static const char *const kind_names[] = {
+    [DRV_WAVEMETER] = "wavemeter",
+    [DRV_ACTUATOR] = "actuator",
+    [DRV_SWITCH] = "switch",
+};
+
+/* The i-th driver of a kind's table, NULL past the end. */
+static const struct cfg_driver *kind_at(enum drv_kind kind, size_t i) {
+    const struct wm_driver *w;
+    const struct act_driver *a;
+    const struct sw_driver *sw;
+
+    switch (kind) {
+    case DRV_WAVEMETER:
+        return (w = wm_driver_at(i)) != NULL ? &w->cfg : NULL;
+    case DRV_ACTUATOR:
+        return (a = act_driver_at(i)) != NULL ? &a->cfg : NULL;
+    case DRV_SWITCH:
+        return (sw = sw_driver_at(i)) != NULL ? &sw->cfg : NULL;
+    }
+    return NULL;
+}
+
+static const struct cfg_driver *kind_find(enum drv_kind kind, const char *name) {
+    const struct cfg_driver *d;
+
+    for (size_t i = 0; (d = kind_at(kind, i)) != NULL; i++)
+        if (strcmp(d->name, name) == 0)
+            return d;
+    return NULL;
+}
+
+/* "none" is no driver: a laser that is only measured, a wavemeter that
+ * switches itself. A wavemeter always has a driver. */
+static bool kind_has_none(enum drv_kind kind) {
+    return kind != DRV_WAVEMETER;
+}
+
+static int fail_driver(struct loader *ld, enum drv_kind kind) {
+    const struct cfg_driver *d;
+    char list[256];
+    size_t n = 0;
+
+    list[0] = '\0';
+    for (size_t i = 0; (d = kind_at(kind, i)) != NULL && n < sizeof(list); i++) {
+        int w = snprintf(list + n, sizeof(list) - n, "%s\"%s\"", i > 0 ? ", " : "", d->name);
+        n += w < 0 ? 0 : (size_t)w;
+    }
+    if (kind_has_none(kind) && n < sizeof(list))
+        snprintf(list + n, sizeof(list) - n, ", \"none\"");
+    return fail(ld, "must be one of %s", list);
+}
+
+/*
+ * An object whose "driver" member picks the table for the rest of its keys
+ * (wavemeter, wavemeter.switch, lasers[].actuator). The generic keys of
+ * row->sub land in base; the driver's own keys in its struct drv_settings at
+ * base + row->offset. Without "driver" the object refines the default
+ * driver (the simulator, or the wavemeter's default actuator).
+ */
+static int parse_driver_object(struct loader *ld, const struct cfg_key *row, json_t *obj,
+                               void *base) {
+    enum drv_kind kind = (enum drv_kind)row->max;
+    struct drv_settings *ds = (struct drv_settings *)(void *)((char *)base + row->offset);
+    const struct cfg_driver *d = NULL;
+    const char *name;
+    json_t *jd, *v;
+    int r;
+
+    if (!json_is_object(obj))
+        return fail(ld, "must be an object");
+    if ((jd = json_object_get(obj, "driver")) != NULL) {
+        path_push_key(ld, "driver");
+        if (!json_is_string(jd))
+            return fail_driver(ld, kind);
+        if (!(kind_has_none(kind) && strcmp(json_string_value(jd), "none") == 0) &&
+            (d = kind_find(kind, json_string_value(jd))) == NULL)
+            return fail_driver(ld, kind);
+        ld->depth--;
+        settings_reset(ds, d);
+    } else if (ds->driver[0] != '\0') {
+        d = kind_find(kind, ds->driver);
+    }
+    json_object_foreach(obj, name, v) {
+        const struct cfg_key *k;
+
+        if (strcmp(name, "driver") == 0)
+            continue;
+        path_push_key(ld, name);
+        if ((k = key_find(row->sub, name)) != NULL)
+            r = parse_value(ld, k, v, base);
+        else if (d != NULL && d->keys != NULL && (k = key_find(d->keys, name)) != NULL)
+            r = parse_value(ld, k, v, ds->u.bytes);
+        else if (d == NULL)
+            return fail(ld, "unknown key: no %s driver is chosen (\"driver\": ...)",
+                        kind_names[kind]);
+        else
+            return fail(ld, "unknown key for %s driver \"%s\"", kind_names[kind], d->name);
+        if (r < 0)
+            return r;
+        ld->depth--;
+    }
+    for (const struct cfg_key *k = d && d->keys ? d->keys : NULL; k && k->name != NULL; k++) {
+        if ((k->flags & CFG_REQUIRED) && json_object_get(obj, k->name) == NULL) {
+            path_push_key(ld, k->name);
+            return fail(ld, "is required with %s driver \"%s\"", kind_names[kind], d->name);
+        }
+    }
+    if (kind == DRV_WAVEMETER)
+        ld->wm = wm_driver_find(ds->driver);
+    return 0;
+}
+
+/* Fail at lasers[i].actuator.KEY, or lasers[i].KEY for a laser key (the
+ * output range a driver checks), or lasers[i].actuator. */
+__attribute__((format(printf, 4, 5))) static int
+fail_actuator(struct loader *ld, json_t *obj, const char *key, const char *fmt, ...) {
+    json_t *ja = json_object_get(obj, "actuator");
+    char reason[320];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    if (key != NULL && key_find(laser_keys, key) != NULL && json_object_get(obj, key) != NULL) {
+        path_push_key(ld, key);
+    } else {
+        path_push_key(ld, "actuator");
+        if (key != NULL && json_object_get(ja, key) != NULL)
+            path_push_key(ld, key);
+    }
+    return fail(ld, "%s", reason);
+}
+
+/* A laser's actuator against its driver's checks and against the lasers
+ * before it: one device is one driver, one channel is one laser, and the
+ * device-level keys (a port's baud rate) agree. */
+static int actuator_check(struct loader *ld, const struct config *cfg, int i, json_t *obj) {
+    const struct laser_config *l = &cfg->lasers[i];
+    const struct act_driver *act = act_driver_find(l->actuator.drv.driver);
+    char dev[CONFIG_PATH_MAX], chan[32], why[256];
+    const char *key = NULL;
+
+    if (act == NULL)
+        return 0; /* monitor only */
+    if (act->check && act->check(l->actuator.drv.u.bytes, l, ld->wm, &key, why, sizeof(why)) < 0)
+        return fail_actuator(ld, obj, key, "%s", why);
+    act->ident(l->actuator.drv.u.bytes, l, dev, sizeof(dev), chan, sizeof(chan));
+    for (int j = 0; j < i; j++) {
+        const struct laser_config *o = &cfg->lasers[j];
+        const struct act_driver *oa = act_driver_find(o->actuator.drv.driver);
+        char odev[CONFIG_PATH_MAX], ochan[32];
+
+        if (oa == NULL)
+            continue;
+        oa->ident(o->actuator.drv.u.bytes, o, odev, sizeof(odev), ochan, sizeof(ochan));
+        if (strcmp(dev, odev) != 0)
+            continue;
+        if (oa != act)
+            return fail_actuator(ld, obj, NULL,
+                                 "device %s is already driven by laser \"%s\" with driver \"%s\"",
+                                 dev, o->name, oa->cfg.name);
+        if (strcmp(chan, ochan) == 0)
+            return fail_actuator(ld, obj, NULL,
+                                 "channel %s of device %s is already driven by laser \"%s\"", chan,
+                                 dev, o->name);
+        for (const struct cfg_key *k = act->cfg.keys; k && k->name != NULL; k++) {
+            if ((k->flags & CFG_DEVICE) &&
+                memcmp(l->actuator.drv.u.bytes + k->offset, o->actuator.drv.u.bytes + k->offset,
+                       k->size) != 0)
+                return fail_actuator(ld, obj, k->name,
+                                     "must be the same as for laser \"%s\", which shares device %s",
+                                     o->name, dev);
+        }
+    }
+    return 0;
 }
 
 /* Checks that span keys, with lasers[i] on the path. Each failure names the
@@ -590,8 +769,7 @@ static int laser_check(struct loader *ld, const struct config *cfg, int i, json_
         bool given = json_object_get(obj, "setpoint_thz") != NULL;
         path_push_key(ld, "setpoint_thz");
         return fail(ld, "%.15g must be inside (min_thz, max_thz) = (%.15g, %.15g)%s",
-                    l->setpoint_thz, l->min_thz, l->max_thz,
-                    given ? "" : " (it defaults to sim.nominal_thz)");
+                    l->setpoint_thz, l->min_thz, l->max_thz, given ? "" : " (its default)");
     }
     if (!(l->output_min_v < l->output_max_v)) {
         path_push_key(ld, "output_max_v");
@@ -606,14 +784,15 @@ static int laser_check(struct loader *ld, const struct config *cfg, int i, json_
         path_push_key(ld, "tolerance_mhz");
         return fail(ld, "must not exceed capture_mhz (%.15g)", l->capture_mhz);
     }
-    if (l->lock && strcmp(l->actuator.driver, "none") == 0) {
+    if (l->lock && l->actuator.drv.driver[0] == '\0') {
         path_push_key(ld, "lock");
-        return fail(ld, "cannot be true with actuator driver \"none\"");
+        return fail(ld, "cannot be true for a laser without an actuator (monitor only)");
     }
-    return 0;
+    return actuator_check(ld, cfg, i, obj);
 }
 
-static int parse_lasers(struct loader *ld, const struct key *row, json_t *v, struct config *cfg) {
+static int parse_lasers(struct loader *ld, const struct cfg_key *row, json_t *v,
+                        struct config *cfg) {
     size_t n = json_array_size(v);
     int r;
 
@@ -626,11 +805,11 @@ static int parse_lasers(struct loader *ld, const struct key *row, json_t *v, str
         struct laser_config *l = &cfg->lasers[i];
 
         path_push_index(ld, i);
-        laser_template(l);
+        laser_template(l, ld->wm);
         r = parse_object(ld, laser_keys, obj, l);
         if (r < 0)
             return r;
-        laser_resolve(l);
+        laser_resolve(l, ld->wm);
         r = laser_check(ld, cfg, (int)i, obj);
         if (r < 0)
             return r;
@@ -640,7 +819,7 @@ static int parse_lasers(struct loader *ld, const struct key *row, json_t *v, str
     return 0;
 }
 
-static int parse_nets(struct loader *ld, const struct key *row, json_t *v, struct acl *acl) {
+static int parse_nets(struct loader *ld, const struct cfg_key *row, json_t *v, struct acl *acl) {
     size_t n = json_array_size(v);
     char why[128];
 
@@ -659,16 +838,6 @@ static int parse_nets(struct loader *ld, const struct key *row, json_t *v, struc
         ld->depth--;
     }
     return 0;
-}
-
-static void laser_default(struct laser_config *l, const char *name, int channel, double nominal_thz,
-                          double sensitivity_mhz_per_v) {
-    laser_template(l);
-    copy_string(l->name, sizeof(l->name), name);
-    l->channel = channel;
-    l->sim.nominal_thz = nominal_thz;
-    l->sim.sensitivity_mhz_per_v = sensitivity_mhz_per_v;
-    laser_resolve(l);
 }
 
 static void note_key(char *list, size_t len, const char *key) {
@@ -720,8 +889,9 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
         note_key(restart, restart_len, "state");
     if (cur->require_token != next->require_token || !SAME_STR(token_file))
         note_key(restart, restart_len, "access.require_token/token_file");
-    if (!SAME_STR(driver) || cur->read_timeout_ms != next->read_timeout_ms ||
-        cur->seed != next->seed || !SAME_STR(wlm_library))
+    if (memcmp(&cur->wavemeter, &next->wavemeter, sizeof(cur->wavemeter)) != 0 ||
+        cur->read_timeout_ms != next->read_timeout_ms ||
+        memcmp(&cur->sw, &next->sw, sizeof(cur->sw)) != 0)
         note_key(restart, restart_len, "wavemeter");
 #undef SAME_STR
     if (cur->nlasers != next->nlasers) {
@@ -748,7 +918,9 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
     return changed;
 }
 
-void config_defaults(struct config *cfg) {
+/* Everything but the lasers: the built-in values of every other key. The
+ * first row of the wavemeter driver table (the simulator) is the default. */
+static void config_base(struct config *cfg) {
     memset(cfg, 0, sizeof(*cfg));
     copy_string(cfg->listen_host, sizeof(cfg->listen_host), "127.0.0.1");
     cfg->listen_port = 7420;
@@ -769,18 +941,52 @@ void config_defaults(struct config *cfg) {
     acl_parse_net("::1/128", &cfg->write_from.nets[1], NULL, 0);
     cfg->write_from.n = 2;
     cfg->state_save_interval_s = 10;
-    copy_string(cfg->driver, sizeof(cfg->driver), "sim");
+    settings_reset(&cfg->wavemeter, &wm_driver_at(0)->cfg);
     cfg->read_timeout_ms = 5000;
-    cfg->seed = 0;
-    copy_string(cfg->wlm_library, sizeof(cfg->wlm_library), "/usr/lib/libwlmData.so");
+    settings_reset(&cfg->sw.drv, NULL);
+    cfg->sw.input = 1;
+    cfg->sw.settle_ms = 50;
+    cfg->sw.timeout_ms = 1000;
+}
 
-    /* A trapped-ion lab: Yb photoionization and the Ca+ cooling, repump and
-     * quench lasers. One negative sensitivity keeps the loop sign honest. */
-    laser_default(&cfg->lasers[0], "399", 1, 751.52653, 50);
-    laser_default(&cfg->lasers[1], "397", 2, 755.2227, 50);
-    laser_default(&cfg->lasers[2], "866", 3, 346.0002, -40);
-    laser_default(&cfg->lasers[3], "854", 4, 350.8626, 50);
-    cfg->nlasers = 4;
+/* The lasers of a file without "lasers", in the language of the file: a
+ * trapped-ion lab's Yb photoionization and Ca+ cooling, repump and quench
+ * lasers. One negative sensitivity keeps the loop sign honest. With the
+ * simulator each gets a simulated laser on its setpoint; with a real
+ * wavemeter they are measured only. */
+static const char builtin_lasers[] =
+    "[{\"name\": \"399\", \"channel\": 1, \"setpoint_thz\": 751.52653},\n"
+    " {\"name\": \"397\", \"channel\": 2, \"setpoint_thz\": 755.2227},\n"
+    " {\"name\": \"866\", \"channel\": 3, \"setpoint_thz\": 346.0002,"
+    " \"sensitivity_mhz_per_v\": -40},\n"
+    " {\"name\": \"854\", \"channel\": 4, \"setpoint_thz\": 350.8626}]\n";
+
+static int parse_builtin_lasers(const struct wm_driver *wm, struct config *cfg, char *err,
+                                size_t errlen) {
+    static const struct cfg_key row = {"lasers",          CFG_LASERS, 0,    0, 1,
+                                       CONFIG_MAX_LASERS, NULL,       NULL, 0, NULL};
+    struct loader ld = {.name = "built-in lasers",
+                        .text = builtin_lasers,
+                        .len = sizeof(builtin_lasers) - 1,
+                        .err = err,
+                        .errlen = errlen,
+                        .wm = wm};
+    json_t *v = json_loadb(builtin_lasers, sizeof(builtin_lasers) - 1, 0, NULL);
+    int r;
+
+    if (v == NULL)
+        return -ENOMEM;
+    path_push_key(&ld, "lasers");
+    r = parse_lasers(&ld, &row, v, cfg);
+    json_decref(v);
+    return r;
+}
+
+void config_defaults(struct config *cfg) {
+    config_base(cfg);
+    /* Checked by the unit tests; only memory could make it fail. */
+    if (parse_builtin_lasers(wm_driver_at(0), cfg, NULL, 0) != 0)
+        cfg->nlasers = 0;
 }
 
 static void set_error(char *err, size_t errlen, const char *fmt, ...)
@@ -822,7 +1028,8 @@ int config_parse(struct config *cfg, const char *name, const char *text, size_t 
     struct loader ld = {.name = name, .text = text, .len = len, .err = err, .errlen = errlen};
     struct config *tmp;
     json_error_t jerr;
-    json_t *root;
+    json_t *root, *jw;
+    char why[384];
     int r;
 
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -846,11 +1053,23 @@ int config_parse(struct config *cfg, const char *name, const char *text, size_t 
         json_decref(root);
         return -ENOMEM;
     }
-    config_defaults(tmp);
+    config_base(tmp);
     copy_string(tmp->source, sizeof(tmp->source), name);
-    r = parse_object(&ld, top_keys, root, tmp);
+    ld.wm = wm_driver_at(0);
+    r = 0;
+    if ((jw = json_object_get(root, "wavemeter")) != NULL) {
+        path_push_key(&ld, "wavemeter");
+        r = parse_value(&ld, key_find(top_keys, "wavemeter"), jw, tmp);
+        ld.depth = 0;
+    }
+    if (r == 0)
+        r = parse_object(&ld, top_keys, root, tmp);
+    if (r == 0 && json_object_get(root, "lasers") == NULL)
+        r = parse_builtin_lasers(ld.wm, tmp, err, errlen);
     if (r == 0)
         r = check_read_times(&ld, tmp);
+    if (r == 0 && (r = wm_check_config(tmp, why, sizeof(why))) != 0)
+        set_error(err, errlen, "%s: %s", name, why);
     if (r == 0)
         memcpy(cfg, tmp, sizeof(*cfg));
     free(tmp);
@@ -928,45 +1147,101 @@ const char *config_restart_name(enum restart_policy p) {
     return restart_names[p];
 }
 
-static const char *key_type_name(enum key_type t) {
+static const char *key_type_name(enum cfg_key_type t) {
     switch (t) {
-    case KEY_INT:
-    case KEY_UINT64:
+    case CFG_INT:
+    case CFG_UINT64:
         return "integer";
-    case KEY_DOUBLE:
+    case CFG_DOUBLE:
         return "number";
-    case KEY_BOOL:
+    case CFG_BOOL:
         return "boolean";
-    case KEY_STRING:
-    case KEY_NAME:
-    case KEY_ENUM:
-    case KEY_POLICY:
-    case KEY_LISTEN:
+    case CFG_STRING:
+    case CFG_NAME:
+    case CFG_ENUM:
+    case CFG_CHOICE:
+    case CFG_LISTEN:
         return "string";
-    case KEY_OBJECT:
+    case CFG_OBJECT:
+    case CFG_DRIVER:
         return "object";
-    case KEY_LASERS:
-    case KEY_NETS:
+    case CFG_LASERS:
+    case CFG_NETS:
         return "array";
     }
     return "?";
 }
 
-void config_foreach_key(void (*fn)(const struct config_key_info *key, void *arg), void *arg) {
-    for (size_t s = 0; s < sizeof(sections) / sizeof(sections[0]); s++) {
-        for (const struct key *k = sections[s].keys; k->name != NULL; k++) {
-            struct config_key_info info = {
-                .section = sections[s].section,
-                .key = k->name,
-                .type = key_type_name(k->type),
-                .has_range = k->type == KEY_INT || k->type == KEY_DOUBLE,
-                .min = k->min,
-                .max = k->max,
-                .values = k->values,
-                .required = (k->flags & KEY_REQUIRED) != 0,
-                .doc = k->doc,
-            };
-            fn(&info, arg);
-        }
+static void foreach_table(const char *section, const char *driver, const struct cfg_key *keys,
+                          void (*fn)(const struct config_key_info *key, void *arg), void *arg) {
+    for (const struct cfg_key *k = keys; k != NULL && k->name != NULL; k++) {
+        struct config_key_info info = {
+            .section = section,
+            .driver = driver,
+            .key = k->name,
+            .type = key_type_name(k->type),
+            .has_range = k->type == CFG_INT || k->type == CFG_DOUBLE,
+            .min = k->min,
+            .max = k->max,
+            .values = k->values,
+            .required = (k->flags & CFG_REQUIRED) != 0,
+            .device = (k->flags & CFG_DEVICE) != 0,
+            .doc = k->doc,
+        };
+        fn(&info, arg);
     }
+}
+
+/* The "driver" key of a driver object, with every driver's name. */
+static void foreach_driver_key(const char *section, enum drv_kind kind,
+                               void (*fn)(const struct config_key_info *key, void *arg),
+                               void *arg) {
+    const char *names[16 + 2];
+    const struct cfg_driver *d;
+    size_t n = 0;
+
+    for (size_t i = 0; (d = kind_at(kind, i)) != NULL && n < 16; i++)
+        names[n++] = d->name;
+    if (kind_has_none(kind))
+        names[n++] = "none";
+    names[n] = NULL;
+    struct config_key_info info = {
+        .section = section,
+        .key = "driver",
+        .type = "string",
+        .values = names,
+        .doc = "which driver; the rest of the object is that driver's keys",
+    };
+    fn(&info, arg);
+}
+
+void config_foreach_key(void (*fn)(const struct config_key_info *key, void *arg), void *arg) {
+    const struct wm_driver *w;
+    const struct act_driver *a;
+    const struct sw_driver *sw;
+
+    for (size_t s = 0; s < sizeof(sections) / sizeof(sections[0]); s++) {
+        if (strcmp(sections[s].section, "wavemeter") == 0)
+            foreach_driver_key("wavemeter", DRV_WAVEMETER, fn, arg);
+        else if (strcmp(sections[s].section, "wavemeter.switch") == 0)
+            foreach_driver_key("wavemeter.switch", DRV_SWITCH, fn, arg);
+        else if (strcmp(sections[s].section, "lasers[].actuator") == 0)
+            foreach_driver_key("lasers[].actuator", DRV_ACTUATOR, fn, arg);
+        foreach_table(sections[s].section, NULL, sections[s].keys, fn, arg);
+    }
+    for (size_t i = 0; (w = wm_driver_at(i)) != NULL; i++) {
+        char section[48];
+
+        foreach_table("wavemeter", w->cfg.name, w->cfg.keys, fn, arg);
+        if (w->chan.name == NULL)
+            continue;
+        /* The section name lives in the driver's static table; the copy
+         * here is only for the call. */
+        snprintf(section, sizeof(section), "lasers[].%s", w->chan.name);
+        foreach_table(section, w->cfg.name, w->chan.keys, fn, arg);
+    }
+    for (size_t i = 0; (sw = sw_driver_at(i)) != NULL; i++)
+        foreach_table("wavemeter.switch", sw->cfg.name, sw->cfg.keys, fn, arg);
+    for (size_t i = 0; (a = act_driver_at(i)) != NULL; i++)
+        foreach_table("lasers[].actuator", a->cfg.name, a->cfg.keys, fn, arg);
 }

@@ -28,9 +28,13 @@ int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const
     m->loop = loop;
     m->cfg = cfg;
     m->clk = clk;
-    m->drv = wm_driver_find(cfg->driver);
+    m->drv = wm_driver_find(cfg->wavemeter.driver);
     if (m->drv == NULL) {
-        snprintf(err, errlen, "unknown wavemeter driver \"%s\"", cfg->driver);
+        snprintf(err, errlen, "unknown wavemeter driver \"%s\"", cfg->wavemeter.driver);
+        return -EINVAL;
+    }
+    if (cfg->sw.drv.driver[0] != '\0' && (m->sw = sw_driver_find(cfg->sw.drv.driver)) == NULL) {
+        snprintf(err, errlen, "unknown switch driver \"%s\"", cfg->sw.drv.driver);
         return -EINVAL;
     }
     for (int i = 0; i < cfg->nlasers; i++) {
@@ -39,7 +43,8 @@ int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const
     }
     m->nch = cfg->nlasers;
     m->cur = -1;
-    rc = m->drv->open(cfg, clk, &m->dev, err, errlen);
+    struct wm_open_args args = {.settings = cfg->wavemeter.u.bytes, .cfg = cfg, .clk = clk};
+    rc = m->drv->open(&args, &m->dev, err, errlen);
     if (rc < 0)
         return rc;
     rc = uv_timer_init(loop, &m->backoff);
@@ -63,10 +68,64 @@ static int meter_pick_next(const struct meter *m) {
     return -1;
 }
 
+/* The switch failed: the reading is an error naming it, and the switch is
+ * closed so the next read opens it afresh (a replugged cable comes back). */
+static int switch_fail(struct meter *m, int rc, const char *what, const char *why) {
+    memset(&m->res, 0, sizeof(m->res));
+    m->res.status = WM_ERROR;
+    m->res.err = rc;
+    m->res.t_ns = clock_now_ns(m->clk);
+    m->res.time_unix = m->clk->wall_s(m->clk->ctx);
+    snprintf(m->res.detail, sizeof(m->res.detail), "switch %s: %s", what, why);
+    if (m->sw_dev != NULL) {
+        m->sw->close(m->sw_dev);
+        m->sw_dev = NULL;
+    }
+    return rc;
+}
+
+/*
+ * One reading through an external switch: select the channel and wait for
+ * the switch to confirm it, settle, read the wavemeter's input the switch
+ * feeds, then ask the switch again. Light from before the confirmation is
+ * never read; a switch found elsewhere afterwards marks the reading as
+ * straddling, which no lock uses. Pool thread; the job owns m->sw_dev.
+ */
+static int meter_read_switched(struct meter *m) {
+    const struct switch_config *sc = &m->cfg->sw;
+    struct wm_read_req req = m->req;
+    char why[160];
+    int rc, pos = 0;
+
+    if (m->sw_dev == NULL &&
+        (rc = m->sw->open(sc->drv.u.bytes, &m->sw_dev, why, sizeof(why))) < 0) {
+        m->sw_dev = NULL;
+        return switch_fail(m, rc, "open", why);
+    }
+    if ((rc = m->sw->select(m->sw_dev, m->req.channel, sc->timeout_ms, why, sizeof(why))) < 0)
+        return switch_fail(m, rc, "select", why);
+    if (sc->settle_ms > 0)
+        m->clk->sleep_ns(m->clk->ctx, (uint64_t)sc->settle_ms * 1000000u);
+    req.channel = sc->input;
+    req.switched = false;
+    req.settle_ms = 0;
+    rc = m->drv->read(m->dev, &req, &m->res);
+    if (rc < 0)
+        return rc;
+    if ((rc = m->sw->position(m->sw_dev, sc->timeout_ms, &pos, why, sizeof(why))) < 0)
+        return switch_fail(m, rc, "position", why);
+    if (pos != m->req.channel)
+        m->res.straddled = true;
+    return 0;
+}
+
 static void meter_work(uv_work_t *w) {
     struct meter *m = w->data;
 
-    m->rc = m->drv->read(m->dev, &m->req, &m->res);
+    if (m->sw != NULL)
+        m->rc = meter_read_switched(m);
+    else
+        m->rc = m->drv->read(m->dev, &m->req, &m->res);
 }
 
 static void meter_backoff_cb(uv_timer_t *t) {
@@ -210,9 +269,22 @@ void meter_stop(struct meter *m, meter_stopped_cb cb) {
 }
 
 void meter_fini(struct meter *m) {
+    if (m->sw && m->sw_dev)
+        m->sw->close(m->sw_dev);
+    m->sw_dev = NULL;
     if (m->drv && m->dev)
         m->drv->close(m->dev);
     m->dev = NULL;
+}
+
+int meter_simulate(struct meter *m, const struct wm_sim_cmd *cmd) {
+    if (m->drv->simulate == NULL || m->dev == NULL)
+        return -ENOTSUP;
+    return m->drv->simulate(m->dev, cmd);
+}
+
+bool meter_can_simulate(const struct meter *m) {
+    return m->drv->simulate != NULL;
 }
 
 struct meter_channel *meter_channel_find(struct meter *m, int channel) {

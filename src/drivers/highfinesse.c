@@ -3,9 +3,10 @@
  * through the vendor's libwlmData.so, loaded with dlopen at start-up (build
  * machines do not have it). One read moves the switch, waits out the settle
  * and the measurement pipeline, and maps the vendor's error values to
- * statuses. Every vendor call runs on the device's own thread, so a call that
- * never returns cannot hold up a pool job. It must not know about the loop,
- * sockets or the controller.
+ * statuses; analog_out sets one of the laser-control outputs. Every vendor
+ * call runs on the device's own thread, so a call that never returns cannot
+ * hold up a pool job. It must not know about the loop, sockets or the
+ * controller.
  */
 #include "highfinesse.h"
 
@@ -58,6 +59,17 @@
 /* GetOperationState: the WLM only produces results while measuring. */
 #define WLM_OP_MEASUREMENT 2
 
+/* Where labs install the vendor's Linux library (docs/HIGHFINESSE.md). */
+#define HF_LIBRARY_DEFAULT "/usr/lib/libwlmData.so"
+
+/* The laser-control option's analog outputs ("deviation" ports), 1-based.
+ * Eight is the most a WS7/WS8 PID option drives (one per switch channel of
+ * the 8-channel switch); the instruments.md notes give no count, so this is
+ * an upper bound: a port the instrument lacks is refused by the vendor
+ * (ResERR_ChannelNotAvailable or ResERR_ParmOutOfRange) at the first write,
+ * with a message naming it. */
+#define HF_ANALOG_PORTS 8
+
 /* The vendor's functions with the Linux ABI: every "long" of the Windows
  * header is 32 bits, "unsigned short" is 16 bits, plain C calling convention.
  * Never declare them with C long (64 bits here). */
@@ -65,6 +77,7 @@ typedef int32_t (*wlm_i32_fn)(int32_t);
 typedef uint16_t (*wlm_u16_fn)(uint16_t);
 typedef double (*wlm_get_num_fn)(int32_t num, double ignored);
 typedef int32_t (*wlm_set_exposure_num_fn)(int32_t num, int32_t ccd, int32_t ms);
+typedef int32_t (*wlm_set_signal_num_fn)(int32_t port, double mv);
 
 struct wlm_api {
     wlm_i32_fn GetWLMCount;
@@ -75,6 +88,9 @@ struct wlm_api {
     wlm_i32_fn SetSwitcherMode;
     wlm_i32_fn GetSwitcherChannel;
     wlm_i32_fn SetSwitcherChannel;
+    /* Optional: only libraries built with the laser-control functions have
+     * it, and a lab without that option still wants readings. NULL: none. */
+    wlm_set_signal_num_fn SetDeviationSignalNum;
 };
 
 /* dlsym hands out object pointers; they are copied into the function
@@ -102,27 +118,35 @@ struct hf_job;
 typedef int (*hf_job_fn)(struct hf_dev *d, struct hf_job *j);
 
 /*
- * One piece of work for the vendor thread: the probe at open, or one whole
- * read. Callers fill a copy; hf_run copies it into the device, since the
- * vendor thread may go on using it after a caller has stopped waiting.
+ * One piece of work for the vendor thread: the probe at open, one whole
+ * read, or one analog output. Callers fill a copy; hf_run copies it into the
+ * device, since the vendor thread may go on using it after a caller has
+ * stopped waiting.
  */
 struct hf_job {
     hf_job_fn run;
+    const char *what; /* "read", ... for the messages of hf_run */
     int rc;
+    char err[CONFIG_PATH_MAX + 256]; /* why the probe or an analog output failed */
     /* The probe at open. */
-    char path[CONFIG_PATH_MAX];      /* the library to load */
-    int nenabled;                    /* lasers enabled, for the start-up log */
-    char err[CONFIG_PATH_MAX + 256]; /* why the probe failed */
+    char path[CONFIG_PATH_MAX]; /* the library to load */
+    int nenabled;               /* lasers enabled, for the start-up log */
+    bool analog;                /* out: the library has SetDeviationSignalNum */
     /* A read. */
     struct wm_read_req req;
     uint64_t deadline_ns; /* on the device's clock: no sleep may end after it */
     struct wm_sample out;
+    /* An analog output. */
+    int port; /* 1-based */
+    double mv;
 };
 
 /*
  * Threads: the device's vendor thread makes every call into libwlmData (its
- * thread safety is undocumented, so they are also serialized); open, read
- * and close hand it jobs and wait for it with a deadline. Who frees the
+ * thread safety is undocumented, so they are also serialized); open, read,
+ * analog_out and close hand it jobs and wait for it with a deadline. A read
+ * and an analog output may come from two pool threads at once (the meter and
+ * the actuator of a laser are separate jobs): they take turns. Who frees the
  * device: close, after joining the vendor thread; or, if close found that
  * thread stuck in a vendor call, the vendor thread itself should the call
  * ever return (see hf_close).
@@ -133,6 +157,8 @@ struct hf_dev {
      * is enabled or the only one is not on channel 1; a single laser on
      * channel 1 is a WLM without a switch, or a switch the lab runs itself. */
     bool owns_switch;
+    /* The library has SetDeviationSignalNum. Set by open, then read-only. */
+    bool analog;
     pthread_t thread;
 
     /* Vendor thread only (and close, after the join). */
@@ -146,6 +172,7 @@ struct hf_dev {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     struct hf_job job;      /* callers' while neither flag is set, else the thread's */
+    bool claimed;           /* a caller is waiting for its job: others wait their turn */
     bool posted;            /* job waits for the vendor thread */
     bool running;           /* the vendor thread is in job */
     bool abandoned;         /* its caller stopped waiting: the device is hung */
@@ -212,9 +239,24 @@ static const struct {
     {-9, "ResERR_OnlyInMeasurementMode", -EIO},
     {-10, "ResERR_ChannelNotAvailable", -ENXIO},
     {-11, "ResERR_ChannelTemporarilyNotAvailable", -EAGAIN},
+    {-12, "ResERR_CalOptionNotAvailable", -ENOTSUP},
+    {-13, "ResERR_CalWavelengthOutOfRange", -EINVAL},
+    {-14, "ResERR_BadCalibrationSignal", -EIO},
+    {-15, "ResERR_UnitNotAvailable", -ENOTSUP},
+    {-16, "ResERR_FileNotFound", -ENOENT},
+    {-17, "ResERR_FileCreation", -EIO},
+    {-18, "ResERR_TriggerPending", -EBUSY},
+    {-19, "ResERR_TriggerWaiting", -EBUSY},
+    {-20, "ResERR_NoLegitimation", -EACCES},
+    /* wlmDataServer refuses writes from this network client. */
+    {-21, "ResERR_NoTCPLegitimation", -EACCES},
+    {-22, "ResERR_NotInPulseMode", -EIO},
+    {-23, "ResERR_OnlyInPulseMode", -EIO},
     {-24, "ResERR_NotInSwitchMode", -EIO},
     {-25, "ResERR_OnlyInSwitchMode", -EIO},
     {-26, "ResERR_TCPErr", -ENODEV},
+    {-29, "ResERR_StringTooLong", -EINVAL},
+    {-30, "ResERR_InterruptedByUser", -EINTR},
 };
 
 /* Name and errno-style code of a ResERR value; buf holds unknown ones. */
@@ -374,6 +416,7 @@ static int32_t hf_call_set_exposure(struct hf_dev *d, int32_t num, int32_t ccd, 
  */
 static int hf_probe(struct hf_dev *d, struct hf_job *j) {
     const char *path = j->path;
+    void *analog_sym;
     int32_t count, type, serial, res;
     uint16_t op;
     int rc;
@@ -405,6 +448,15 @@ static int hf_probe(struct hf_dev *d, struct hf_job *j) {
         }
         memcpy((char *)&d->api + wlm_symbols[i].offset, &sym, sizeof(sym));
     }
+    /* Optional: without it the wavemeter still measures; analog_out then
+     * says why it cannot. */
+    analog_sym = dlsym(d->lib, "SetDeviationSignalNum");
+    memcpy(&d->api.SetDeviationSignalNum, &analog_sym, sizeof(analog_sym));
+    j->analog = analog_sym != NULL;
+    if (!j->analog)
+        log_info("wavemeter: %s has no SetDeviationSignalNum: the wavemeter's analog outputs "
+                 "cannot be used",
+                 path);
 
     if ((count = WLM_I32(d, GetWLMCount, 0)) <= 0) {
         snprintf(j->err, sizeof(j->err),
@@ -578,6 +630,27 @@ static int hf_read_job(struct hf_dev *d, struct hf_job *j) {
     return rc;
 }
 
+/* Vendor thread, the job of analog_out: one SetDeviationSignalNum. */
+static int hf_analog_job(struct hf_dev *d, struct hf_job *j) {
+    char buf[24];
+    const char *name;
+    int32_t res;
+    int rc;
+
+    hf_call_begin(d, "SetDeviationSignalNum");
+    res = d->api.SetDeviationSignalNum(j->port, j->mv);
+    hf_call_end(d);
+    if (res == 0)
+        return 0;
+    name = set_error_name(res, &rc, buf, sizeof(buf));
+    snprintf(j->err, sizeof(j->err), "SetDeviationSignalNum(%d, %.1f mV): %s%s", j->port, j->mv,
+             name,
+             res == -21 /* ResERR_NoTCPLegitimation */
+                 ? ": wlmDataServer refuses writes from this client"
+                 : "");
+    return rc;
+}
+
 /* The vendor thread: runs the posted jobs one at a time until told to stop. */
 static void *hf_thread(void *arg) {
     struct hf_dev *d = arg;
@@ -617,10 +690,12 @@ static void *hf_thread(void *arg) {
 
 /*
  * Open's thread or a pool thread: run *j on the vendor thread and wait for it
- * at most timeout_ms. Returns 0 with *j replaced by the finished job, or
- * -ETIMEDOUT with why filled. A job still in a vendor call at the deadline
- * is abandoned and the device is hung: until that call returns, every
- * hf_run fails at once and queues nothing behind it.
+ * at most timeout_ms, counting the wait for another caller's job to finish
+ * (reads and analog outputs take turns, in no promised order). Returns 0
+ * with *j replaced by the finished job, or -ETIMEDOUT with why filled. A job
+ * still in a vendor call at the deadline is abandoned and the device is
+ * hung: until that call returns, every hf_run fails at once and queues
+ * nothing behind it.
  */
 static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why, size_t whylen) {
     struct timespec ts;
@@ -637,17 +712,29 @@ static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why,
     }
 
     pthread_mutex_lock(&d->mu);
+    /* Another caller's job is in flight and that caller is still waiting
+     * for it: a live job, not a hung one, so wait for our turn. */
+    while (d->claimed && rc == 0)
+        rc = pthread_cond_timedwait(&d->cond, &d->mu, &ts);
+    if (rc != 0) {
+        snprintf(why, whylen, "libwlmData busy with a %s for all of %d ms (%s not started)",
+                 d->claimed ? d->job.what : "job", timeout_ms, j->what);
+        pthread_mutex_unlock(&d->mu);
+        return -ETIMEDOUT;
+    }
     if (d->running) {
+        /* Nobody waits for this job: its caller gave up on it (hung). */
         if (d->call != NULL)
             snprintf(why, whylen,
                      "libwlmData call %s still blocked after %llu ms (wlmDataServer unreachable?)",
                      d->call,
                      (unsigned long long)((clock_now_ns(d->clk) - d->call_start_ns) / 1000000u));
         else
-            snprintf(why, whylen, "libwlmData: the previous read is still finishing");
+            snprintf(why, whylen, "libwlmData: the previous %s is still finishing", d->job.what);
         pthread_mutex_unlock(&d->mu);
         return -ETIMEDOUT;
     }
+    d->claimed = true;
     d->job = *j;
     d->posted = true;
     pthread_cond_broadcast(&d->cond);
@@ -660,7 +747,8 @@ static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why,
     } else if (d->posted) {
         /* Never started (an overloaded machine): nothing is stuck. */
         d->posted = false;
-        snprintf(why, whylen, "libwlmData thread did not start the read within %d ms", timeout_ms);
+        snprintf(why, whylen, "libwlmData thread did not start the %s within %d ms", j->what,
+                 timeout_ms);
         rc = -ETIMEDOUT;
     } else {
         d->abandoned = true;
@@ -671,20 +759,24 @@ static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why,
                      "libwlmData call %s did not return within %d ms (wlmDataServer unreachable?)",
                      d->call, timeout_ms);
         else
-            snprintf(why, whylen, "libwlmData read did not finish within %d ms", timeout_ms);
+            snprintf(why, whylen, "libwlmData %s did not finish within %d ms", j->what, timeout_ms);
         rc = -ETIMEDOUT;
     }
+    /* The next caller's turn (or its prompt failure, if this job hung). */
+    d->claimed = false;
+    pthread_cond_broadcast(&d->cond);
     pthread_mutex_unlock(&d->mu);
     return rc;
 }
 
 /*
- * Loop thread, at exit or when open fails; no read is in flight. Joins the
- * vendor thread when it is idle. When it is stuck in a vendor call that may
- * never return (the device is hung), close does not wait for ever: it
- * detaches the thread, hands it the device to free should the call ever
- * return, and leaves the library loaded, since dlclose would unmap the code
- * the call runs in. The process is exiting anyway.
+ * Loop thread, at exit or when open fails; no read or analog output is in
+ * flight (the actuators that write through this device are closed first, as
+ * they hold it). Joins the vendor thread when it is idle. When it is stuck
+ * in a vendor call that may never return (the device is hung), close does
+ * not wait for ever: it detaches the thread, hands it the device to free
+ * should the call ever return, and leaves the library loaded, since dlclose
+ * would unmap the code the call runs in. The process is exiting anyway.
  */
 static void hf_close(void *dev) {
     struct hf_dev *d = dev;
@@ -713,10 +805,11 @@ static void hf_close(void *dev) {
     hf_free(d, true);
 }
 
-static int hf_open(const struct config *cfg, const struct clock *clk, void **devp, char *err,
-                   size_t errlen) {
+static int hf_open(const struct wm_open_args *a, void **devp, char *err, size_t errlen) {
+    const struct hf_settings *s = a->settings;
+    const struct config *cfg = a->cfg;
     struct hf_dev *d;
-    struct hf_job j = {.run = hf_probe};
+    struct hf_job j = {.run = hf_probe, .what = "start-up probe"};
     char why[sizeof(j.err)];
     pthread_condattr_t ca;
     sigset_t all, old;
@@ -735,7 +828,7 @@ static int hf_open(const struct config *cfg, const struct clock *clk, void **dev
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    d->clk = clk;
+    d->clk = a->clk;
     d->owns_switch = nenabled > 1 || (nenabled == 1 && only_channel != 1);
     pthread_mutex_init(&d->mu, NULL);
     /* hf_run's deadlines are CLOCK_MONOTONIC: a step of the wall clock must
@@ -764,7 +857,7 @@ static int hf_open(const struct config *cfg, const struct clock *clk, void **dev
 
     /* Loading and the first calls are bounded by the read timeout too: a
      * server that does not answer at start-up is a start-up error. */
-    snprintf(j.path, sizeof(j.path), "%s", cfg->wlm_library);
+    snprintf(j.path, sizeof(j.path), "%s", s->library);
     j.nenabled = nenabled;
     if ((rc = hf_run(d, &j, cfg->read_timeout_ms, why, sizeof(why))) < 0) {
         snprintf(err, errlen, "%s", why);
@@ -774,6 +867,7 @@ static int hf_open(const struct config *cfg, const struct clock *clk, void **dev
         snprintf(err, errlen, "%s", j.err);
         goto fail;
     }
+    d->analog = j.analog;
     *devp = d;
     return 0;
 fail:
@@ -785,7 +879,7 @@ fail:
  * most req->timeout_ms (see hf_run). */
 static int hf_read(void *dev, const struct wm_read_req *req, struct wm_sample *out) {
     struct hf_dev *d = dev;
-    struct hf_job j = {.run = hf_read_job, .req = *req};
+    struct hf_job j = {.run = hf_read_job, .what = "read", .req = *req};
     int timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 0;
     int reserve_ms = timeout_ms / 10 < HF_RESERVE_MAX_MS ? timeout_ms / 10 : HF_RESERVE_MAX_MS;
     char why[sizeof(out->detail)];
@@ -816,10 +910,73 @@ static int hf_worst_read_ms(int exposure_ms, int settle_ms, int timeout_ms) {
     return settle_ms + (WLM_FLUSH_READS + 1) * (exposure_ms + WLM_READOUT_MS) + reserve_ms;
 }
 
+/*
+ * Pool thread: set laser-control output `output` (1-based) to volts, the way
+ * a read is run: the one SetDeviationSignalNum call goes to the vendor
+ * thread, and this waits for it (and for its turn behind a read) at most
+ * timeout_ms. 0, or < 0 with why: -ENOTSUP without the function, -EINVAL
+ * for a bad port or value, -ETIMEDOUT, or the ResERR code's errno.
+ */
+static int hf_analog_out(void *dev, int output, double volts, int timeout_ms, char *why,
+                         size_t whylen) {
+    struct hf_dev *d = dev;
+    struct hf_job j = {.run = hf_analog_job, .what = "analog output"};
+    int rc;
+
+    if (!d->analog) {
+        snprintf(why, whylen,
+                 "libwlmData has no SetDeviationSignalNum (library too old, or built without "
+                 "laser control): analog output %d unavailable",
+                 output);
+        return -ENOTSUP;
+    }
+    if (output < 1 || output > HF_ANALOG_PORTS) {
+        snprintf(why, whylen, "analog output %d out of range 1..%d", output, HF_ANALOG_PORTS);
+        return -EINVAL;
+    }
+    if (!isfinite(volts)) {
+        snprintf(why, whylen, "analog output %d: %g V is not a voltage", output, volts);
+        return -EINVAL;
+    }
+    j.port = output;
+    j.mv = volts * 1000.0; /* the vendor's unit */
+    if ((rc = hf_run(d, &j, timeout_ms > 0 ? timeout_ms : 0, why, whylen)) < 0)
+        return rc;
+    if (j.rc < 0)
+        snprintf(why, whylen, "%s", j.err);
+    return j.rc;
+}
+
+/* The key table fills it, so it must fit the loader's bytes. */
+_Static_assert(sizeof(struct hf_settings) <= CONFIG_SETTINGS_MAX,
+               "struct hf_settings outgrew CONFIG_SETTINGS_MAX");
+
+static const struct cfg_key hf_keys[] = {
+    CFG_ROW_STR("library", struct hf_settings, library, "path of the HighFinesse libwlmData.so"),
+    CFG_ROW_END,
+};
+
+static void hf_defaults(void *settings) {
+    struct hf_settings *s = settings;
+
+    memset(s, 0, sizeof(*s));
+    snprintf(s->library, sizeof(s->library), "%s", HF_LIBRARY_DEFAULT);
+}
+
 const struct wm_driver highfinesse_driver = {
-    .name = "highfinesse",
+    .cfg =
+        {
+            .name = "highfinesse",
+            .keys = hf_keys,
+            .size = sizeof(struct hf_settings),
+            .defaults = hf_defaults,
+        },
+    /* A real wavemeter measures lasers it may not steer: a laser gets an
+     * actuator only when its config names one. */
+    .default_actuator = NULL,
     .worst_read_ms = hf_worst_read_ms,
     .open = hf_open,
     .close = hf_close,
     .read = hf_read,
+    .analog_out = hf_analog_out,
 };

@@ -36,20 +36,16 @@ struct sim_dev {
     struct sim_laser lasers[CONFIG_MAX_LASERS + 1]; /* by channel */
 };
 
-struct sim_act {
-    struct sim_dev *dev;
-    int channel;
-};
-
 static const char *const fault_names[] = {
     [SIM_FAULT_NONE] = "none",
     [SIM_FAULT_NO_SIGNAL] = "no_signal",
     [SIM_FAULT_UNDEREXPOSED] = "underexposed",
     [SIM_FAULT_OVEREXPOSED] = "overexposed",
+    NULL, /* the end, for the config table */
 };
 
 int sim_fault_parse(const char *name, enum sim_fault *out) {
-    for (size_t i = 0; i < sizeof(fault_names) / sizeof(fault_names[0]); i++) {
+    for (size_t i = 0; fault_names[i] != NULL; i++) {
         if (strcmp(name, fault_names[i]) == 0) {
             *out = (enum sim_fault)i;
             return 0;
@@ -117,8 +113,9 @@ static double laser_true_thz(const struct sim_laser *l) {
            (l->offset_mhz + l->drift_mhz + l->sensitivity_mhz_per_v * l->actual_v) * 1e-6;
 }
 
-static int sim_open(const struct config *cfg, const struct clock *clk, void **devp, char *err,
-                    size_t errlen) {
+static int sim_open(const struct wm_open_args *a, void **devp, char *err, size_t errlen) {
+    const struct config *cfg = a->cfg;
+    const struct sim_settings *set = a->settings;
     struct sim_dev *d = calloc(1, sizeof(*d));
     uint64_t now_ns;
 
@@ -127,31 +124,26 @@ static int sim_open(const struct config *cfg, const struct clock *clk, void **de
         return -ENOMEM;
     }
     pthread_mutex_init(&d->mu, NULL);
-    d->clk = clk;
+    d->clk = a->clk;
     d->connected = true;
-    now_ns = clock_now_ns(clk);
-    rng_seed(d->rng, cfg->seed != 0 ? cfg->seed : now_ns);
+    now_ns = clock_now_ns(a->clk);
+    rng_seed(d->rng, set->seed != 0 ? set->seed : now_ns);
+    (void)err;
+    (void)errlen;
     for (int i = 0; i < cfg->nlasers; i++) {
         const struct laser_config *lc = &cfg->lasers[i];
+        const struct sim_chan *sc = sim_chan_const(lc);
         struct sim_laser *l = &d->lasers[lc->channel];
-        enum sim_fault fault = SIM_FAULT_NONE;
 
-        if (sim_fault_parse(lc->sim.fault, &fault) != 0) {
-            snprintf(err, errlen, "laser \"%s\": unknown sim fault \"%s\"", lc->name,
-                     lc->sim.fault);
-            pthread_mutex_destroy(&d->mu);
-            free(d);
-            return -EINVAL;
-        }
         l->present = true;
-        l->nominal_thz = lc->sim.nominal_thz;
-        l->offset_mhz = lc->sim.offset_mhz;
-        l->drift_mhz_per_sqrt_s = lc->sim.drift_mhz_per_sqrt_s;
-        l->noise_mhz = lc->sim.noise_mhz;
-        l->sensitivity_mhz_per_v = lc->sim.sensitivity_mhz_per_v;
-        l->lag_s = lc->sim.lag_ms * 1e-3;
+        l->nominal_thz = sc->nominal_thz;
+        l->offset_mhz = sc->offset_mhz;
+        l->drift_mhz_per_sqrt_s = sc->drift_mhz_per_sqrt_s;
+        l->noise_mhz = sc->noise_mhz;
+        l->sensitivity_mhz_per_v = sc->sensitivity_mhz_per_v;
+        l->lag_s = sc->lag_ms * 1e-3;
         l->t_ns = now_ns;
-        l->fault = fault;
+        l->fault = (enum sim_fault)sc->fault;
     }
     *devp = d;
     return 0;
@@ -289,59 +281,164 @@ static int sim_worst_read_ms(int exposure_ms, int settle_ms, int timeout_ms) {
     return exposure_ms + settle_ms;
 }
 
+/* sim.*: the test hooks a client reaches through meter_simulate(). */
+static int sim_simulate(void *dev, const struct wm_sim_cmd *cmd) {
+    enum sim_fault fault;
+
+    switch (cmd->op) {
+    case WM_SIM_FAULT:
+        if (cmd->arg == NULL || sim_fault_parse(cmd->arg, &fault) != 0)
+            return -EINVAL;
+        return sim_set_fault(dev, cmd->channel, fault);
+    case WM_SIM_MODE_HOP:
+        return sim_mode_hop(dev, cmd->channel, cmd->jump_mhz);
+    case WM_SIM_CONNECT:
+        return sim_set_connected(dev, true);
+    case WM_SIM_DISCONNECT:
+        return sim_set_connected(dev, false);
+    }
+    return -EINVAL;
+}
+
+#define S struct sim_settings
+#define CH struct sim_chan
+
+static const struct cfg_key sim_keys[] = {
+    CFG_ROW_U64("seed", S, seed, "simulator random seed; 0 takes one from the clock"),
+    CFG_ROW_END,
+};
+
+/* "Not in the file": the laser keys follow them, or they follow the laser. */
+#define SIM_UNSET ((double)NAN)
+#define SIM_DEFAULT_SENSITIVITY_MHZ_PER_V 50.0
+
+static const struct cfg_key sim_chan_keys[] = {
+    CFG_ROW_DBL("nominal_thz", CH, nominal_thz, 1, 2000,
+                "free-running frequency at 0 V, in THz; default: the laser's setpoint_thz"),
+    CFG_ROW_DBL("offset_mhz", CH, offset_mhz, -1000000, 1000000,
+                "start offset from nominal_thz, in MHz"),
+    CFG_ROW_DBL("drift_mhz_per_sqrt_s", CH, drift_mhz_per_sqrt_s, 0, 10000,
+                "random-walk strength, in MHz per sqrt(s)"),
+    CFG_ROW_DBL("noise_mhz", CH, noise_mhz, 0, 10000, "white measurement noise, 1 sigma, in MHz"),
+    CFG_ROW_DBL("sensitivity_mhz_per_v", CH, sensitivity_mhz_per_v, -1000000, 1000000,
+                "frequency change per actuator volt, signed, in MHz/V; default: the laser's"),
+    CFG_ROW_DBL("lag_ms", CH, lag_ms, 0, 100000,
+                "first-order time constant of the actuator, in ms"),
+    CFG_ROW_CHOICE("fault", CH, fault, fault_names, "every reading of this channel has this fault"),
+    CFG_ROW_END,
+};
+#undef S
+#undef CH
+
+static void sim_chan_defaults(void *p) {
+    struct sim_chan *c = p;
+
+    c->nominal_thz = SIM_UNSET;
+    c->offset_mhz = 0;
+    c->drift_mhz_per_sqrt_s = 0.5;
+    c->noise_mhz = 0.5;
+    c->sensitivity_mhz_per_v = SIM_UNSET;
+    c->lag_ms = 20;
+    c->fault = SIM_FAULT_NONE;
+}
+
+/* The simulated light and the laser's keys default to each other: the
+ * laser sits on its setpoint, and the loop's sign is the light's. */
+static void sim_chan_resolve(void *p, struct laser_config *lc) {
+    struct sim_chan *c = p;
+
+    if (isnan(c->nominal_thz) && !isnan(lc->setpoint_thz))
+        c->nominal_thz = lc->setpoint_thz;
+    if (isnan(c->nominal_thz))
+        c->nominal_thz = 384.23; /* Rb D2, as the core's default setpoint */
+    if (isnan(lc->setpoint_thz))
+        lc->setpoint_thz = c->nominal_thz;
+    if (isnan(c->sensitivity_mhz_per_v))
+        c->sensitivity_mhz_per_v = isnan(lc->sensitivity_mhz_per_v)
+                                       ? SIM_DEFAULT_SENSITIVITY_MHZ_PER_V
+                                       : lc->sensitivity_mhz_per_v;
+    if (isnan(lc->sensitivity_mhz_per_v))
+        lc->sensitivity_mhz_per_v = c->sensitivity_mhz_per_v;
+}
+
 const struct wm_driver sim_driver = {
-    .name = "sim",
+    .cfg = {.name = "sim", .keys = sim_keys, .size = sizeof(struct sim_settings)},
+    .chan = {.name = "sim",
+             .keys = sim_chan_keys,
+             .size = sizeof(struct sim_chan),
+             .defaults = sim_chan_defaults},
+    .chan_resolve = sim_chan_resolve,
+    .default_actuator = "sim",
     .worst_read_ms = sim_worst_read_ms,
     .open = sim_open,
     .close = sim_close,
     .read = sim_read,
+    .simulate = sim_simulate,
 };
 
-static int sim_act_open(const struct laser_config *lc, const struct wm_driver *wm, void *wm_dev,
-                        void **devp, char *err, size_t errlen) {
-    struct sim_act *a;
+/* The simulated actuators are channels of the simulated wavemeter: one
+ * device, the channel is the laser's. */
+static void sim_act_ident(const void *settings, const struct laser_config *lc, char *device,
+                          size_t devlen, char *channel, size_t chanlen) {
+    (void)settings;
+    snprintf(device, devlen, "sim");
+    snprintf(channel, chanlen, "%d", lc->channel);
+}
 
-    if (wm != &sim_driver) {
-        snprintf(err, errlen, "laser \"%s\": actuator \"sim\" needs wavemeter driver \"sim\"",
-                 lc->name);
+static int sim_act_check(const void *settings, const struct laser_config *lc,
+                         const struct wm_driver *wm, const char **key, char *why, size_t whylen) {
+    (void)settings;
+    (void)lc;
+    if (wm == &sim_driver)
+        return 0;
+    *key = "driver";
+    snprintf(why, whylen,
+             "actuator \"sim\" moves simulated lasers only (wavemeter driver \"sim\")");
+    return -EINVAL;
+}
+
+static int sim_act_open(const struct act_open_args *a, void **devp, char *err, size_t errlen) {
+    if (a->wm != &sim_driver || a->wm_dev == NULL) {
+        snprintf(err, errlen, "actuator \"sim\" needs the simulated wavemeter");
         return -EINVAL;
     }
-    if ((a = calloc(1, sizeof(*a))) == NULL) {
-        snprintf(err, errlen, "laser \"%s\": out of memory", lc->name);
-        return -ENOMEM;
-    }
-    a->dev = wm_dev;
-    a->channel = lc->channel;
-    *devp = a;
+    *devp = a->wm_dev; /* borrowed: the meter owns and closes it */
     return 0;
 }
 
 static void sim_act_close(void *dev) {
-    free(dev);
+    (void)dev;
 }
 
-static int sim_act_write(void *dev, double output_v, int timeout_ms) {
-    struct sim_act *a = dev;
+static int sim_act_write(void *dev, const void *settings, const struct laser_config *lc,
+                         double output_v, int timeout_ms, struct act_io *io) {
+    struct sim_dev *d = dev;
     struct sim_laser *l;
     int rc = 0;
 
+    (void)settings;
     (void)timeout_ms;
-    pthread_mutex_lock(&a->dev->mu);
-    if (!a->dev->connected) {
+    io->readback_v = (double)NAN;
+    pthread_mutex_lock(&d->mu);
+    if (!d->connected) {
         /* The simulated box shares the wavemeter's cable: pulled together. */
+        snprintf(io->why, sizeof(io->why), "simulated wavemeter disconnected");
         rc = -ENODEV;
-    } else if ((l = laser_get(a->dev, a->channel)) == NULL) {
+    } else if ((l = laser_get(d, lc->channel)) == NULL) {
+        snprintf(io->why, sizeof(io->why), "no simulated laser on channel %d", lc->channel);
         rc = -ENOENT;
     } else {
-        laser_advance(a->dev, l, clock_now_ns(a->dev->clk));
+        laser_advance(d, l, clock_now_ns(d->clk));
         l->input_v = output_v;
     }
-    pthread_mutex_unlock(&a->dev->mu);
+    pthread_mutex_unlock(&d->mu);
     return rc;
 }
 
 const struct act_driver sim_actuator = {
-    .name = "sim",
+    .cfg = {.name = "sim"},
+    .ident = sim_act_ident,
+    .check = sim_act_check,
     .open = sim_act_open,
     .close = sim_act_close,
     .write = sim_act_write,

@@ -5,8 +5,8 @@
  * then dropped; one that vanishes mid-answer only loses its own answers.
  * Client work is metered by the clock: no loop turn spends more than a few
  * milliseconds on clients, so readings, locks and other clients never wait
- * behind one client's flood. Nothing here may block the loop or interpret a
- * method.
+ * behind one client's flood. Nothing here may block the loop, interpret a
+ * method or decide who may write (each connection's rpc_session does).
  */
 #include "server.h"
 
@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "acl.h"
 #include "linebuf.h"
 #include "log.h"
 
@@ -28,13 +27,6 @@
 #define MAX_PENDING_LINES 1024
 /* At shutdown, answers still owed (a durable write finishing) get this long. */
 #define DRAIN_MS 500
-/* Wrong write tokens before a connection is closed (protocol.md). */
-#define MAX_FAILED_LOGINS 5
-/* Wrong tokens one address may send per window, over all its connections:
- * reconnecting must not buy more guesses. A 32-byte random token cannot be
- * guessed at 10 a minute; a user who mistyped waits a minute at worst. */
-#define ADDR_MAX_FAILED_LOGINS 10
-#define ADDR_LOGIN_WINDOW_NS (60 * 1000000000ull)
 /* Refused connections are logged once per address per minute. */
 #define REFUSAL_LOG_NS (60 * 1000000000ull)
 /* Client work per loop turn, measured with the monotonic clock. The lock
@@ -94,6 +86,9 @@ struct client {
     struct pending *head, *tail;
     char name[64];
     struct sockaddr_storage peer;
+    /* Its access state (NULL for a refused connection): carried to rpc
+     * with each line, never looked into here. */
+    struct rpc_session *session;
     uint64_t last_active_ns;   /* last byte received or answer written */
     uint64_t stalled_since_ns; /* queue above the pause mark since; 0 = not */
     size_t held_bytes;         /* answers done but waiting behind an earlier one */
@@ -108,8 +103,6 @@ struct client {
     unsigned turn_lines;       /* requests handled in that turn */
     struct client *ready_next; /* on the server's ready list */
     struct peer *peer_row;     /* NULL when the address could not be counted */
-    unsigned failed_logins;    /* wrong tokens in a row */
-    bool authorized;           /* gave the write token (access.require_token) */
     bool eof;                  /* nothing more is read: answer, then close */
     bool paused;               /* reading stopped: too much unread output */
     bool yielded;              /* used its turn's budget: on the ready list */
@@ -130,58 +123,12 @@ static void client_read_stop(struct client *c);
 static void client_end_input(struct client *c);
 static void accept_one(struct server *s);
 
-const char *server_client_name(const struct client *c) {
-    return c->name;
-}
-
 int server_clients_paused(const struct server *s) {
     int n = 0;
 
     for (const struct client *c = s->clients; c; c = c->next)
         n += c->paused;
     return n;
-}
-
-bool server_client_in_write_from(const struct client *c) {
-    return acl_allows(&c->srv->cfg->write_from, (const struct sockaddr *)&c->peer);
-}
-
-bool server_client_authorized(const struct client *c) {
-    return c->authorized;
-}
-
-bool server_client_login_blocked(struct client *c, double *wait_s) {
-    uint64_t wait_ns = 0;
-    struct peer *r = peers_get(&c->srv->peers, (const struct sockaddr *)&c->peer, uv_hrtime());
-
-    if (r == NULL || !peers_login_blocked(r, uv_hrtime(), ADDR_LOGIN_WINDOW_NS,
-                                          ADDR_MAX_FAILED_LOGINS, &wait_ns))
-        return false;
-    *wait_s = (double)wait_ns * 1e-9;
-    return true;
-}
-
-bool server_client_login(struct client *c, bool ok) {
-    bool was = c->authorized;
-
-    if (ok) {
-        c->authorized = true;
-        c->failed_logins = 0;
-        return was;
-    }
-    /* A wrong token is never ignored: whoever typed it is not sure of the
-     * token, so the connection is read-only again until a right one. */
-    c->authorized = false;
-    struct peer *r = peers_get(&c->srv->peers, (const struct sockaddr *)&c->peer, uv_hrtime());
-    if (r)
-        peers_login_failed(r, uv_hrtime(), ADDR_LOGIN_WINDOW_NS);
-    /* Five wrong tokens in a row: this is guessing, not a typo. The answer
-     * to the fifth is still written, then the connection closes. */
-    if (++c->failed_logins >= MAX_FAILED_LOGINS && !c->closing) {
-        log_warnx("client %s: %u wrong tokens, closing", c->name, c->failed_logins);
-        client_end_input(c); /* not even the rest of this read */
-    }
-    return was;
 }
 
 static size_t pause_mark(const struct client *c) {
@@ -227,6 +174,7 @@ static void client_closed_cb(uv_handle_t *h) {
             break;
         }
     }
+    rpc_session_destroy(c->session); /* its lines are done or abandoned */
     if (c->peer_row)
         c->peer_row->nconn--;
     linebuf_fini(&c->lb);
@@ -723,7 +671,7 @@ static void on_line(void *ctx, const char *line, size_t len) {
     const struct rpc_owner o = {
         .done = line_done_cb,
         .owner = p,
-        .peer = c,
+        .session = c->session,
         .budget_bytes = p->reserved,
         .pace = pace_cb,
     };
@@ -824,6 +772,17 @@ static void client_refuse(struct client *c, const char *why, const char *msg) {
     client_flush(c);
 }
 
+/* rpc_end_cb: the connection's session wants it ended, and says why. The
+ * answer owed for the call that asked is still written. */
+static void session_end_cb(void *owner, const char *why) {
+    struct client *c = owner;
+
+    if (c->closing)
+        return;
+    log_warnx("client %s: %s, closing", c->name, why);
+    client_end_input(c); /* not even the rest of this read */
+}
+
 static void accept_one(struct server *s) {
     struct client *c;
     char why[96], msg[96];
@@ -871,6 +830,13 @@ static void accept_one(struct server *s) {
         snprintf(msg, sizeof(msg), "Too many connections from this address (max %d)",
                  s->cfg->max_clients_per_address);
         client_refuse(c, why, msg);
+        return;
+    }
+    c->session = rpc_session_create(s->rpc, (const struct sockaddr *)&c->peer, c->name, &s->peers,
+                                    session_end_cb, c);
+    if (c->session == NULL) {
+        log_warnx("client %s: out of memory, closing", c->name);
+        client_close(c);
         return;
     }
     log_debug("client %s: connected", c->name);

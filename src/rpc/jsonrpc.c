@@ -2,16 +2,20 @@
  * jsonrpc: the JSON-RPC 2.0 envelope. Owns parsing one line, checking each
  * request, naming positional params, dispatching to the method table and
  * assembling the one answer line, in request order, once every call is
- * answered. It never sees a socket and never knows what a method does.
+ * answered; and each connection's access state (the session), with the
+ * decisions made on it. It never sees a socket and never knows what a
+ * method does; the facts access rests on come from struct rpc_access.
  */
 #include "jsonrpc.h"
 
 #include <assert.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* How every answer is written: one line of compact JSON, members in the
  * order they were added (a method's result reads as it was built), UTF-8 as
@@ -27,6 +31,22 @@
 /* Written when even an error answer cannot be built (out of memory). */
 #define RPC_FALLBACK_ERROR "{\"code\":-32603,\"message\":\"Internal error\"}"
 #define RPC_FALLBACK_ERROR_LINE "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":" RPC_FALLBACK_ERROR "}"
+
+/* Wrong tokens in a row before a connection is ended (docs/PROTOCOL.md):
+ * five is more than a user mistypes, and the address-wide limit in the
+ * access policy bounds what reconnecting buys. */
+#define SESSION_MAX_FAILED_LOGINS 5
+
+struct rpc_session {
+    const struct rpc_server *srv;
+    struct peers *peers; /* borrowed, for the access policy's login hooks */
+    struct sockaddr_storage addr;
+    char name[64];
+    rpc_end_cb end;
+    void *owner;
+    unsigned failed_logins; /* wrong tokens in a row */
+    bool logged_in;         /* gave the write token (access.token_ok) */
+};
 
 /* One request of a line (a single request is a batch of one). */
 struct rpc_call {
@@ -594,6 +614,7 @@ void rpc_line_abandon(struct rpc_line *line) {
     assert(!line->abandoned);
     line->abandoned = true;
     line->o.peer = NULL;
+    line->o.session = NULL; /* may be freed before the calls still running end */
     /* Answers already written will never be sent. */
     for (size_t i = 0; i < line->ncalls; i++) {
         free(line->calls[i].out);
@@ -693,4 +714,123 @@ void rpc_call_too_big(struct rpc_call *call, size_t need) {
 
 const char *rpc_call_method(const struct rpc_call *call) {
     return json_string_value(call->method);
+}
+
+/* ---- sessions: a connection's access state ---- */
+
+struct rpc_session *rpc_session_create(const struct rpc_server *srv, const struct sockaddr *addr,
+                                       const char *name, struct peers *peers, rpc_end_cb end,
+                                       void *owner) {
+    struct rpc_session *s = calloc(1, sizeof(*s));
+
+    if (s == NULL)
+        return NULL;
+    s->srv = srv;
+    s->peers = peers;
+    /* Only as much as the family has: addr may be a bare sockaddr_in. */
+    if (addr && addr->sa_family == AF_INET)
+        memcpy(&s->addr, addr, sizeof(struct sockaddr_in));
+    else if (addr && addr->sa_family == AF_INET6)
+        memcpy(&s->addr, addr, sizeof(struct sockaddr_in6));
+    else
+        s->addr.ss_family = AF_UNSPEC;
+    snprintf(s->name, sizeof(s->name), "%s", name ? name : "?");
+    s->end = end;
+    s->owner = owner;
+    return s;
+}
+
+void rpc_session_destroy(struct rpc_session *s) {
+    free(s);
+}
+
+const char *rpc_session_name(const struct rpc_session *s) {
+    return s->name;
+}
+
+struct rpc_session *rpc_call_session(const struct rpc_call *call) {
+    return call->line->abandoned ? NULL : call->line->o.session;
+}
+
+/* Whether s's peer address may write now: asked at every write, never
+ * remembered, so a reload that takes a network out of access.write_from
+ * applies to connections already open from it. */
+static bool session_write_from(const struct rpc_session *s) {
+    const struct rpc_access *a = &s->srv->access;
+
+    return s->addr.ss_family != AF_UNSPEC && a->write_from != NULL &&
+           a->write_from(s->srv->ctx, (const struct sockaddr *)&s->addr);
+}
+
+bool rpc_call_may_write(struct rpc_call *call) {
+    const struct rpc_session *s = rpc_call_session(call);
+
+    if (s == NULL || !session_write_from(s)) {
+        rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
+                        "Unauthorized: %s may read but not change anything (see "
+                        "access.write_from)",
+                        s ? s->name : "this client");
+        return false;
+    }
+    if (s->srv->access.token_ok && !s->logged_in) {
+        rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
+                        "Unauthorized: call auth with the token from %s first",
+                        s->srv->access.token_path ? s->srv->access.token_path : "the daemon");
+        return false;
+    }
+    return true;
+}
+
+void rpc_call_login(struct rpc_call *call, const char *token, size_t len) {
+    struct rpc_session *s = rpc_call_session(call);
+    const struct rpc_server *srv = call->line->srv;
+    const struct rpc_access *a = &srv->access;
+    double wait_s = 0;
+
+    if (a->token_ok == NULL) {
+        rpc_call_result(call, json_true()); /* nothing to unlock */
+        return;
+    }
+    if (s && a->login_blocked &&
+        a->login_blocked(srv->ctx, s->peers, (const struct sockaddr *)&s->addr, &wait_s)) {
+        /* Whole seconds, rounded up (by hand: the envelope links no libm). */
+        double whole_s = (double)(uint64_t)wait_s;
+        rpc_call_errorf(call, RPC_RATE_LIMITED, NULL,
+                        "Rate limited: too many wrong tokens from this address; try again in "
+                        "%.0f s",
+                        whole_s < wait_s ? whole_s + 1 : whole_s);
+        return;
+    }
+    if (a->token_ok(srv->ctx, token, len)) {
+        if (s) {
+            s->logged_in = true;
+            s->failed_logins = 0;
+        }
+        rpc_call_result(call, json_true());
+        return;
+    }
+    if (s == NULL) {
+        rpc_call_error(call, RPC_UNAUTHORIZED, "Unauthorized: wrong token", NULL);
+        return;
+    }
+    /* A wrong token is never ignored: whoever typed it is not sure of the
+     * token, so the connection is read-only again until a right one. */
+    bool was = s->logged_in;
+    s->logged_in = false;
+    if (a->login_failed)
+        a->login_failed(srv->ctx, s->peers, (const struct sockaddr *)&s->addr);
+    /* This is guessing, not a typo: the connection ends once the answer to
+     * this call is written. */
+    if (++s->failed_logins >= SESSION_MAX_FAILED_LOGINS && s->end) {
+        char why[48];
+
+        snprintf(why, sizeof(why), "%u wrong tokens", s->failed_logins);
+        s->end(s->owner, why);
+    }
+    if (was)
+        rpc_call_error(call, RPC_UNAUTHORIZED,
+                       "Unauthorized: wrong token; this connection's earlier login is withdrawn",
+                       NULL);
+    else
+        rpc_call_error(call, RPC_UNAUTHORIZED, "Unauthorized: wrong token", NULL);
 }

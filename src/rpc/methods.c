@@ -13,10 +13,12 @@
 
 #include <stdlib.h>
 
+#include "acl.h"
 #include "daemon.h"
 #include "log.h"
 #include "numfmt.h"
-#include "sim.h"
+#include "peers.h"
+#include "token.h"
 
 /* Protocol version: the major changes only for incompatible changes. */
 #define PROTOCOL_MAJOR 1
@@ -24,6 +26,12 @@
 
 /* Speed of light, for vacuum wavelengths: lambda_nm = C_NM_THZ / f_thz. */
 #define C_NM_THZ 299792.458
+
+/* Wrong tokens one address may send per window, over all its connections:
+ * reconnecting must not buy more guesses. A 32-byte random token cannot be
+ * guessed at 10 a minute; a user who mistyped waits a minute at worst. */
+#define ADDR_MAX_FAILED_LOGINS 10
+#define ADDR_LOGIN_WINDOW_NS (60 * 1000000000ull)
 
 static double ns_to_ms(uint64_t ns) {
     return (double)ns * 1e-6;
@@ -176,7 +184,7 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
                              (json_int_t)c->errors, "not_ok", (json_int_t)c->not_ok));
     }
     json_t *drv =
-        json_pack("{s:s, s:s}", "name", d->meter.drv->name, "state", meter_state_name(&d->meter));
+        json_pack("{s:s, s:s}", "name", d->meter.drv->cfg.name, "state", meter_state_name(&d->meter));
     if (d->meter.last_error[0])
         json_object_set_new(drv, "error", json_string(d->meter.last_error));
     rpc_call_result(
@@ -227,36 +235,22 @@ static void m_read(struct rpc_call *call, json_t *params, void *ctx) {
     rpc_call_result(call, a);
 }
 
-/* Write methods are for the networks in access.write_from only; anyone the
- * server accepts may read. Answers -32001 and returns false otherwise. */
+/* Write methods are for the networks in access.write_from only (and, with
+ * access.require_token, for connections that logged in); anyone the server
+ * accepts may read. The call's session decides: answers -32001 and returns
+ * false otherwise. */
 static bool write_allowed(struct rpc_call *call, struct daemon *d) {
-    const struct client *c = rpc_call_peer(call);
-
-    if (c == NULL || !server_client_in_write_from(c)) {
-        rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
-                        "Unauthorized: %s may read but not change anything (see "
-                        "access.write_from)",
-                        c ? server_client_name(c) : "this client");
-        return false;
-    }
-    if (d->cfg.require_token && !server_client_authorized(c)) {
-        rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
-                        "Unauthorized: call auth with the token from %s first", d->token.path);
-        return false;
-    }
-    return true;
+    (void)d;
+    return rpc_call_may_write(call);
 }
 
 static const char *const auth_params[] = {"token", NULL};
 
 /* auth {token}: this connection may then use write methods. */
 static void m_auth(struct rpc_call *call, json_t *params, void *ctx) {
-    struct daemon *d = ctx;
-    struct client *c = rpc_call_peer(call);
     json_t *t = json_object_get(params, "token");
-    double wait_s = 0;
-    bool ok, was;
 
+    (void)ctx;
     if (!params_only(call, params, auth_params))
         return;
     if (!json_is_string(t)) {
@@ -264,27 +258,44 @@ static void m_auth(struct rpc_call *call, json_t *params, void *ctx) {
                        NULL);
         return;
     }
-    if (!d->cfg.require_token) {
-        rpc_call_result(call, json_true()); /* nothing to unlock */
-        return;
-    }
-    if (c && server_client_login_blocked(c, &wait_s)) {
-        rpc_call_errorf(call, RPC_RATE_LIMITED, NULL,
-                        "Rate limited: too many wrong tokens from this address; try again in "
-                        "%.0f s",
-                        ceil(wait_s));
-        return;
-    }
-    ok = token_check(&d->token, json_string_value(t), json_string_length(t));
-    was = c ? server_client_login(c, ok) : false;
-    if (ok)
-        rpc_call_result(call, json_true());
-    else if (was)
-        rpc_call_error(call, RPC_UNAUTHORIZED,
-                       "Unauthorized: wrong token; this connection's earlier login is withdrawn",
-                       NULL);
-    else
-        rpc_call_error(call, RPC_UNAUTHORIZED, "Unauthorized: wrong token", NULL);
+    rpc_call_login(call, json_string_value(t), json_string_length(t));
+}
+
+/* ---- the access policy the sessions ask (struct rpc_access) ---- */
+
+/* The config as it is now: a reload replaces write_from in place. */
+static bool access_write_from(void *ctx, const struct sockaddr *addr) {
+    const struct daemon *d = ctx;
+
+    return acl_allows(&d->cfg.write_from, addr);
+}
+
+static bool access_token_ok(void *ctx, const char *given, size_t len) {
+    const struct daemon *d = ctx;
+
+    return token_check(&d->token, given, len);
+}
+
+static bool access_login_blocked(void *ctx, struct peers *peers, const struct sockaddr *addr,
+                                 double *wait_s) {
+    const struct daemon *d = ctx;
+    uint64_t now_ns = clock_now_ns(d->clk), wait_ns = 0;
+    struct peer *r = peers ? peers_get(peers, addr, now_ns) : NULL;
+
+    if (r == NULL ||
+        !peers_login_blocked(r, now_ns, ADDR_LOGIN_WINDOW_NS, ADDR_MAX_FAILED_LOGINS, &wait_ns))
+        return false;
+    *wait_s = (double)wait_ns * 1e-9;
+    return true;
+}
+
+static void access_login_failed(void *ctx, struct peers *peers, const struct sockaddr *addr) {
+    const struct daemon *d = ctx;
+    uint64_t now_ns = clock_now_ns(d->clk);
+    struct peer *r = peers ? peers_get(peers, addr, now_ns) : NULL;
+
+    if (r)
+        peers_login_failed(r, now_ns, ADDR_LOGIN_WINDOW_NS);
 }
 
 /* ---- lasers ---- */
@@ -337,7 +348,12 @@ static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon 
 
     json_object_set_new(o, "name", json_string(c->name));
     json_object_set_new(o, "channel", json_integer(c->channel));
-    json_object_set_new(o, "actuator", json_string(c->actuator.driver));
+    json_object_set_new(o, "actuator",
+                        json_string(c->actuator.drv.driver[0] ? c->actuator.drv.driver : "none"));
+    if (l->dev != NULL) {
+        json_object_set_new(o, "actuator_device", json_string(l->dev->name));
+        json_object_set_new(o, "actuator_state", json_string(actdev_state_name(l->dev)));
+    }
     json_object_set_new(o, "lock", json_boolean(l->lock_on));
     json_object_set_new(o, "state", json_string(laser_state_name(l->state)));
     json_object_set_new(o, "reason", json_string(l->reason));
@@ -347,6 +363,7 @@ static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon 
     json_object_set_new(o, "ramp_mhz_per_s", json_real(l->pid.ramp_mhz_per_s));
     json_object_set_new(o, "error_mhz", num_or_null(l->error_mhz));
     json_object_set_new(o, "output_v", json_real(l->pid.output_v));
+    json_object_set_new(o, "output_readback_v", num_or_null(l->readback_v));
     json_object_set_new(o, "gains",
                         json_pack("{s:f, s:f, s:f, s:f}", "kp_v_per_mhz", l->pid.p.kp_v_per_mhz,
                                   "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s, "kd_v_s_per_mhz",
@@ -412,10 +429,10 @@ static void write_done(void *arg, int rc, enum laser_stage stage) {
 }
 
 static void audit(struct rpc_call *call, json_t *params) {
-    const struct client *c = rpc_call_peer(call);
+    const struct rpc_session *s = rpc_call_session(call);
     char *p = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
 
-    log_notice("audit: %s %s %s", c ? server_client_name(c) : "?", rpc_call_method(call),
+    log_notice("audit: %s %s %s", s ? rpc_session_name(s) : "?", rpc_call_method(call),
                p ? p : "{}");
     free(p);
 }
@@ -436,6 +453,11 @@ static void write_refused(struct rpc_call *call, struct laser *l, int rc) {
     case -EBUSY:
         rpc_call_errorf(call, RPC_BUSY, NULL, "laser \"%s\": an actuator write is in flight",
                         c->name);
+        break;
+    case -ENODEV:
+        rpc_call_errorf(call, RPC_LASER_FAULT, NULL, "laser \"%s\": actuator %s is %s%s%s",
+                        c->name, l->dev->name, actdev_state_name(l->dev),
+                        l->dev->reason[0] ? ": " : "", l->dev->reason);
         break;
     default:
         rpc_call_errorf(call, RPC_INTERNAL_ERROR, NULL, "laser \"%s\": %s", c->name, strerror(-rc));
@@ -752,30 +774,41 @@ static void m_history(struct rpc_call *call, json_t *params, void *ctx) {
     rpc_call_result_text(call, buf);
 }
 
-/* sim.* methods: present only when the simulator is the driver. */
+/* sim.* methods: present only when the wavemeter driver simulates, and
+ * reaching it only through meter_simulate(). */
 
 static const char *const sim_fault_params[] = {"channel", "laser", "fault", NULL};
+
+/* The driver's answer to a sim.* call. */
+static void sim_answer(struct rpc_call *call, int rc) {
+    if (rc == 0)
+        rpc_call_result(call, json_true());
+    else
+        rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL, "Invalid params: %s", strerror(-rc));
+}
 
 static void m_sim_fault(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
     json_t *f = json_object_get(params, "fault");
-    enum sim_fault fault;
+    struct wm_sim_cmd cmd = {.op = WM_SIM_FAULT};
+    int rc;
 
     if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, sim_fault_params) || !param_channel(call, params, d, true, &c))
         return;
-    if (!json_is_string(f) || sim_fault_parse(json_string_value(f), &fault) != 0) {
+    cmd.channel = c->cfg->channel;
+    cmd.arg = json_is_string(f) ? json_string_value(f) : NULL;
+    if ((rc = meter_simulate(&d->meter, &cmd)) == -EINVAL) {
         rpc_call_error(call, RPC_INVALID_PARAMS,
                        "Invalid params: \"fault\" must be one of none, no_signal, underexposed, "
                        "overexposed",
                        NULL);
         return;
     }
-    sim_set_fault(d->meter.dev, c->cfg->channel, fault);
-    rpc_call_result(call, json_true());
+    sim_answer(call, rc);
 }
 
 /* A mode hop of a real diode laser is a few GHz to tens of GHz; a
@@ -789,6 +822,7 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
     json_t *j = json_object_get(params, "jump_mhz");
+    struct wm_sim_cmd cmd = {.op = WM_SIM_MODE_HOP};
 
     if (!write_allowed(call, d))
         return;
@@ -802,20 +836,21 @@ static void m_sim_mode_hop(struct rpc_call *call, json_t *params, void *ctx) {
                         -SIM_MAX_HOP_MHZ, SIM_MAX_HOP_MHZ);
         return;
     }
-    sim_mode_hop(d->meter.dev, c->cfg->channel, json_number_value(j));
-    rpc_call_result(call, json_true());
+    cmd.channel = c->cfg->channel;
+    cmd.jump_mhz = json_number_value(j);
+    sim_answer(call, meter_simulate(&d->meter, &cmd));
 }
 
 static void sim_connect(struct rpc_call *call, json_t *params, void *ctx, bool connected) {
     struct daemon *d = ctx;
+    struct wm_sim_cmd cmd = {.op = connected ? WM_SIM_CONNECT : WM_SIM_DISCONNECT};
 
     if (!write_allowed(call, d))
         return;
 
     if (!params_only(call, params, NULL))
         return;
-    sim_set_connected(d->meter.dev, connected);
-    rpc_call_result(call, json_true());
+    sim_answer(call, meter_simulate(&d->meter, &cmd));
 }
 
 static void m_sim_disconnect(struct rpc_call *call, json_t *params, void *ctx) {
@@ -853,7 +888,7 @@ static const struct rpc_method sim_methods[] = {
 static const struct rpc_method *find_extra(void *ctx, const char *name) {
     struct daemon *d = ctx;
 
-    if (d->meter.drv != &sim_driver)
+    if (!meter_can_simulate(&d->meter))
         return NULL;
     for (size_t i = 0; i < sizeof(sim_methods) / sizeof(sim_methods[0]); i++)
         if (strcmp(sim_methods[i].name, name) == 0)
@@ -867,4 +902,13 @@ void methods_init(struct rpc_server *rpc, struct daemon *d) {
     rpc->ctx = d;
     rpc->max_batch = (size_t)d->cfg.max_batch;
     rpc->find = find_extra;
+    rpc->access = (struct rpc_access){
+        .write_from = access_write_from,
+        /* access.require_token is read at start-up only (a change takes a
+         * restart), as the token itself is. */
+        .token_ok = d->cfg.require_token ? access_token_ok : NULL,
+        .token_path = d->token.path,
+        .login_blocked = access_login_blocked,
+        .login_failed = access_login_failed,
+    };
 }

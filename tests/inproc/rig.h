@@ -60,7 +60,7 @@ struct rig {
 static inline void rig_config(struct config *cfg, int nlasers, uint64_t seed) {
     config_defaults(cfg);
     cfg->nlasers = nlasers;
-    cfg->seed = seed;
+    ((struct sim_settings *)(void *)cfg->wavemeter.u.bytes)->seed = seed;
     for (int i = 0; i < nlasers; i++) {
         cfg->lasers[i].exposure_ms = 20;
         cfg->lasers[i].settle_ms = 10;

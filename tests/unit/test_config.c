@@ -5,7 +5,10 @@
  * refuses to start.
  */
 #include "config.h"
+#include "highfinesse.h"
 #include "jsonpos.h"
+#include "sim.h"
+#include "wavemeter.h"
 
 #include <check.h>
 #include <errno.h>
@@ -98,15 +101,16 @@ START_TEST(test_defaults) {
     ck_assert_int_eq(cfg.nlasers, 4);
     ck_assert_str_eq(cfg.listen_host, "127.0.0.1");
     ck_assert_int_eq(cfg.listen_port, 7420);
-    ck_assert_str_eq(cfg.driver, "sim");
+    ck_assert_str_eq(cfg.wavemeter.driver, "sim");
     ck_assert_str_eq(cfg.source, "");
     for (int i = 0; i < cfg.nlasers; i++) {
         const struct laser_config *l = &cfg.lasers[i];
         ck_assert_int_eq(l->channel, i + 1);
-        ck_assert(l->setpoint_thz == l->sim.nominal_thz);
+        ck_assert(l->setpoint_thz == sim_chan_const(l)->nominal_thz);
+        ck_assert_str_eq(l->actuator.drv.driver, "sim");
         ck_assert(fabs(l->max_thz - l->setpoint_thz - 0.001) < 1e-9);
         ck_assert(fabs(l->setpoint_thz - l->min_thz - 0.001) < 1e-9);
-        ck_assert(l->sensitivity_mhz_per_v == l->sim.sensitivity_mhz_per_v);
+        ck_assert(l->sensitivity_mhz_per_v == sim_chan_const(l)->sensitivity_mhz_per_v);
         ck_assert(l->output_min_v < l->output_initial_v && l->output_initial_v < l->output_max_v);
     }
     ck_assert(cfg.lasers[2].sensitivity_mhz_per_v < 0);
@@ -144,11 +148,10 @@ START_TEST(test_wavemeterd_json) {
     char err[512] = "";
 
     ck_assert_msg(config_load(&cfg, SRC("conf/wavemeterd.json"), err, sizeof(err)) == 0, "%s", err);
-    ck_assert_str_eq(cfg.driver, "highfinesse");
-    ck_assert_str_eq(cfg.wlm_library, "/usr/lib/libwlmData.so");
+    ck_assert_str_eq(cfg.wavemeter.driver, "highfinesse");
+    ck_assert_str_eq(((const struct hf_settings *)(const void *)cfg.wavemeter.u.bytes)->library,
+                     "/usr/lib/libwlmData.so");
     ck_assert_int_ge(cfg.nlasers, 2);
-    for (int i = 0; i < cfg.nlasers; i++)
-        ck_assert_str_eq(cfg.lasers[i].actuator.driver, "none");
 }
 END_TEST
 
@@ -218,13 +221,13 @@ static const struct {
     {"empty string", "{\"state\": {\"dir\": \"\"}}",
      "t.json:1:12: key \"state.dir\": must be a string of 1 to 255 bytes"},
     {"string too long",
-     "{\"wavemeter\": {\"library\": \"/"
+     "{\"wavemeter\": {\"driver\": \"highfinesse\", \"library\": \"/"
      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
      "a"
      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
      "a"
      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}",
-     "t.json:1:16: key \"wavemeter.library\": must be a string of 1 to 255 bytes"},
+     "t.json:1:41: key \"wavemeter.library\": must be a string of 1 to 255 bytes"},
     {"section not an object", "{\"limits\": [1]}", "t.json:1:2: key \"limits\": must be an object"},
     {"top level not an object", "\n [1]", "t.json:2:2: the top level must be an object"},
     {"lasers not an array", "{\"lasers\": {}}",
@@ -278,7 +281,7 @@ static const struct {
     {"default setpoint outside a given range",
      "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"min_thz\": 500, \"max_thz\": 501}]}",
      "t.json:1:13: key \"lasers[0].setpoint_thz\": 384.23 must be inside (min_thz, max_thz) = "
-     "(500, 501) (it defaults to sim.nominal_thz)"},
+     "(500, 501) (its default)"},
     {"min_thz above max_thz",
      "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"min_thz\": 400, \"max_thz\": 399}]}",
      "t.json:1:57: key \"lasers[0].max_thz\": must leave min_thz (400) below max_thz (399)"},
@@ -295,7 +298,87 @@ static const struct {
     {"lock without an actuator",
      "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"actuator\": {\"driver\": \"none\"}, "
      "\"lock\": true}]}",
-     "t.json:1:73: key \"lasers[0].lock\": cannot be true with actuator driver \"none\""},
+     "t.json:1:73: key \"lasers[0].lock\": cannot be true for a laser without an actuator "
+     "(monitor only)"},
+    /* Drivers own their keys: each is checked against the chosen driver. */
+    {"a key of another wavemeter driver",
+     "{\"wavemeter\": {\"driver\": \"highfinesse\", \"seed\": 1}}",
+     "t.json:1:41: key \"wavemeter.seed\": unknown key for wavemeter driver \"highfinesse\""},
+    {"a key before the driver that does not take it", "{\"wavemeter\": {\"library\": \"/x.so\"}}",
+     "t.json:1:16: key \"wavemeter.library\": unknown key for wavemeter driver \"sim\""},
+    {"unknown wavemeter driver", "{\"wavemeter\": {\"driver\": \"ws9\"}}",
+     "t.json:1:16: key \"wavemeter.driver\": must be one of \"sim\", \"highfinesse\""},
+    {"sim section with a real wavemeter",
+     "{\"wavemeter\": {\"driver\": \"highfinesse\"}, \"lasers\": [{\"name\": \"a\", "
+     "\"channel\": 1, \"sim\": {}}]}",
+     "t.json:1:81: key \"lasers[0].sim\": is only read with wavemeter driver \"sim\" (this file "
+     "has \"highfinesse\")"},
+    {"lasers read with the wavemeter that comes after them",
+     "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"sim\": {}}], "
+     "\"wavemeter\": {\"driver\": \"highfinesse\"}}",
+     "t.json:1:41: key \"lasers[0].sim\": is only read with wavemeter driver \"sim\" (this file "
+     "has \"highfinesse\")"},
+    {"unknown actuator driver",
+     "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"actuator\": {\"driver\": \"dac\"}}]}",
+     "t.json:1:54: key \"lasers[0].actuator.driver\": must be one of \"sim\", \"mdt693b\", "
+     "\"serial_line\", \"highfinesse_analog\", \"none\""},
+    {"an actuator key of another driver",
+     "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"actuator\": {\"axis\": \"x\"}}]}",
+     "t.json:1:54: key \"lasers[0].actuator.axis\": unknown key for actuator driver \"sim\""},
+    {"keys for no actuator",
+     "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"actuator\": {\"driver\": \"none\", "
+     "\"port\": \"/dev/x\"}}]}",
+     "t.json:1:72: key \"lasers[0].actuator.port\": unknown key: no actuator driver is chosen "
+     "(\"driver\": ...)"},
+    {"a driver's required key",
+     "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"actuator\": {\"driver\": "
+     "\"mdt693b\"}}]}",
+     "t.json:1:41: key \"lasers[0].actuator.port\": is required with actuator driver "
+     "\"mdt693b\""},
+    {"a simulated actuator on a real wavemeter",
+     "{\"wavemeter\": {\"driver\": \"highfinesse\"}, \"lasers\": [{\"name\": \"a\", "
+     "\"channel\": 1, \"actuator\": {\"driver\": \"sim\"}}]}",
+     "t.json:1:94: key \"lasers[0].actuator.driver\": actuator \"sim\" moves simulated lasers "
+     "only (wavemeter driver \"sim\")"},
+    {"the analog outputs of a wavemeter without them",
+     "{\"lasers\": [{\"name\": \"a\", \"channel\": 1, \"actuator\": {\"driver\": "
+     "\"highfinesse_analog\", \"output\": 1}}]}",
+     "t.json:1:54: key \"lasers[0].actuator.driver\": needs a wavemeter with analog outputs "
+     "(driver highfinesse)"},
+    {"two lasers on one channel of one device",
+     "{\"wavemeter\": {\"driver\": \"highfinesse\"}, \"lasers\": ["
+     "{\"name\": \"a\", \"channel\": 1, \"output_min_v\": 0, \"output_max_v\": 75, "
+     "\"actuator\": {\"driver\": \"mdt693b\", \"port\": \"/dev/p\", \"axis\": \"y\"}},"
+     "{\"name\": \"b\", \"channel\": 2, \"output_min_v\": 0, \"output_max_v\": 75, "
+     "\"actuator\": {\"driver\": \"mdt693b\", \"port\": \"/dev/p\", \"axis\": \"y\"}}]}",
+     "t.json:1:253: key \"lasers[1].actuator\": channel y of device /dev/p is already driven by "
+     "laser \"a\""},
+    {"one device with two baud rates",
+     "{\"wavemeter\": {\"driver\": \"highfinesse\"}, \"lasers\": ["
+     "{\"name\": \"a\", \"channel\": 1, \"output_min_v\": 0, \"output_max_v\": 75, "
+     "\"actuator\": {\"driver\": \"mdt693b\", \"port\": \"/dev/p\"}},"
+     "{\"name\": \"b\", \"channel\": 2, \"output_min_v\": 0, \"output_max_v\": 75, "
+     "\"actuator\": {\"driver\": \"mdt693b\", \"port\": \"/dev/p\", \"axis\": \"z\", "
+     "\"baud\": 9600}}]}",
+     "t.json:1:305: key \"lasers[1].actuator.baud\": must be the same as for laser \"a\", which "
+     "shares device /dev/p"},
+    {"one port for two drivers",
+     "{\"wavemeter\": {\"driver\": \"highfinesse\"}, \"lasers\": ["
+     "{\"name\": \"a\", \"channel\": 1, \"output_min_v\": 0, \"output_max_v\": 75, "
+     "\"actuator\": {\"driver\": \"mdt693b\", \"port\": \"/dev/p\"}},"
+     "{\"name\": \"b\", \"channel\": 2, "
+     "\"actuator\": {\"driver\": \"serial_line\", \"port\": \"/dev/p\"}}]}",
+     "t.json:1:201: key \"lasers[1].actuator\": device /dev/p is already driven by laser \"a\" "
+     "with driver \"mdt693b\""},
+    {"an output range the piezo controller cannot give",
+     "{\"wavemeter\": {\"driver\": \"highfinesse\"}, \"lasers\": [{\"name\": \"a\", "
+     "\"channel\": 1, \"actuator\": {\"driver\": \"mdt693b\", \"port\": \"/dev/p\"}}]}",
+     "t.json:1:81: key \"lasers[0].actuator\": -10 V is below 0 V, the lowest output an MDT693B "
+     "has"},
+    {"a switch key without a switch driver",
+     "{\"wavemeter\": {\"switch\": {\"port\": \"/dev/s\"}}}",
+     "t.json:1:27: key \"wavemeter.switch.port\": unknown key: no switch driver is chosen "
+     "(\"driver\": ...)"},
 };
 
 START_TEST(test_bad) {
@@ -336,8 +419,7 @@ START_TEST(test_overrides) {
         "  \"threadpool_size\": 8,\n"
         "  \"limits\": {\"max_clients\": 5, \"write_stall_timeout_s\": 3},\n"
         "  \"state\": {\"dir\": \"/tmp/wmd\", \"save_interval_s\": 2.5},\n"
-        "  \"wavemeter\": {\"driver\": \"highfinesse\", \"seed\": 9007199254740993,\n"
-        "                \"library\": \"/opt/wlm/libwlmData.so\"},\n"
+        "  \"wavemeter\": {\"driver\": \"sim\", \"seed\": 9007199254740993},\n"
         "  \"lasers\": [\n"
         "    {\"name\": \"Rb-D2_1.x\", \"channel\": 7, \"sim\": {\"nominal_thz\": 384.2,\n"
         "      \"sensitivity_mhz_per_v\": -30, \"fault\": \"underexposed\"},\n"
@@ -362,29 +444,30 @@ START_TEST(test_overrides) {
     ck_assert_int_eq(cfg.max_batch, 100); /* untouched keys keep defaults */
     ck_assert_str_eq(cfg.state_dir, "/tmp/wmd");
     ck_assert(cfg.state_save_interval_s == 2.5);
-    ck_assert_str_eq(cfg.driver, "highfinesse");
-    ck_assert(cfg.seed == 9007199254740993u); /* above 2^53: never went through a double */
-    ck_assert_str_eq(cfg.wlm_library, "/opt/wlm/libwlmData.so");
+    ck_assert_str_eq(cfg.wavemeter.driver, "sim");
+    /* above 2^53: never went through a double */
+    ck_assert(((const struct sim_settings *)(const void *)cfg.wavemeter.u.bytes)->seed ==
+              9007199254740993u);
     ck_assert_int_eq(cfg.nlasers, 2);
 
     a = &cfg.lasers[0];
     ck_assert_str_eq(a->name, "Rb-D2_1.x");
     ck_assert_int_eq(a->channel, 7);
     ck_assert(!a->enabled);
-    ck_assert(a->sim.nominal_thz == 384.2);
+    ck_assert(sim_chan_const(a)->nominal_thz == 384.2);
     ck_assert(a->setpoint_thz == 384.2);
     ck_assert(fabs(a->min_thz - 384.199) < 1e-9 && fabs(a->max_thz - 384.201) < 1e-9);
     ck_assert(a->sensitivity_mhz_per_v == -30);
-    ck_assert_str_eq(a->sim.fault, "underexposed");
+    ck_assert_int_eq(sim_chan_const(a)->fault, SIM_FAULT_UNDEREXPOSED);
     ck_assert(a->kp_v_per_mhz == 1 && a->ki_v_per_mhz_s == 2);
     ck_assert_int_eq(a->restart, RESTART_OFF);
-    ck_assert_str_eq(a->actuator.driver, "none");
+    ck_assert_str_eq(a->actuator.drv.driver, "");
     ck_assert_int_eq(a->actuator.timeout_ms, 1000);
     ck_assert_int_eq(a->exposure_ms, 20);
 
     b = &cfg.lasers[1];
     ck_assert_str_eq(b->name, "b");
-    ck_assert(b->sim.nominal_thz == 500); /* follows the setpoint */
+    ck_assert(sim_chan_const(b)->nominal_thz == 500); /* follows the setpoint */
     ck_assert(b->min_thz == 499 && fabs(b->max_thz - 500.001) < 1e-9);
     ck_assert(b->sensitivity_mhz_per_v == 50);
     ck_assert(b->output_initial_v == 50);
@@ -461,8 +544,11 @@ static void check_key_documented(const struct config_key_info *k, void *arg) {
     const char *sec, *end, *row, *eol;
 
     dc->nkeys++;
-    snprintf(heading, sizeof(heading), k->section[0] ? "\n## `%s`\n" : "\n## Top level\n",
-             k->section);
+    if (k->driver != NULL)
+        snprintf(heading, sizeof(heading), "\n## `%s`: driver `%s`\n", k->section, k->driver);
+    else
+        snprintf(heading, sizeof(heading), k->section[0] ? "\n## `%s`\n" : "\n## Top level\n",
+                 k->section);
     sec = strstr(dc->doc, heading);
     ck_assert_msg(sec != NULL, "docs/CONFIG.md has no heading %s", heading);
     sec += strlen(heading);
@@ -503,6 +589,46 @@ START_TEST(test_doc_lists_every_key) {
     config_foreach_key(check_key_documented, &dc);
     ck_assert_int_ge(dc.nkeys, 50); /* the walk really ran */
     free((void *)(uintptr_t)dc.doc);
+}
+END_TEST
+
+/* ---- driver tables: every driver fits the config's fixed room ---- */
+
+START_TEST(test_driver_tables_fit) {
+    const struct wm_driver *w;
+    const struct act_driver *a;
+    const struct sw_driver *sw;
+    size_t n = 0;
+
+    for (size_t i = 0; (w = wm_driver_at(i)) != NULL; i++, n++) {
+        ck_assert_uint_lt(strlen(w->cfg.name), CONFIG_DRIVER_MAX);
+        ck_assert_uint_le(w->cfg.size, CONFIG_SETTINGS_MAX);
+        ck_assert_uint_le(w->chan.size, CONFIG_SETTINGS_MAX);
+        ck_assert(w->open != NULL);
+        ck_assert(w->read != NULL);
+    }
+    for (size_t i = 0; (a = act_driver_at(i)) != NULL; i++, n++) {
+        ck_assert_uint_lt(strlen(a->cfg.name), CONFIG_DRIVER_MAX);
+        ck_assert_uint_le(a->cfg.size, CONFIG_SETTINGS_MAX);
+        ck_assert(a->ident != NULL);
+        ck_assert(a->write != NULL);
+        ck_assert_ptr_eq(act_driver_find(a->cfg.name), a);
+    }
+    for (size_t i = 0; (sw = sw_driver_at(i)) != NULL; i++, n++) {
+        ck_assert_uint_lt(strlen(sw->cfg.name), CONFIG_DRIVER_MAX);
+        ck_assert_uint_le(sw->cfg.size, CONFIG_SETTINGS_MAX);
+        ck_assert(sw->select != NULL);
+    }
+    ck_assert_uint_ge(n, 7);
+    /* A real wavemeter's lasers are monitor-only unless they say otherwise. */
+    struct config cfg;
+    char err[256] = "";
+    ck_assert_msg(parse(&cfg, "{\"wavemeter\": {\"driver\": \"highfinesse\"}}", err, sizeof(err)) ==
+                      0,
+                  "%s", err);
+    ck_assert_int_eq(cfg.nlasers, 4);
+    for (int i = 0; i < cfg.nlasers; i++)
+        ck_assert_str_eq(cfg.lasers[i].actuator.drv.driver, "");
 }
 END_TEST
 
@@ -551,7 +677,7 @@ START_TEST(test_update_runtime) {
     ck_assert_str_eq(restart, "listen, wavemeter, lasers[1]");
     ck_assert_int_eq(cur.listen_port, 7420);
     ck_assert_int_eq(cur.lasers[1].channel, 2);
-    ck_assert(cur.seed == 0);
+    ck_assert(((const struct sim_settings *)(const void *)cur.wavemeter.u.bytes)->seed == 0);
 }
 END_TEST
 
@@ -574,6 +700,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_load_file);
     tcase_add_test(tc, test_laser_by_name);
     tcase_add_test(tc, test_doc_lists_every_key);
+    tcase_add_test(tc, test_driver_tables_fit);
     tcase_add_test(tc, test_update_runtime);
     suite_add_tcase(s, tc);
     return s;

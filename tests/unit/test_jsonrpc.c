@@ -1,15 +1,19 @@
 /*
  * test_jsonrpc: the envelope against a tiny method table. Synchronous cases
  * are a table of input line and exact output line (NULL: nothing written);
- * asynchronous answers, batch ordering and abandon have their own tests.
+ * asynchronous answers, batch ordering and abandon have their own tests, as
+ * have sessions (access decisions) against a fake access policy.
  */
 #include "jsonrpc.h"
 
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* Calls held by "later" until a test answers them. */
 static struct rpc_call *held[16];
@@ -692,6 +696,250 @@ START_TEST(test_abandon_paused) {
 }
 END_TEST
 
+/* ---- sessions: a connection's access state ---- */
+
+/* The fake access policy. write_net is the first byte of the one /8 that
+ * may write, read at every call as the daemon reads access.write_from (a
+ * test changes it as a reload would). blocked_s > 0 makes every login
+ * refused unchecked for that long. */
+static unsigned char write_net = 10;
+static double blocked_s;
+static int token_checks, login_failures;
+static char peers_marker; /* stands for the server's peers table */
+#define PEERS ((struct peers *)(void *)&peers_marker)
+#define TOKEN "correct horse battery staple"
+
+static bool fake_write_from(void *ctx, const struct sockaddr *addr) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+
+    (void)ctx;
+    return addr->sa_family == AF_INET && (ntohl(a->sin_addr.s_addr) >> 24) == (unsigned)write_net;
+}
+
+static bool fake_token_ok(void *ctx, const char *given, size_t len) {
+    (void)ctx;
+    token_checks++;
+    return len == strlen(TOKEN) && memcmp(given, TOKEN, len) == 0;
+}
+
+static bool fake_login_blocked(void *ctx, struct peers *peers, const struct sockaddr *addr,
+                               double *wait_s) {
+    (void)ctx, (void)addr;
+    ck_assert_ptr_eq(peers, PEERS); /* the table the session was given */
+    *wait_s = blocked_s;
+    return blocked_s > 0;
+}
+
+static void fake_login_failed(void *ctx, struct peers *peers, const struct sockaddr *addr) {
+    (void)ctx, (void)addr;
+    ck_assert_ptr_eq(peers, PEERS);
+    login_failures++;
+}
+
+/* A write method as the daemon's are: the session says whether it may. */
+static void m_write(struct rpc_call *call, json_t *params, void *ctx) {
+    (void)params, (void)ctx;
+    if (rpc_call_may_write(call))
+        rpc_call_result(call, json_string("written"));
+}
+
+/* The auth method as the daemon's is, less its params checks. */
+static void m_auth(struct rpc_call *call, json_t *params, void *ctx) {
+    json_t *t = json_object_get(params, "token");
+
+    (void)ctx;
+    rpc_call_login(call, json_string_value(t), json_string_length(t));
+}
+
+static const char *const auth_params[] = {"token", NULL};
+static const struct rpc_method access_methods[] = {
+    {"write", m_write, NULL}, {"auth", m_auth, auth_params}, {"later", m_later, later_params}};
+
+#define ACCESS_SERVER(token)                                                                       \
+    {                                                                                              \
+        .methods = access_methods, .nmethods = 3, .max_batch = 10,                                 \
+        .access = {.write_from = fake_write_from,                                                  \
+                   .token_ok = (token),                                                            \
+                   .token_path = "/run/wavemeterd/cookie",                                         \
+                   .login_blocked = fake_login_blocked,                                            \
+                   .login_failed = fake_login_failed},                                             \
+    }
+static const struct rpc_server open_server = ACCESS_SERVER(NULL);
+static const struct rpc_server token_server = ACCESS_SERVER(fake_token_ok);
+
+/* How sessions asked their connection to end. */
+static int n_ended;
+static char ended_why[64];
+
+static void on_end(void *owner, const char *why) {
+    (void)owner;
+    n_ended++;
+    snprintf(ended_why, sizeof ended_why, "%s", why);
+}
+
+static struct rpc_session *session_from(const struct rpc_server *srv, const char *ip) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(4000)};
+    char name[64];
+
+    ck_assert_int_eq(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+    snprintf(name, sizeof name, "%s:4000", ip);
+    struct rpc_session *s =
+        rpc_session_create(srv, (const struct sockaddr *)&a, name, PEERS, on_end, NULL);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* One call on session s; returns its answer (malloc'd). */
+static char *call_on(const struct rpc_server *srv, struct rpc_session *s, const char *method,
+                     const char *params) {
+    struct outcome o;
+    const struct rpc_owner ow = {.done = on_done, .owner = &o, .session = s};
+    char in[256];
+
+    snprintf(in, sizeof in, "{\"jsonrpc\":\"2.0\",\"method\":\"%s\"%s%s,\"id\":1}", method,
+             params ? ",\"params\":" : "", params ? params : "");
+    memset(&o, 0, sizeof o);
+    ck_assert_ptr_null(rpc_line_run(srv, in, strlen(in), &ow));
+    ck_assert_int_eq(o.n_done, 1);
+    return o.out;
+}
+
+#define ANSWER(result) "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":" result "}"
+#define REFUSED(code, msg)                                                                         \
+    "{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":" #code ",\"message\":\"" msg "\"}}"
+#define NOT_FROM(who)                                                                              \
+    REFUSED(-32001,                                                                                \
+            "Unauthorized: " who " may read but not change anything (see access.write_from)")
+#define WRONG_TOKEN REFUSED(-32001, "Unauthorized: wrong token")
+#define WITHDRAWN                                                                                  \
+    REFUSED(-32001, "Unauthorized: wrong token; this connection's earlier login is withdrawn")
+#define RIGHT "{\"token\":\"" TOKEN "\"}"
+#define BAD "{\"token\":\"guess\"}"
+
+static void expect(const struct rpc_server *srv, struct rpc_session *s, const char *method,
+                   const char *params, const char *want) {
+    char *out = call_on(srv, s, method, params);
+    ck_assert_str_eq(out, want);
+    free(out);
+}
+
+START_TEST(test_session_write_from) {
+    /* Writes only from the write networks, asked at every call: a session
+     * is refused or let through by the policy as it is now, the way a
+     * reload of access.write_from reaches connections already open. */
+    struct rpc_session *in = session_from(&open_server, "10.1.2.3");
+    struct rpc_session *out = session_from(&open_server, "192.168.1.7");
+
+    write_net = 10;
+    expect(&open_server, in, "write", NULL, ANSWER("\"written\""));
+    expect(&open_server, out, "write", NULL, NOT_FROM("192.168.1.7:4000"));
+    write_net = 192; /* a reload moves write_from */
+    expect(&open_server, in, "write", NULL, NOT_FROM("10.1.2.3:4000"));
+    expect(&open_server, out, "write", NULL, ANSWER("\"written\""));
+    write_net = 10;
+    /* Without a session (or policy hook), nobody writes. */
+    expect(&open_server, NULL, "write", NULL, NOT_FROM("this client"));
+    static const struct rpc_server no_policy = {.methods = access_methods, .nmethods = 3};
+    struct rpc_session *any = session_from(&no_policy, "10.1.2.3");
+    expect(&no_policy, any, "write", NULL, NOT_FROM("10.1.2.3:4000"));
+    /* No token needed: auth says so without checking, and changes nothing. */
+    token_checks = 0;
+    expect(&open_server, out, "auth", BAD, ANSWER("true"));
+    ck_assert_int_eq(token_checks, 0);
+    expect(&open_server, out, "write", NULL, NOT_FROM("192.168.1.7:4000"));
+    ck_assert_str_eq(rpc_session_name(in), "10.1.2.3:4000");
+    rpc_session_destroy(any);
+    rpc_session_destroy(out);
+    rpc_session_destroy(in);
+    rpc_session_destroy(NULL);
+}
+END_TEST
+
+START_TEST(test_session_login) {
+    /* With a token: write_from and a login; a wrong token withdraws the
+     * login, and says so only when there was one. */
+    struct rpc_session *s = session_from(&token_server, "10.0.0.9");
+    struct rpc_session *other = session_from(&token_server, "10.0.0.9");
+    struct rpc_session *far = session_from(&token_server, "172.16.0.1");
+
+    write_net = 10;
+    blocked_s = 0;
+    login_failures = 0;
+    expect(&token_server, s, "write", NULL,
+           REFUSED(-32001, "Unauthorized: call auth with the token from /run/wavemeterd/cookie "
+                           "first"));
+    expect(&token_server, s, "auth", RIGHT, ANSWER("true"));
+    expect(&token_server, s, "write", NULL, ANSWER("\"written\""));
+    /* A login is the connection's, not the address's. */
+    expect(&token_server, other, "write", NULL,
+           REFUSED(-32001, "Unauthorized: call auth with the token from /run/wavemeterd/cookie "
+                           "first"));
+    /* Logged in, but outside write_from: still a reader. */
+    expect(&token_server, far, "auth", RIGHT, ANSWER("true"));
+    expect(&token_server, far, "write", NULL, NOT_FROM("172.16.0.1:4000"));
+    expect(&token_server, s, "auth", BAD, WITHDRAWN);
+    ck_assert_int_eq(login_failures, 1);
+    expect(&token_server, s, "write", NULL,
+           REFUSED(-32001, "Unauthorized: call auth with the token from /run/wavemeterd/cookie "
+                           "first"));
+    expect(&token_server, s, "auth", BAD, WRONG_TOKEN);
+    ck_assert_int_eq(login_failures, 2);
+    expect(&token_server, s, "auth", RIGHT, ANSWER("true"));
+    expect(&token_server, s, "write", NULL, ANSWER("\"written\""));
+    ck_assert_int_eq(n_ended, 0);
+    rpc_session_destroy(far);
+    rpc_session_destroy(other);
+    rpc_session_destroy(s);
+}
+END_TEST
+
+START_TEST(test_session_guessing) {
+    /* Five wrong tokens in a row end the connection, after the fifth is
+     * answered; a right one in between starts the count again. An address
+     * the policy blocks is refused unchecked, even with the right token. */
+    struct rpc_session *s = session_from(&token_server, "10.0.0.9");
+
+    blocked_s = 0;
+    n_ended = 0;
+    for (int i = 0; i < 4; i++)
+        expect(&token_server, s, "auth", BAD, WRONG_TOKEN);
+    expect(&token_server, s, "auth", RIGHT, ANSWER("true"));
+    for (int i = 0; i < 4; i++)
+        expect(&token_server, s, "auth", BAD, i == 0 ? WITHDRAWN : WRONG_TOKEN);
+    ck_assert_int_eq(n_ended, 0);
+    expect(&token_server, s, "auth", BAD, WRONG_TOKEN); /* answered, then ended */
+    ck_assert_int_eq(n_ended, 1);
+    ck_assert_str_eq(ended_why, "5 wrong tokens");
+
+    token_checks = 0;
+    blocked_s = 2.5;
+    expect(&token_server, s, "auth", RIGHT,
+           REFUSED(-32004, "Rate limited: too many wrong tokens from this address; try again in "
+                           "3 s"));
+    ck_assert_int_eq(token_checks, 0);
+    blocked_s = 0;
+    rpc_session_destroy(s);
+}
+END_TEST
+
+START_TEST(test_session_abandoned) {
+    /* A handler still running when its connection goes sees no session, so
+     * the session can be freed with the connection. */
+    struct rpc_session *s = session_from(&token_server, "10.0.0.9");
+    const struct rpc_owner ow = {.done = on_done, .session = s};
+    static const char in[] = "{\"jsonrpc\":\"2.0\",\"method\":\"later\",\"id\":1}";
+
+    n_held = 0;
+    struct rpc_line *line = rpc_line_run(&token_server, in, sizeof in - 1, &ow);
+    ck_assert_ptr_eq(rpc_call_session(held[0]), s);
+    rpc_line_abandon(line);
+    rpc_session_destroy(s);
+    ck_assert_ptr_null(rpc_call_session(held[0]));
+    expect(&token_server, NULL, "auth", BAD, WRONG_TOKEN);
+    rpc_call_result(held[0], json_true());
+}
+END_TEST
+
 static Suite *jsonrpc_suite(void) {
     Suite *s = suite_create("jsonrpc");
     TCase *tc = tcase_create("envelope");
@@ -717,6 +965,12 @@ static Suite *jsonrpc_suite(void) {
     if (!fork_env || strcmp(fork_env, "no") != 0)
         tcase_add_test_raise_signal(tc, test_double_answer_asserts, SIGABRT);
 #endif
+    suite_add_tcase(s, tc);
+    tc = tcase_create("session");
+    tcase_add_test(tc, test_session_write_from);
+    tcase_add_test(tc, test_session_login);
+    tcase_add_test(tc, test_session_guessing);
+    tcase_add_test(tc, test_session_abandoned);
     suite_add_tcase(s, tc);
     return s;
 }
