@@ -355,12 +355,9 @@ int main(int argc, char **argv) {
     d->clk = clock_system();
     d->start_ns = clock_now_ns(d->clk);
 
-    /* Bind before anything queues pool work: a daemon that cannot listen
-     * (port in use) must exit 1 at once, with nothing in flight. */
-    if ((rc = meter_init(&d->meter, &rt.loop, &d->cfg, d->clk, err, sizeof(err))) != 0) {
-        log_error("wavemeter: %s", err);
-        return 1;
-    }
+    /* Bind before any instrument is touched or pool work queued: a daemon
+     * that cannot listen (port in use) must exit 1 at once, with nothing in
+     * flight and no instrument spoken to. */
     methods_init(&d->rpc, d);
     if ((rc = server_start(&d->server, &rt.loop, &d->cfg, &d->rpc, err, sizeof(err))) != 0) {
         log_error("%s", err);
@@ -377,6 +374,14 @@ int main(int argc, char **argv) {
             return 1;
         }
         log_info("access: write methods need the token in %s", d->token.path);
+    }
+    /* The wavemeter opens here; actuator devices open on the pool once the
+     * loop runs (lasers_init queues them last), so a start that fails
+     * before this line has spoken to no instrument. */
+    if ((rc = meter_init(&d->meter, &rt.loop, &d->cfg, d->clk, err, sizeof(err))) != 0) {
+        log_error("wavemeter: %s", err);
+        abort_start(&rt);
+        return 1;
     }
     if ((rc = lasers_init(&d->lasers, &rt.loop, &d->cfg, d->clk, &d->meter, d->state_dir, err,
                           sizeof(err))) != 0) {

@@ -821,6 +821,12 @@ static int hf_open(const struct wm_open_args *a, void **devp, char *err, size_t 
             only_channel = cfg->lasers[i].channel;
         }
     }
+    if (cfg->sw.drv.driver[0] != '\0') {
+        /* An external switch picks the light: the wavemeter reads the one
+         * input it feeds and never drives its own switcher. */
+        nenabled = 1;
+        only_channel = cfg->sw.input;
+    }
     /* Before the library is loaded: it may read its ini file at once. */
     ini_check_all();
 
