@@ -23,6 +23,9 @@
  * the firmware time to answer. It also counts towards the switch's settling.
  */
 #define LEONI_ACK_WAIT_MS 30
+/* How often a select asks "ch?" while the fibre is moving: a few ms is
+ * short against a move (tens of ms) and cheap at 57600 baud. */
+#define LEONI_POLL_MS 5
 
 /* Replies are a few bytes ("eol 1x16\r\n"); 64 leave room to quote garbage. */
 #define LINE_CAP 64
@@ -200,12 +203,19 @@ int leoni_select(const struct lineio *io, int nchannels, int ch, int timeout_ms,
             return -EPROTO;
         }
     }
-    rc = position(io, nchannels, deadline, &now_ch, err, errlen);
-    if (rc < 0)
-        return rc;
-    if (now_ch != ch) {
-        snprintf(err, errlen, "switch reports channel %d after \"%s\"", now_ch, cmd);
-        return -EPROTO;
+    /* The fibre takes some ms to move (a mechanical switch): ask again
+     * until it says it is there, or the time is up. */
+    for (;;) {
+        rc = position(io, nchannels, deadline, &now_ch, err, errlen);
+        if (rc < 0)
+            return rc;
+        if (now_ch == ch)
+            return 0;
+        if (lineio_remaining_ms(deadline) <= LEONI_POLL_MS) {
+            snprintf(err, errlen, "switch still reports channel %d after \"%s\"", now_ch, cmd);
+            return -EPROTO;
+        }
+        struct timespec ts = {0, LEONI_POLL_MS * 1000000L};
+        nanosleep(&ts, NULL);
     }
-    return 0;
 }

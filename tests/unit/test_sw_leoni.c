@@ -164,7 +164,7 @@ START_TEST(test_stuck) {
     fk.stuck = true;
     pthread_mutex_unlock(&fk.mu);
     ck_assert_int_eq(sw_leoni.select(dev, 4, TIMEOUT_MS, why, sizeof(why)), -EPROTO);
-    ck_assert_msg(strstr(why, "switch reports channel 1 after \"ch4\"") != NULL, "%s", why);
+    ck_assert_msg(strstr(why, "switch still reports channel 1 after \"ch4\"") != NULL, "%s", why);
     sw_leoni.close(dev);
 }
 END_TEST
