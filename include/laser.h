@@ -66,7 +66,7 @@ struct laser {
 
     bool lock_on; /* the user wants it locked */
     enum lock_state state;
-    char reason[128];
+    char reason[256];
     double since_unix;
     double error_mhz;         /* last error, NAN if none */
     int in_tolerance;         /* consecutive readings within tolerance */

@@ -347,7 +347,7 @@ static void laser_after_work(struct actdev_job *j, int status) {
                      l->job_io.why[0] ? l->job_io.why : strerror(-rc));
             actdev_fail(l->dev, why);
         } else if (!l->owner->stopping) {
-            laser_set_state(l, LOCK_FAULT, "actuator %s: %s", l->dev->name,
+            laser_set_state(l, LOCK_FAULT, "actuator %s: %s", l->act->cfg.name,
                             l->dev->reason[0] ? l->dev->reason : "not open");
         }
         if (waiter) {
@@ -623,7 +623,9 @@ static void lasers_dev_state(struct actdev *d, void *ctx) {
         if (d->state == ACTDEV_FAULT) {
             pid_hold(&l->pid);
             l->pid_gen++;
-            laser_set_state(l, LOCK_FAULT, "actuator %s: %s", d->name, d->reason);
+            /* The device's path is in actuator_device (laser.get) and
+             * usually in the reason too: the driver's name is enough here. */
+            laser_set_state(l, LOCK_FAULT, "actuator %s: %s", d->drv->cfg.name, d->reason);
         } else if (d->state == ACTDEV_OPEN && l->state == LOCK_FAULT && !l->busy) {
             /* Put the held output back first (a power-cycled box lost it);
              * its completion resumes the lock from there. */
