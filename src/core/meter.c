@@ -106,8 +106,10 @@ static int meter_read_switched(struct meter *m) {
         return switch_fail(m, rc, "select", why);
     if (sc->settle_ms > 0)
         m->clk->sleep_ns(m->clk->ctx, (uint64_t)sc->settle_ms * 1000000u);
+    /* The wavemeter reads the input the switch feeds. switched stays as
+     * the scheduler set it: the light changed, so a driver with a result
+     * pipeline throws away what it held; the settle was the switch's. */
     req.channel = sc->input;
-    req.switched = false;
     req.settle_ms = 0;
     rc = m->drv->read(m->dev, &req, &m->res);
     if (rc < 0)

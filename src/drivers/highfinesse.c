@@ -580,6 +580,11 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
             sw_before = WLM_I32(d, GetSwitcherChannel, 0);
         }
     }
+    /* An external switch moved the light (the meter says switched, and we
+     * did not move our own): the pipeline still holds the old fibre's
+     * results, which must never pass for this channel's. */
+    if (!d->owns_switch && req->switched)
+        flush = WLM_FLUSH_READS;
     if (req->exposure_ms > 0 && d->exposure_ms[ch] != req->exposure_ms) {
         if ((res = hf_call_set_exposure(d, ch, 1, req->exposure_ms)) != 0) {
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
