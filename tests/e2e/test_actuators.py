@@ -46,6 +46,7 @@ class Wavemeter:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="wmd-act-")
         self.control = os.path.join(self.dir, "control")
+        self.log = os.path.join(self.dir, "calls.log")  # every vendor call
         self.home = os.path.join(self.dir, "home")
         os.makedirs(self.home)
         open(self.control, "w").close()
@@ -59,7 +60,8 @@ class Wavemeter:
 
     def env(self):
         asan = os.environ.get("ASAN_OPTIONS", "")
-        return {"FAKE_WLM_CONTROL": self.control, "HOME": self.home, "LD_PRELOAD": SHIM,
+        return {"FAKE_WLM_CONTROL": self.control, "FAKE_WLM_LOG": self.log, "HOME": self.home,
+                "LD_PRELOAD": SHIM,
                 # The shim is not built with ASan; the daemon may be.
                 "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
 
@@ -218,6 +220,24 @@ def test_serial_line_closed_loop():
         dac.close()
 
 
+def test_wlm_analog_closed_loop():
+    """The wavemeter's own analog output locks a laser: the lock writes
+    SetDeviationSignalNum (mV) on the device thread between the reads."""
+    wm = Wavemeter()
+    wm.set(freqs="1:%.9f" % (setpoint(1) - SENS * 4.0 * 1e-6), tune="1:@analog1:%g" % SENS)
+    lasers = [laser(1, {"driver": "highfinesse_analog", "output": 1}, output_min_v=-10,
+                    output_max_v=10, output_initial_v=-6)]
+    with Daemon(config(lasers), env=wm.env()) as d:
+        l = wait_state(d, "L1", ("locked",), 60)
+        if abs(l["output_v"] - 4.0) > 0.2:
+            fail("locked at %.3f V, want 4 V" % l["output_v"])
+        with open(wm.log) as f:
+            sets = [line for line in f if line.startswith("SetDeviationSignalNum")]
+        if not sets or not any(" 1 " in line or "(1," in line or " 1," in line for line in sets):
+            fail("no SetDeviationSignalNum on port 1: %r" % sets[:3])
+        print("highfinesse_analog: locked at %.3f V after %d writes" % (l["output_v"], len(sets)))
+
+
 def test_leoni_switch_readings():
     """A Leoni switch in front of the wavemeter: each laser's readings come
     from its own fibre, never from the one the switch was leaving."""
@@ -253,5 +273,6 @@ if __name__ == "__main__":
          test_mdt693b_locks_unplug_replug_garbage_silence),
         ("absent_at_start_and_voltage_limit", test_absent_at_start_and_voltage_limit),
         ("serial_line_closed_loop", test_serial_line_closed_loop),
+        ("wlm_analog_closed_loop", test_wlm_analog_closed_loop),
         ("leoni_switch_readings", test_leoni_switch_readings),
     ])

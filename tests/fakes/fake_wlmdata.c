@@ -24,8 +24,38 @@
  *                      wlmDataServer: for ms milliseconds, or with "hang" until
  *                      the control file's text changes; then it carries on as
  *                      usual. Logged as "block Name ms|hang" when it starts.
+ *   FAKE_WLM_TUNE      "ch:path:key:mhz_per_v[,...]": channel ch's frequency
+ *                      follows a fake actuator: its FAKE_WLM_FREQS value plus
+ *                      mhz_per_v * V * 1e-6 THz, where V is the number after
+ *                      "key=" at the start of a line of the file at path (the
+ *                      state_file of tests/e2e/fakeserial.py: key "x" of an
+ *                      MDT693B, "ch1" of a DAC box), read on every
+ *                      GetFrequencyNum; no file, key or number: V = 0. An entry
+ *                      "ch:@analog<port>:mhz_per_v" (e.g. "2:@analog1:25")
+ *                      follows analog output port (1..8) instead, V being what
+ *                      SetDeviationSignalNum last set there in mV, / 1000.
+ *                      Entries for one channel add up; paths hold no ':' or
+ *                      ','; a malformed entry is logged and ignored. A value
+ *                      <= 0 in FAKE_WLM_FREQS (an error code) is not tuned.
+ *   FAKE_WLM_ROUTE     "ch:path[,...]": input ch shows the light of the
+ *                      fibre a switch selected: reading ch returns the (tuned)
+ *                      frequency of channel N, N being the number after
+ *                      "position=" in the file at path (fakeserial.py's
+ *                      FakeLeoni state_file); no file, or N outside 1..32:
+ *                      ErrNoValue (0), as for an absent channel. Applies to
+ *                      the previous channel's stale reads too (PIPELINE).
+ *   FAKE_WLM_DEVIATION_RC  what SetDeviationSignalNum returns (default 0);
+ *                      non-zero: the value is not stored
  *   FAKE_WLM_LOG       append one line per call: "Name args = result"
+ *
+ * Analog outputs: SetDeviationSignalNum(port 1..8, mV) stores the value
+ * (ResERR_ParmOutOfRange -3 for another port or a non-finite mV,
+ * ResERR_WlmMissing -1 when FAKE_WLM_COUNT is 0); GetDeviationSignalNum
+ * returns it (0 before any set; ErrParameterOutOfRange -28 for another port,
+ * ErrWlmMissing -5 when FAKE_WLM_COUNT is 0; in-band, as the vendor does,
+ * so a negative voltage and an error look alike there).
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -35,6 +65,15 @@
 #include <time.h>
 
 #define MAX_CH 32
+/* Analog outputs ("deviation" ports) of the laser-control option: WS7/WS8
+ * have up to 8. */
+#define MAX_PORT 8
+/* Entries of FAKE_WLM_TUNE and FAKE_WLM_ROUTE: more than any test needs. */
+#define MAX_TUNE 16
+#define MAX_ROUTE 8
+/* A temp-dir path (fakeserial's are about 80 bytes), and a state file key. */
+#define PATH_CAP 256
+#define KEY_CAP 32
 
 /* The exported ABI: every "long" of wlmData.h is int32_t on Linux. */
 int32_t GetWLMCount(int32_t v);
@@ -47,10 +86,29 @@ int32_t GetSwitcherMode(int32_t v);
 int32_t SetSwitcherMode(int32_t mode);
 int32_t GetSwitcherChannel(int32_t v);
 int32_t SetSwitcherChannel(int32_t ch);
+int32_t SetDeviationSignalNum(int32_t port, double mv);
+double GetDeviationSignalNum(int32_t port, double ignored);
+
+/* One FAKE_WLM_TUNE entry: channel ch follows analog output port (1..8),
+ * or, when port is 0, the number after "key=" in the file at path. */
+struct tune {
+    int ch, port;
+    char path[PATH_CAP], key[KEY_CAP];
+    double mhz_per_v;
+};
+
+/* One FAKE_WLM_ROUTE entry: input ch shows channel "position=" of path. */
+struct route {
+    int ch;
+    char path[PATH_CAP];
+};
 
 struct script {
     double freq[MAX_CH + 1];
-    int count, version, serial, opstate, pipeline, switch_rc, foreign;
+    int count, version, serial, opstate, pipeline, switch_rc, foreign, deviation_rc;
+    int ntune, nroute;
+    struct tune tune[MAX_TUNE];
+    struct route route[MAX_ROUTE];
 };
 
 /* What the fake instrument remembers between calls. */
@@ -59,7 +117,8 @@ static struct {
     int32_t switch_mode, switch_channel, previous_channel;
     int stale_reads_left;
     int32_t exposure_ms[MAX_CH + 1];
-} st = {PTHREAD_MUTEX_INITIALIZER, 1, 1, 1, 0, {0}};
+    double analog_mv[MAX_PORT + 1];
+} st = {PTHREAD_MUTEX_INITIALIZER, 1, 1, 1, 0, {0}, {0}};
 
 /* The value of NAME from the control file's text, else the environment. */
 static const char *knob(const char *control, const char *name, char *buf, size_t len) {
@@ -107,9 +166,108 @@ static void control_read(char *buf, size_t len) {
     }
 }
 
+static void trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Copies the len bytes at p into buf (cap bytes) as a string; 0 when they
+ * do not fit or are empty. */
+static int copy_field(char *buf, size_t cap, const char *p, size_t len) {
+    if (len == 0 || len >= cap)
+        return 0;
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    return 1;
+}
+
+/* Strict: the whole of text is one number (strtol/strtod take a prefix). */
+static int whole_long(const char *text, long *out) {
+    char *end;
+
+    *out = strtol(text, &end, 10);
+    return end != text && *end == '\0';
+}
+
+static int whole_double(const char *text, double *out) {
+    char *end;
+
+    *out = strtod(text, &end);
+    return end != text && *end == '\0' && isfinite(*out);
+}
+
+/* One FAKE_WLM_TUNE entry, "ch:path:key:mhz_per_v" or
+ * "ch:@analog<port>:mhz_per_v", in item (modified). 1 when well formed. */
+static int parse_tune(char *item, struct tune *t) {
+    char *field[4];
+    int nf = 0;
+    long ch, port;
+
+    field[nf++] = item;
+    for (char *p = item; *p != '\0' && nf < 4; p++)
+        if (*p == ':') {
+            *p = '\0';
+            field[nf++] = p + 1;
+        }
+    memset(t, 0, sizeof(*t));
+    if (!whole_long(field[0], &ch) || ch < 1 || ch > MAX_CH)
+        return 0;
+    t->ch = (int)ch;
+    if (nf == 3 && strncmp(field[1], "@analog", 7) == 0) {
+        if (!whole_long(field[1] + 7, &port) || port < 1 || port > MAX_PORT)
+            return 0;
+        t->port = (int)port;
+        return whole_double(field[2], &t->mhz_per_v);
+    }
+    return nf == 4 && copy_field(t->path, sizeof(t->path), field[1], strlen(field[1])) &&
+           copy_field(t->key, sizeof(t->key), field[2], strlen(field[2])) &&
+           whole_double(field[3], &t->mhz_per_v);
+}
+
+/* One FAKE_WLM_ROUTE entry, "ch:path", in item (modified). */
+static int parse_route(char *item, struct route *r) {
+    char *colon = strchr(item, ':');
+    long ch;
+
+    if (colon == NULL)
+        return 0;
+    *colon = '\0';
+    if (!whole_long(item, &ch) || ch < 1 || ch > MAX_CH)
+        return 0;
+    r->ch = (int)ch;
+    return copy_field(r->path, sizeof(r->path), colon + 1, strlen(colon + 1));
+}
+
+enum list { LIST_TUNE, LIST_ROUTE };
+
+/* Splits the comma-separated list spec into FAKE_WLM_TUNE or FAKE_WLM_ROUTE
+ * entries; a malformed or surplus entry is logged, then skipped. */
+static void parse_list(struct script *s, enum list which, const char *spec) {
+    const char *name = which == LIST_TUNE ? "FAKE_WLM_TUNE" : "FAKE_WLM_ROUTE";
+    const char *p = spec;
+
+    while (*p != '\0') {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char item[PATH_CAP + KEY_CAP + 64];
+        int ok = 0;
+
+        if (copy_field(item, sizeof(item), p, len)) {
+            if (which == LIST_TUNE && s->ntune < MAX_TUNE && parse_tune(item, &s->tune[s->ntune])) {
+                s->ntune++;
+                ok = 1;
+            } else if (which == LIST_ROUTE && s->nroute < MAX_ROUTE &&
+                       parse_route(item, &s->route[s->nroute])) {
+                s->nroute++;
+                ok = 1;
+            }
+        }
+        if (!ok && len > 0)
+            trace("%s: bad or surplus entry \"%.*s\" ignored", name, (int)len, p);
+        p = comma ? comma + 1 : p + len;
+    }
+}
+
 static void script_load(struct script *s) {
-    char control[4096], buf[1024];
-    const char *freqs;
+    char control[4096], buf[1024], list[2048];
+    const char *freqs, *spec;
 
     control_read(control, sizeof(control));
     memset(s, 0, sizeof(*s));
@@ -120,6 +278,11 @@ static void script_load(struct script *s) {
     s->pipeline = knob_int(control, "FAKE_WLM_PIPELINE", 0);
     s->switch_rc = knob_int(control, "FAKE_WLM_SWITCH_RC", 0);
     s->foreign = knob_int(control, "FAKE_WLM_FOREIGN_SWITCH", 0);
+    s->deviation_rc = knob_int(control, "FAKE_WLM_DEVIATION_RC", 0);
+    if ((spec = knob(control, "FAKE_WLM_TUNE", list, sizeof(list))) != NULL)
+        parse_list(s, LIST_TUNE, spec);
+    if ((spec = knob(control, "FAKE_WLM_ROUTE", list, sizeof(list))) != NULL)
+        parse_list(s, LIST_ROUTE, spec);
     if ((freqs = knob(control, "FAKE_WLM_FREQS", buf, sizeof(buf))) != NULL) {
         const char *p = freqs;
 
@@ -139,8 +302,6 @@ static void script_load(struct script *s) {
         }
     }
 }
-
-static void trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void trace(const char *fmt, ...) {
     const char *path = getenv("FAKE_WLM_LOG");
@@ -193,6 +354,65 @@ static void block_if(const char *fn) {
     }
 }
 
+/* The number after "key=" at the start of a line of the file at path, or
+ * 0 when there is no file, no such line or no number. The fakes replace
+ * their files atomically, so a read never sees half a file. */
+static double file_value(const char *path, const char *key) {
+    char text[4096];
+    size_t n, klen = strlen(key);
+    const char *p = text;
+    FILE *f = fopen(path, "r");
+
+    if (f == NULL)
+        return 0.0;
+    n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    while (p != NULL && *p != '\0') {
+        if (strncmp(p, key, klen) == 0 && p[klen] == '=') {
+            char *end;
+            double v = strtod(p + klen + 1, &end);
+
+            return end != p + klen + 1 && isfinite(v) ? v : 0.0;
+        }
+        p = strchr(p, '\n');
+        p = p ? p + 1 : NULL;
+    }
+    return 0.0;
+}
+
+/* Channel ch's frequency (1 <= ch <= MAX_CH): FAKE_WLM_FREQS plus what the
+ * FAKE_WLM_TUNE entries for ch add. st.mu held (analog outputs). */
+static double tuned(const struct script *s, int ch) {
+    double mhz = 0.0;
+
+    if (s->freq[ch] <= 0)
+        return s->freq[ch];
+    for (int i = 0; i < s->ntune; i++) {
+        const struct tune *t = &s->tune[i];
+
+        if (t->ch == ch)
+            mhz += t->mhz_per_v *
+                   (t->port > 0 ? st.analog_mv[t->port] / 1000.0 : file_value(t->path, t->key));
+    }
+    return s->freq[ch] + mhz * 1e-6;
+}
+
+/* What input ch shows: with a FAKE_WLM_ROUTE entry, the channel its switch
+ * selected (ErrNoValue when that is unknown); else its own. st.mu held. */
+static double shown(const struct script *s, int ch) {
+    for (int i = 0; i < s->nroute; i++) {
+        if (s->route[i].ch == ch) {
+            double pos = file_value(s->route[i].path, "position");
+
+            if (!(pos >= 1 && pos <= MAX_CH) || pos != (double)(int)pos)
+                return 0; /* ErrNoValue */
+            return tuned(s, (int)pos);
+        }
+    }
+    return tuned(s, ch);
+}
+
 int32_t GetWLMCount(int32_t v) {
     struct script s;
 
@@ -238,9 +458,9 @@ double GetFrequencyNum(int32_t num, double ignored) {
         r = -10; /* ErrChannelNotAvailable */
     else if (st.stale_reads_left > 0) {
         st.stale_reads_left--;
-        r = s.freq[st.previous_channel];
+        r = shown(&s, st.previous_channel);
     } else
-        r = s.freq[num];
+        r = shown(&s, num);
     if (s.foreign > 0 && s.foreign <= MAX_CH)
         st.switch_channel = s.foreign;
     pthread_mutex_unlock(&st.mu);
@@ -341,5 +561,43 @@ int32_t SetSwitcherChannel(int32_t ch) {
         pthread_mutex_unlock(&st.mu);
     }
     trace("SetSwitcherChannel %d = %d", (int)ch, (int)r);
+    return r;
+}
+
+int32_t SetDeviationSignalNum(int32_t port, double mv) {
+    struct script s;
+    int32_t r;
+
+    block_if("SetDeviationSignalNum");
+    script_load(&s);
+    r = s.count <= 0 ? -1 : s.deviation_rc;
+    if (r == 0 && (port < 1 || port > MAX_PORT || !isfinite(mv)))
+        r = -3; /* ResERR_ParmOutOfRange */
+    if (r == 0) {
+        pthread_mutex_lock(&st.mu);
+        st.analog_mv[port] = mv;
+        pthread_mutex_unlock(&st.mu);
+    }
+    trace("SetDeviationSignalNum %d %.6f = %d", (int)port, mv, (int)r);
+    return r;
+}
+
+double GetDeviationSignalNum(int32_t port, double ignored) {
+    struct script s;
+    double r;
+
+    block_if("GetDeviationSignalNum");
+    (void)ignored;
+    script_load(&s);
+    if (s.count <= 0)
+        r = -5; /* ErrWlmMissing */
+    else if (port < 1 || port > MAX_PORT)
+        r = -28; /* ErrParameterOutOfRange */
+    else {
+        pthread_mutex_lock(&st.mu);
+        r = st.analog_mv[port];
+        pthread_mutex_unlock(&st.mu);
+    }
+    trace("GetDeviationSignalNum %d = %.6f", (int)port, r);
     return r;
 }
