@@ -183,20 +183,37 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
                              c->cfg->name, "reads", (json_int_t)c->reads, "errors",
                              (json_int_t)c->errors, "not_ok", (json_int_t)c->not_ok));
     }
-    json_t *drv =
-        json_pack("{s:s, s:s}", "name", d->meter.drv->cfg.name, "state", meter_state_name(&d->meter));
+    json_t *drv = json_pack("{s:s, s:s}", "name", d->meter.drv->cfg.name, "state",
+                            meter_state_name(&d->meter));
     if (d->meter.last_error[0])
         json_object_set_new(drv, "error", json_string(d->meter.last_error));
+    if (d->meter.sw != NULL)
+        json_object_set_new(drv, "switch", json_string(d->meter.sw->cfg.name));
+    /* Each actuator device once, with the lasers that are its channels. */
+    json_t *acts = json_array();
+    for (int i = 0; i < d->lasers.ndevs; i++) {
+        const struct actdev *a = &d->lasers.devs[i];
+        json_t *names = json_array();
+        for (int k = 0; k < a->args.nlasers; k++)
+            json_array_append_new(names, json_string(a->lasers[k]->name));
+        json_t *o = json_pack("{s:s, s:s, s:o, s:I, s:I}", "device", a->name, "state",
+                              actdev_state_name(a), "lasers", names, "opens", (json_int_t)a->opens,
+                              "failures", (json_int_t)a->failures);
+        if (a->reason[0])
+            json_object_set_new(o, "reason", json_string(a->reason));
+        json_array_append_new(acts, o);
+    }
     rpc_call_result(
-        call, json_pack("{s:f, s:o, s:f, s:o, s:i, s:i, s:{s:f, s:f}, s:{s:f}, s:i, s:b, s:i, s:s}",
-                        "uptime_s", ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver", drv,
-                        "cycle_ms", ns_to_ms(d->meter.last_cycle_ns), "channels", chans, "clients",
-                        d->server.nclients, "clients_paused", server_clients_paused(&d->server),
-                        "loop_lag_ms", "last", d->lag_last_ms, "max", d->lag_max_ms, "loop_turn_ms",
-                        "max", d->turn_max_ms, "pool_jobs",
-                        (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers), "read_in_flight",
-                        meter_busy(&d->meter), "threadpool_size", d->cfg.threadpool_size,
-                        "state_dir", d->state_dir));
+        call,
+        json_pack("{s:f, s:o, s:o, s:f, s:o, s:i, s:i, s:{s:f, s:f}, s:{s:f}, s:i, s:b, s:i, s:s}",
+                  "uptime_s", ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver", drv, "actuators",
+                  acts, "cycle_ms", ns_to_ms(d->meter.last_cycle_ns), "channels", chans, "clients",
+                  d->server.nclients, "clients_paused", server_clients_paused(&d->server),
+                  "loop_lag_ms", "last", d->lag_last_ms, "max", d->lag_max_ms, "loop_turn_ms",
+                  "max", d->turn_max_ms, "pool_jobs",
+                  (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers), "read_in_flight",
+                  meter_busy(&d->meter), "threadpool_size", d->cfg.threadpool_size, "state_dir",
+                  d->state_dir));
 }
 
 static void m_channels(struct rpc_call *call, json_t *params, void *ctx) {
@@ -455,9 +472,9 @@ static void write_refused(struct rpc_call *call, struct laser *l, int rc) {
                         c->name);
         break;
     case -ENODEV:
-        rpc_call_errorf(call, RPC_LASER_FAULT, NULL, "laser \"%s\": actuator %s is %s%s%s",
-                        c->name, l->dev->name, actdev_state_name(l->dev),
-                        l->dev->reason[0] ? ": " : "", l->dev->reason);
+        rpc_call_errorf(call, RPC_LASER_FAULT, NULL, "laser \"%s\": actuator %s is %s%s%s", c->name,
+                        l->dev->name, actdev_state_name(l->dev), l->dev->reason[0] ? ": " : "",
+                        l->dev->reason);
         break;
     default:
         rpc_call_errorf(call, RPC_INTERNAL_ERROR, NULL, "laser \"%s\": %s", c->name, strerror(-rc));

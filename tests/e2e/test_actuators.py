@@ -137,6 +137,12 @@ def test_mdt693b_locks_unplug_replug_garbage_silence():
                 time.sleep(0.05)
             if worst > 500:
                 fail("ping took %.0f ms while a device was away" % worst)
+            devs = {a["device"]: a for a in d.result("status")["actuators"]}
+            dev1 = devs["mdt693b " + fakes[0].path]
+            if dev1["state"] != "fault" or dev1["lasers"] != ["L1"] or not dev1.get("reason"):
+                fail("status shows the unplugged controller as %r" % dev1)
+            if len(devs) != 4 or any(a["state"] != "open" for k, a in devs.items() if a is not dev1):
+                fail("status actuators: %r" % devs)
             held = state(d, "L1")["output_v"]
             # Replug: a new pty, the by-id link moved to it. No restart.
             fakes[0].replug()
