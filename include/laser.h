@@ -61,8 +61,8 @@ struct laser {
     const struct laser_config *cfg;
     const struct act_driver *act; /* NULL: monitor only */
     struct actdev *dev;           /* the device it is a channel of (owner's) */
-    struct pid pid;   /* gains, limits, setpoint, target, output */
-    uint64_t pid_gen; /* bumped by every client change to pid */
+    struct pid pid;               /* gains, limits, setpoint, target, output */
+    uint64_t pid_gen;             /* bumped by every client change to pid */
 
     bool lock_on; /* the user wants it locked */
     enum lock_state state;
@@ -80,7 +80,7 @@ struct laser {
 
     /* The actuator job: inputs copied in, outputs read back on the loop. */
     struct actdev_job job;
-    bool busy; /* the job is queued on its device or running */
+    bool busy;            /* the job is queued on its device or running */
     bool held_during_job; /* a bad reading arrived while the step ran */
     struct pid job_pid;   /* job input and output */
     uint64_t job_gen;
@@ -92,7 +92,9 @@ struct laser {
     double job_error_mhz;
     int job_rc;
     struct act_io job_io;
-    double readback_v; /* the device's read-back after the last write, NAN if none */
+    double readback_v;               /* the device's read-back after the last write, NAN if none */
+    bool output_owned;               /* this run wrote the output or means to (a restore, a
+                                        lock, set_output): false only for "restart": "off" */
     struct laser_change *job_waiter; /* a set_output waiting for its write */
     uint64_t writes, write_errors;
 

@@ -124,7 +124,9 @@ static void open_done(uv_work_t *w, int status) {
     d->opens++;
     d->state = ACTDEV_OPEN;
     d->reason[0] = '\0';
-    d->backoff_ms = 0;
+    /* The back-off is not reset yet: a device that opens but fails its
+     * first write (a read-back off, a board that never answers) must not
+     * be reopened every second. A job that succeeds resets it. */
     if (was_fault)
         log_notice("actuator %s: open again", d->name);
     else
@@ -141,6 +143,8 @@ static void queue_open(struct actdev *d) {
     rc = uv_queue_work(d->loop, &d->open_work, open_work, open_done);
     if (rc < 0) {
         log_error("actuator %s: cannot queue open: %s", d->name, uv_strerror(rc));
+        snprintf(d->reason, sizeof(d->reason), "cannot queue open: %s", uv_strerror(rc));
+        d->state = ACTDEV_FAULT;
         schedule_retry(d);
         return;
     }
@@ -173,6 +177,10 @@ static void job_done(uv_work_t *w, int status) {
 
     d->running = NULL;
     j->done(j, status);
+    /* The job's owner calls actdev_fail from done when the device failed
+     * it: still open here means it worked. */
+    if (status >= 0 && d->state == ACTDEV_OPEN)
+        d->backoff_ms = 0;
     if (d->state == ACTDEV_STOPPED) {
         fail_queue(d);
         check_stopped(d);

@@ -412,8 +412,10 @@ static void laser_job_start(struct laser *l) {
     l->job.run = laser_work;
     l->job.done = laser_after_work;
     l->job_gen = l->pid_gen;
-    if (actdev_submit(l->dev, &l->job) == 0)
+    if (actdev_submit(l->dev, &l->job) == 0) {
         l->busy = true;
+        l->output_owned = true;
+    }
 }
 
 static void laser_try_relock(struct laser *l, uint64_t t_ns) {
@@ -544,11 +546,18 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
 int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg) {
     if (on && l->act == NULL)
         return -ENOTSUP;
-    if (on && l->state == LOCK_FAULT && !actdev_ready(l->dev)) {
-        /* Locked as soon as its device is back, from the output it holds. */
-        l->lock_on = true;
-        l->relocks = 0;
-    } else if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
+    if (l->dev != NULL && l->dev->state == ACTDEV_FAULT) {
+        /* The device is away: the wish is kept (and saved) and the laser
+         * stays in fault. When the device is back its held output is
+         * written and, if wanted, the lock resumes from there. */
+        if (on && !l->lock_on)
+            l->relocks = 0;
+        if (on)
+            l->output_owned = true;
+        l->lock_on = on;
+        return laser_commit(l, cb, arg);
+    }
+    if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
         /* Locking a lost laser again is how a user says "try again from here". */
         l->lock_on = true;
         l->relocks = 0;
@@ -627,6 +636,13 @@ static void lasers_dev_state(struct actdev *d, void *ctx) {
              * usually in the reason too: the driver's name is enough here. */
             laser_set_state(l, LOCK_FAULT, "actuator %s: %s", d->drv->cfg.name, d->reason);
         } else if (d->state == ACTDEV_OPEN && l->state == LOCK_FAULT && !l->busy) {
+            if (!l->output_owned) {
+                /* Nothing was written this run ("restart": "off"): the
+                 * output stays where the device has it. */
+                laser_set_state(l, LOCK_OFF, "actuator %s open; output left as it is",
+                                d->drv->cfg.name);
+                continue;
+            }
             /* Put the held output back first (a power-cycled box lost it);
              * its completion resumes the lock from there. */
             l->job_step = false;

@@ -353,10 +353,13 @@ static void sim_chan_resolve(void *p, struct laser_config *lc) {
         c->nominal_thz = 384.23; /* Rb D2, as the core's default setpoint */
     if (isnan(lc->setpoint_thz))
         lc->setpoint_thz = c->nominal_thz;
+    /* A laser's 0 means "assume +", which a simulated laser cannot follow
+     * (its frequency would ignore the actuator): it gets the default. */
     if (isnan(c->sensitivity_mhz_per_v))
-        c->sensitivity_mhz_per_v = isnan(lc->sensitivity_mhz_per_v)
-                                       ? SIM_DEFAULT_SENSITIVITY_MHZ_PER_V
-                                       : lc->sensitivity_mhz_per_v;
+        c->sensitivity_mhz_per_v =
+            isnan(lc->sensitivity_mhz_per_v) || lc->sensitivity_mhz_per_v == 0
+                ? SIM_DEFAULT_SENSITIVITY_MHZ_PER_V
+                : lc->sensitivity_mhz_per_v;
     if (isnan(lc->sensitivity_mhz_per_v))
         lc->sensitivity_mhz_per_v = c->sensitivity_mhz_per_v;
 }

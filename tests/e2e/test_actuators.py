@@ -144,6 +144,13 @@ def test_mdt693b_locks_unplug_replug_garbage_silence():
             if len(devs) != 4 or any(a["state"] != "open" for k, a in devs.items() if a is not dev1):
                 fail("status actuators: %r" % devs)
             held = state(d, "L1")["output_v"]
+            # Unlocking and locking again while the device is away keeps the
+            # fault (nothing can be written) and the wish.
+            d.result("laser.unlock", {"laser": "L1"})
+            d.result("laser.lock", {"laser": "L1"})
+            l1 = state(d, "L1")
+            if l1["state"] != "fault" or not l1["lock"]:
+                fail("lock while the device is away: %r" % l1)
             # Replug: a new pty, the by-id link moved to it. No restart.
             fakes[0].replug()
             wait_state(d, "L1", ("locked",), 40, "L1 locked again after the replug")
@@ -167,6 +174,42 @@ def test_mdt693b_locks_unplug_replug_garbage_silence():
     finally:
         for f in fakes:
             f.close()
+
+
+def test_restart_off_survives_a_fault():
+    """A laser with "restart": "off" is not written at start; a fault of the
+    controller it shares must not make the daemon write it either."""
+    mdt = FakeMDT693B(serial="SHARED")
+    mdt.voltages = {"x": V0, "y": 0.0, "z": 0.0}
+    wm = Wavemeter()
+    wm.set(freqs=freqs([1, 2]), tune="1:%s:x:%g" % (mdt.state_file, SENS))
+    lasers = [laser(1, {"driver": "mdt693b", "port": mdt.path, "axis": "x"}),
+              laser(2, {"driver": "mdt693b", "port": mdt.path, "axis": "y"}, lock=False,
+                    restart="off")]
+    state_dir = tempfile.mkdtemp(prefix="wmd-off-")
+    try:
+        with Daemon(config(lasers), env=wm.env(), state_dir=state_dir) as d:
+            wait_state(d, "L1", ("locked",), 60)
+            d.result("laser.set_output", {"laser": "L2", "output_v": 30})
+            if abs(mdt.voltages["y"] - 30) > 0.01:
+                fail("set_output did not reach the controller: %r" % mdt.voltages)
+        # Someone turns the knob while the daemon is down.
+        mdt.voltages = dict(mdt.voltages, y=12.0)
+        with Daemon(config(lasers), env=wm.env(), state_dir=state_dir) as d:
+            wait_state(d, "L1", ("locked",), 60)
+            if state(d, "L2")["actuator_writes"] != 0 or mdt.voltages["y"] != 12.0:
+                fail("restart off wrote L2: %r, %r" % (state(d, "L2"), mdt.voltages))
+            mdt.unplug()
+            wait_state(d, "L2", ("fault",), 10)
+            mdt.replug()
+            wait_state(d, "L1", ("locked",), 40, "L1 locked again after the replug")
+            l2 = wait_state(d, "L2", ("off",), 10)
+            if l2["actuator_writes"] != 0 or mdt.voltages["y"] != 12.0:
+                fail("the fault made the daemon write L2: %r, %r" % (l2, mdt.voltages))
+            print("restart off: L2 left at %.1f V through a fault of its controller" %
+                  mdt.voltages["y"])
+    finally:
+        mdt.close()
 
 
 def test_absent_at_start_and_voltage_limit():
@@ -277,6 +320,7 @@ if __name__ == "__main__":
     run_tests([
         ("mdt693b_locks_unplug_replug_garbage_silence",
          test_mdt693b_locks_unplug_replug_garbage_silence),
+        ("restart_off_survives_a_fault", test_restart_off_survives_a_fault),
         ("absent_at_start_and_voltage_limit", test_absent_at_start_and_voltage_limit),
         ("serial_line_closed_loop", test_serial_line_closed_loop),
         ("wlm_analog_closed_loop", test_wlm_analog_closed_loop),

@@ -181,13 +181,22 @@ START_TEST(test_fail_closes_and_reopens) {
     /* The retry, a second later, opens it. */
     ck_assert(run_until_ready(&loop, &d, 5));
     ck_assert_int_eq(dev.opens, 2);
-    /* A job that finds it failing: closed, reopened by the next retry. */
+    /* A job that finds it failing: closed, reopened by the next retry. The
+     * open alone does not reset the back-off (a device that opens but
+     * fails every write is not reopened every second): it doubles. */
     actdev_fail(&d, "write timed out (scripted)");
     ck_assert_int_eq(d.state, ACTDEV_FAULT);
     ck_assert_ptr_null(d.handle);
+    ck_assert_uint_eq(d.backoff_ms, 2000);
     ck_assert(run_until_ready(&loop, &d, 5));
     ck_assert_int_eq(dev.opens, 3);
     ck_assert_int_eq(dev.closes, 1); /* the failed handle, closed on the pool */
+    /* A job that works resets it. */
+    b = (struct job){.j = {.run = job_run, .done = job_done}, .id = 3};
+    ck_assert_int_eq(actdev_submit(&d, &b.j), 0);
+    ck_assert(run_until(&loop, &b.done, 5));
+    ck_assert_int_eq(b.status, 0);
+    ck_assert_uint_eq(d.backoff_ms, 0);
     teardown(&loop, &d);
 }
 END_TEST
