@@ -155,6 +155,39 @@ START_TEST(test_wavemeterd_json) {
 }
 END_TEST
 
+/* The real lab of conf/lab-ws7.json: what the issue asks a lab to write. */
+START_TEST(test_lab_ws7_json) {
+    struct config cfg;
+    char err[512] = "", dev[2][CONFIG_PATH_MAX], chan[2][32];
+    int actuated = 0, monitor = 0;
+
+    ck_assert_msg(config_load(&cfg, SRC("conf/lab-ws7.json"), err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(cfg.wavemeter.driver, "highfinesse");
+    ck_assert_int_eq(cfg.nlasers, 8);
+    for (int i = 0; i < cfg.nlasers; i++) {
+        const struct laser_config *l = &cfg.lasers[i];
+        if (l->actuator.drv.driver[0] == '\0') {
+            monitor++;
+            continue;
+        }
+        actuated++;
+        /* Stable for the cycle it will get: proportional gain per reading
+         * at most 0.5 (docs/CONTROL.md). */
+        ck_assert_msg(l->kp_v_per_mhz * fabs(l->sensitivity_mhz_per_v) <= 0.5, "%s", l->name);
+    }
+    ck_assert_int_eq(actuated, 5);
+    ck_assert_int_eq(monitor, 3);
+    /* Two lasers on one controller: one device, two channels. */
+    const struct act_driver *a = act_driver_find(cfg.lasers[0].actuator.drv.driver);
+    ck_assert_ptr_eq(a, act_driver_find("mdt693b"));
+    for (int i = 0; i < 2; i++)
+        a->ident(cfg.lasers[i].actuator.drv.u.bytes, &cfg.lasers[i], dev[i], sizeof(dev[i]),
+                 chan[i], sizeof(chan[i]));
+    ck_assert_str_eq(dev[0], dev[1]);
+    ck_assert_str_ne(chan[0], chan[1]);
+}
+END_TEST
+
 /* ---- bad files: exactly one line each ----------------------------------- */
 
 #define LASER_A "{\"name\": \"a\", \"channel\": 1}"
@@ -701,6 +734,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_laser_by_name);
     tcase_add_test(tc, test_doc_lists_every_key);
     tcase_add_test(tc, test_driver_tables_fit);
+    tcase_add_test(tc, test_lab_ws7_json);
     tcase_add_test(tc, test_update_runtime);
     suite_add_tcase(s, tc);
     return s;
