@@ -59,7 +59,8 @@ struct laser_config {
     char name[CONFIG_NAME_MAX];
     int channel; /* wavemeter channel, 1-based, unique */
     int exposure_ms;
-    int settle_ms; /* switch settle before the exposure */
+    int settle_ms;  /* switch settle before the exposure */
+    int max_age_ms; /* revisit at least this often; 0: by the lock (see meter.h) */
     bool enabled;
     /* The wavemeter driver's settings for this channel, if it takes any
      * (the simulator's lasers[].sim: the light it shows). */
@@ -120,6 +121,7 @@ struct config {
 
     struct drv_settings wavemeter; /* driver "sim", "highfinesse", ... and its keys */
     int read_timeout_ms;
+    int monitor_period_ms; /* how often lasers no lock uses are read */
     struct switch_config sw;
 
     int nlasers;

@@ -28,11 +28,23 @@ struct reading {
     char detail[96];
 };
 
+/* Revisit periods kept per channel for status (mean, max). */
+#define METER_REVISITS 64
+
 struct meter_channel {
     const struct laser_config *cfg;
     struct reading last;    /* seq == 0: none yet */
     uint64_t reads, errors; /* errors: status WM_ERROR */
     uint64_t not_ok;        /* no_signal, under/overexposed */
+
+    /* The schedule: a reading is due target_ns after the last one ended
+     * (0: as often as the others allow, a locked laser's). */
+    uint64_t target_ns;
+    bool locked_hint;                    /* the lasers say a lock uses it */
+    uint64_t last_end_ns;                /* when its last read finished, 0 = never */
+    uint64_t revisit_ns[METER_REVISITS]; /* ring of times between reads */
+    size_t nrevisit, revisit_head;
+    char last_problem[96]; /* its last status or error, for one log line per change */
 };
 
 struct meter;
@@ -93,6 +105,13 @@ const char *meter_state_name(const struct meter *m);
 /* The simulator's sim.* hooks: -ENOTSUP when the driver has none, else the
  * driver's answer (-ENOENT no such channel, -EINVAL bad argument). Loop thread. */
 int meter_simulate(struct meter *m, const struct wm_sim_cmd *cmd);
+/* The lasers tell the schedule which channels a lock uses: those are read
+ * as often as the others allow, the rest every wavemeter.monitor_period_ms,
+ * unless the laser sets max_age_ms. Loop thread. */
+void meter_set_locked(struct meter *m, int channel, bool locked);
+/* A channel's revisit period over the last METER_REVISITS reads, in ms
+ * (NAN before two reads). */
+void meter_revisit_ms(const struct meter_channel *c, double *mean_ms, double *max_ms);
 bool meter_can_simulate(const struct meter *m);
 bool meter_busy(const struct meter *m);
 

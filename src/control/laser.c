@@ -66,6 +66,14 @@ static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt,
     l->since_unix = l->owner->clk->wall_s(l->owner->clk->ctx);
 }
 
+/* The user's wish, and the schedule's hint: a channel a lock uses is read
+ * as often as the others allow. */
+static void laser_want_lock(struct laser *l, bool on) {
+    l->lock_on = on;
+    if (l->owner->meter != NULL)
+        meter_set_locked(l->owner->meter, l->cfg->channel, on);
+}
+
 static void params_from_config(struct pid_params *p, const struct laser_config *c) {
     p->kp_v_per_mhz = c->kp_v_per_mhz;
     p->ki_v_per_mhz_s = c->ki_v_per_mhz_s;
@@ -169,19 +177,19 @@ static void laser_restore(struct laser *l, json_t *saved) {
     else
         l->pid.ramp_mhz_per_s = c->ramp_mhz_per_s;
     if (l->act == NULL) {
-        l->lock_on = false;
+        laser_want_lock(l, false);
         return;
     }
     switch (saved ? c->restart : RESTART_RESUME) {
     case RESTART_RESUME:
-        l->lock_on = lock;
+        laser_want_lock(l, lock);
         break;
     case RESTART_RELEASE:
-        l->lock_on = false;
+        laser_want_lock(l, false);
         break;
     case RESTART_OFF:
         /* Unlocked, and the actuator is left as it is: nothing is written. */
-        l->lock_on = false;
+        laser_want_lock(l, false);
         return;
     }
     /* Put the actuator where the saved output says (hardware that kept its
@@ -554,17 +562,17 @@ int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg) {
             l->relocks = 0;
         if (on)
             l->output_owned = true;
-        l->lock_on = on;
+        laser_want_lock(l, on);
         return laser_commit(l, cb, arg);
     }
     if (on && (!l->lock_on || l->state == LOCK_LOST || l->state == LOCK_FAULT)) {
         /* Locking a lost laser again is how a user says "try again from here". */
-        l->lock_on = true;
+        laser_want_lock(l, true);
         l->relocks = 0;
         laser_engage(l, l->pid.setpoint_thz);
         laser_set_state(l, LOCK_ACQUIRING, "locked by a client at %.4f V", l->pid.output_v);
     } else if (!on && l->lock_on) {
-        l->lock_on = false;
+        laser_want_lock(l, false);
         pid_hold(&l->pid);
         l->pid_gen++;
         laser_set_state(l, LOCK_OFF, "unlocked by a client, output held at %.4f V",

@@ -105,6 +105,8 @@ static const struct cfg_key switch_keys[] = {
 static const struct cfg_key wavemeter_keys[] = {
     CFG_ROW_INT("read_timeout_ms", C, read_timeout_ms, 100, 60000,
                 "one reading finishes or fails by then, in ms"),
+    CFG_ROW_INT("monitor_period_ms", C, monitor_period_ms, 10, 3600000,
+                "lasers no lock uses are read this often (unless max_age_ms), in ms"),
     ROW_DRIVER("switch", C, sw.drv, switch_keys, DRV_SWITCH,
                "an external fibre switch in front of the wavemeter"),
     CFG_ROW_END,
@@ -125,6 +127,9 @@ static const struct cfg_key laser_keys[] = {
     CFG_ROW_INT("settle_ms", L, settle_ms, 0, 10000,
                 "wait after switching to the channel before exposing, in ms"),
     CFG_ROW_BOOL("enabled", L, enabled, "measure this channel"),
+    CFG_ROW_INT("max_age_ms", L, max_age_ms, 0, 3600000,
+                "read this laser at least this often, in ms; 0: as often as possible while a "
+                "lock uses it, else every wavemeter.monitor_period_ms"),
     ROW_DRIVER("actuator", L, actuator.drv, actuator_keys, DRV_ACTUATOR,
                "what the lock drives; \"none\" or no block (with a real wavemeter): monitor only"),
     CFG_ROW_DBL("setpoint_thz", L, setpoint_thz, 1, 2000, "lock setpoint at start, in THz"),
@@ -891,6 +896,7 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
         note_key(restart, restart_len, "access.require_token/token_file");
     if (memcmp(&cur->wavemeter, &next->wavemeter, sizeof(cur->wavemeter)) != 0 ||
         cur->read_timeout_ms != next->read_timeout_ms ||
+        cur->monitor_period_ms != next->monitor_period_ms ||
         memcmp(&cur->sw, &next->sw, sizeof(cur->sw)) != 0)
         note_key(restart, restart_len, "wavemeter");
 #undef SAME_STR
@@ -943,6 +949,7 @@ static void config_base(struct config *cfg) {
     cfg->state_save_interval_s = 10;
     settings_reset(&cfg->wavemeter, &wm_driver_at(0)->cfg);
     cfg->read_timeout_ms = 5000;
+    cfg->monitor_period_ms = 1000;
     settings_reset(&cfg->sw.drv, NULL);
     cfg->sw.input = 1;
     cfg->sw.settle_ms = 50;

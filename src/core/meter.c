@@ -7,6 +7,7 @@
 #include "meter.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -40,6 +41,7 @@ int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const
     for (int i = 0; i < cfg->nlasers; i++) {
         m->ch[i].cfg = &cfg->lasers[i];
         m->ch[i].last.channel = cfg->lasers[i].channel;
+        meter_set_locked(m, cfg->lasers[i].channel, false);
     }
     m->nch = cfg->nlasers;
     m->cur = -1;
@@ -58,14 +60,76 @@ int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const
     return 0;
 }
 
-/* Round robin over the enabled channels, starting after the current one. */
+void meter_set_locked(struct meter *m, int channel, bool locked) {
+    struct meter_channel *c = meter_channel_find(m, channel);
+    uint64_t ms;
+
+    if (c == NULL)
+        return;
+    c->locked_hint = locked;
+    ms = c->cfg->max_age_ms > 0 ? (uint64_t)c->cfg->max_age_ms
+         : locked               ? 0
+                                : (uint64_t)m->cfg->monitor_period_ms;
+    c->target_ns = ms * 1000000u;
+}
+
+/* What a read of channel i costs, for planning: the driver's worst case
+ * after a switch, or the exposure alone when the switch stays. */
+static uint64_t read_cost_ns(const struct meter *m, int i) {
+    const struct laser_config *lc = m->ch[i].cfg;
+    int ms = i == m->cur
+                 ? lc->exposure_ms
+                 : m->drv->worst_read_ms(lc->exposure_ms, lc->settle_ms, m->cfg->read_timeout_ms);
+
+    return (uint64_t)ms * 1000000u;
+}
+
+/*
+ * Earliest deadline first. A channel is due when its deadline (its last
+ * read's end plus its target) is nearer than the time a read of it takes;
+ * of the due channels the one with the earliest deadline goes next, the
+ * current one winning ties (no switch, no wear). With none due, the switch
+ * stays where it is and that channel is read again: fresh data for free.
+ * Channels a lock uses (target 0) are always due, so among themselves they
+ * take turns by age.
+ */
 static int meter_pick_next(const struct meter *m) {
-    for (int k = 1; k <= m->nch; k++) {
-        int i = (m->cur + k + m->nch) % m->nch;
-        if (m->ch[i].cfg->enabled)
-            return i;
+    uint64_t now = clock_now_ns(m->clk), best_deadline = UINT64_MAX;
+    int best = -1, first = -1;
+
+    for (int i = 0; i < m->nch; i++) {
+        const struct meter_channel *c = &m->ch[i];
+        uint64_t deadline = c->last_end_ns == 0 ? 0 : c->last_end_ns + c->target_ns;
+
+        if (!c->cfg->enabled)
+            continue;
+        if (first < 0)
+            first = i;
+        if (deadline > now + read_cost_ns(m, i))
+            continue; /* not due */
+        if (deadline < best_deadline || (deadline == best_deadline && i == m->cur)) {
+            best = i;
+            best_deadline = deadline;
+        }
     }
-    return -1;
+    if (best >= 0)
+        return best;
+    if (m->cur >= 0 && m->ch[m->cur].cfg->enabled)
+        return m->cur;
+    return first;
+}
+
+void meter_revisit_ms(const struct meter_channel *c, double *mean_ms, double *max_ms) {
+    double sum = 0, max = 0;
+
+    for (size_t k = 0; k < c->nrevisit; k++) {
+        double ms = (double)c->revisit_ns[k] * 1e-6;
+        sum += ms;
+        if (ms > max)
+            max = ms;
+    }
+    *mean_ms = c->nrevisit ? sum / (double)c->nrevisit : (double)NAN;
+    *max_ms = c->nrevisit ? max : (double)NAN;
 }
 
 /* The switch failed: the reading is an error naming it, and the switch is
@@ -168,6 +232,33 @@ static void meter_store(struct meter *m, struct meter_channel *c) {
         c->errors++;
     else if (r->status != WM_OK)
         c->not_ok++;
+    uint64_t end_ns = clock_now_ns(m->clk);
+    if (c->last_end_ns != 0) {
+        c->revisit_ns[c->revisit_head] = end_ns - c->last_end_ns;
+        c->revisit_head = (c->revisit_head + 1) % METER_REVISITS;
+        if (c->nrevisit < METER_REVISITS)
+            c->nrevisit++;
+    }
+    c->last_end_ns = end_ns;
+}
+
+/* One log line per change of a channel's condition, not one per cycle:
+ * a laser out of range for an hour is one line, and one when it is back. */
+static void meter_note_channel(struct meter_channel *c, const struct reading *r) {
+    char now[sizeof(c->last_problem)];
+
+    if (r->status == WM_OK)
+        now[0] = '\0';
+    else
+        snprintf(now, sizeof(now), "%s%s%s", wm_status_name(r->status), r->detail[0] ? ": " : "",
+                 r->detail);
+    if (strcmp(now, c->last_problem) == 0)
+        return;
+    if (now[0] == '\0')
+        log_notice("wavemeter: channel %d (%s): reading again", c->cfg->channel, c->cfg->name);
+    else
+        log_warnx("wavemeter: channel %d (%s): %s", c->cfg->channel, c->cfg->name, now);
+    memcpy(c->last_problem, now, sizeof(now));
 }
 
 static void meter_after_work(uv_work_t *w, int status) {
@@ -182,6 +273,11 @@ static void meter_after_work(uv_work_t *w, int status) {
         return;
     }
     meter_store(m, c);
+    /* A channel's own condition (out of range, no signal, not available)
+     * is its reading's status and nothing more: only a device failure
+     * (rc < 0: server gone, timed out) stops the meter and backs off. */
+    if (m->rc >= 0)
+        meter_note_channel(c, &c->last);
     if (m->rc < 0) {
         /* The switch position is unknown after a failed read. */
         m->switch_channel = 0;
@@ -248,11 +344,49 @@ static void meter_queue_next(struct meter *m) {
     m->busy = true;
 }
 
+/*
+ * Can the wavemeter meet every laser's target? Each read after a switch
+ * costs about the driver's worst case; a laser with a target of T ms needs
+ * cost/T of the wavemeter's time (earliest-deadline-first meets all targets
+ * when those shares add up to at most 1). Locked lasers (no target) share
+ * what is left. One warning at start-up, with the numbers.
+ */
+static void meter_check_schedule(const struct meter *m) {
+    double share = 0;
+    int n = 0;
+    char worst[64] = "";
+    double worst_share = 0;
+
+    for (int i = 0; i < m->nch; i++) {
+        const struct meter_channel *c = &m->ch[i];
+        const struct laser_config *lc = c->cfg;
+        double cost_ms, target_ms = (double)c->target_ns * 1e-6, sh;
+
+        if (!lc->enabled || c->target_ns == 0)
+            continue;
+        cost_ms = m->drv->worst_read_ms(lc->exposure_ms, lc->settle_ms, m->cfg->read_timeout_ms);
+        sh = cost_ms / target_ms;
+        share += sh;
+        n++;
+        if (sh > worst_share) {
+            worst_share = sh;
+            snprintf(worst, sizeof(worst), "%s: %.0f ms a read every %.0f ms", lc->name, cost_ms,
+                     target_ms);
+        }
+    }
+    if (share > 1.0)
+        log_warnx("wavemeter: the %d lasers with a revisit target need %.0f%% of the wavemeter's "
+                  "time (largest share %s): some will be read later than their target; raise "
+                  "max_age_ms or monitor_period_ms, or shorten exposures",
+                  n, share * 100, worst);
+}
+
 void meter_start(struct meter *m, meter_reading_cb cb, void *ctx) {
     m->on_reading = cb;
     m->cb_ctx = ctx;
     m->state = METER_RUNNING;
     m->cycle_start_ns = clock_now_ns(m->clk);
+    meter_check_schedule(m);
     meter_queue_next(m);
 }
 

@@ -167,6 +167,11 @@ static void m_version(struct rpc_call *call, json_t *params, void *ctx) {
                                     PROTOCOL_MINOR));
 }
 
+/* New reference: x, or null when it is not a number (none yet). */
+static json_t *num_or_null(double x) {
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
 static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     uint64_t now_ns = clock_now_ns(d->clk);
@@ -178,10 +183,16 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
     }
     for (int i = 0; i < d->meter.nch; i++) {
         const struct meter_channel *c = &d->meter.ch[i];
+        double mean_ms, max_ms;
+
+        meter_revisit_ms(c, &mean_ms, &max_ms);
         json_array_append_new(
-            chans, json_pack("{s:i, s:s, s:I, s:I, s:I}", "channel", c->cfg->channel, "laser",
-                             c->cfg->name, "reads", (json_int_t)c->reads, "errors",
-                             (json_int_t)c->errors, "not_ok", (json_int_t)c->not_ok));
+            chans,
+            json_pack("{s:i, s:s, s:I, s:I, s:I, s:{s:o, s:o, s:o}}", "channel", c->cfg->channel,
+                      "laser", c->cfg->name, "reads", (json_int_t)c->reads, "errors",
+                      (json_int_t)c->errors, "not_ok", (json_int_t)c->not_ok, "revisit_ms", "mean",
+                      num_or_null(mean_ms), "max", num_or_null(max_ms), "target",
+                      c->target_ns ? json_real((double)c->target_ns * 1e-6) : json_null()));
     }
     json_t *drv = json_pack("{s:s, s:s}", "name", d->meter.drv->cfg.name, "state",
                             meter_state_name(&d->meter));
@@ -351,10 +362,6 @@ static bool param_number(struct rpc_call *call, json_t *params, const char *key,
     }
     *out = json_number_value(v);
     return true;
-}
-
-static json_t *num_or_null(double x) {
-    return isfinite(x) ? json_real(x) : json_null();
 }
 
 /* New reference: everything a client may want to know about one laser. */

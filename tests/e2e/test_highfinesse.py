@@ -152,7 +152,10 @@ def test_switching():
     # The fake keeps returning the previous channel's value for 3 reads after
     # a switch, as the real pipeline does: no reading may show it.
     fake = Fake(freqs="1:384.2281,2:751.5", pipeline=3)
-    with Daemon(hf_config([1, 2]), env=fake.env) as d:
+    cfg = hf_config([1, 2])
+    for l in cfg["lasers"]:
+        l["max_age_ms"] = 1  # both always due: they take turns, a switch every read
+    with Daemon(cfg, env=fake.env) as d:
         wait_for(lambda: all(c["reads"] >= 5 for c in d.result("status")["channels"]), 20,
                  "5 reads of each channel")
         for laser, thz in (("L1", 384.2281), ("L2", 751.5)):
