@@ -17,6 +17,17 @@ struct hf_settings {
     char library[CONFIG_PATH_MAX]; /* path of libwlmData.so, for dlopen */
 };
 
+/* lasers[].highfinesse: how the instrument exposes one channel. */
+struct hf_chan {
+    int exposure2_ms;   /* the second CCD array's additional exposure (WS7/WS8) */
+    bool auto_exposure; /* the instrument picks the exposure (exposure_ms ignored) */
+};
+
+/* A laser's HighFinesse settings (its lasers[].highfinesse). */
+static inline const struct hf_chan *hf_chan_const(const struct laser_config *lc) {
+    return (const struct hf_chan *)(const void *)lc->meter.u.bytes;
+}
+
 /* Every call into the library runs on one thread the device owns, created
  * in open: the vendor's calls have no timeout of their own, and their thread
  * safety is undocumented. open: loop thread, at start-up, bounded by

@@ -26,6 +26,7 @@ struct wm_read_req {
     int settle_ms;  /* spent only when switched */
     bool switched;  /* the switch must move to this channel first */
     int timeout_ms; /* the whole read finishes or fails by then */
+    const void *chan; /* the laser's lasers[].<driver section> settings, or NULL */
 };
 
 /* What one read job returns, by value. */

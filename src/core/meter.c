@@ -330,6 +330,7 @@ static void meter_queue_next(struct meter *m) {
     m->req.channel = lc->channel;
     m->req.exposure_ms = lc->exposure_ms;
     m->req.settle_ms = lc->settle_ms;
+    m->req.chan = m->drv->chan.name != NULL ? lc->meter.u.bytes : NULL;
     m->req.switched = m->switch_channel != lc->channel;
     m->req.timeout_ms = m->cfg->read_timeout_ms;
     m->switch_channel = lc->channel;

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,9 @@
  * keep most of theirs. */
 #define HF_RESERVE_MAX_MS 50
 
+/* Beyond the periods a result should take: network and a busy Windows PC. */
+#define HF_RESULT_SLACK_MS 100
+
 /* GetOperationState: the WLM only produces results while measuring. */
 #define WLM_OP_MEASUREMENT 2
 
@@ -78,6 +82,11 @@ typedef uint16_t (*wlm_u16_fn)(uint16_t);
 typedef double (*wlm_get_num_fn)(int32_t num, double ignored);
 typedef int32_t (*wlm_set_exposure_num_fn)(int32_t num, int32_t ccd, int32_t ms);
 typedef int32_t (*wlm_set_signal_num_fn)(int32_t port, double mv);
+typedef int32_t (*wlm_get_exposure_num_fn)(int32_t num, int32_t ccd, int32_t ignored);
+typedef int32_t (*wlm_exposure_mode_num_fn)(int32_t num, unsigned char automatic);
+typedef intptr_t (*wlm_instantiate_fn)(int32_t rfc, int32_t mode, intptr_t p1, int32_t p2);
+typedef void (*wlm_callback_ex_fn)(int32_t ver, int32_t mode, int32_t intval, double dblval,
+                                   int32_t res1);
 
 struct wlm_api {
     wlm_i32_fn GetWLMCount;
@@ -91,6 +100,14 @@ struct wlm_api {
     /* Optional: only libraries built with the laser-control functions have
      * it, and a lab without that option still wants readings. NULL: none. */
     wlm_set_signal_num_fn SetDeviationSignalNum;
+    /* Optional, found in every library we know of but not needed to read:
+     * without them the driver falls back to what it can do (see hf_probe). */
+    wlm_instantiate_fn Instantiate;
+    wlm_get_exposure_num_fn GetExposureNum;
+    wlm_exposure_mode_num_fn SetExposureModeNum;
+    wlm_i32_fn GetExposureRange;
+    wlm_i32_fn GetChannelsCount;
+    wlm_i32_fn GetSwitcherMode;
 };
 
 /* dlsym hands out object pointers; they are copied into the function
@@ -110,6 +127,31 @@ static const struct {
     {"GetSwitcherChannel", offsetof(struct wlm_api, GetSwitcherChannel)},
     {"SetSwitcherChannel", offsetof(struct wlm_api, SetSwitcherChannel)},
 };
+
+static const struct {
+    const char *name;
+    size_t offset;
+} wlm_optional[] = {
+    {"Instantiate", offsetof(struct wlm_api, Instantiate)},
+    {"GetExposureNum", offsetof(struct wlm_api, GetExposureNum)},
+    {"SetExposureModeNum", offsetof(struct wlm_api, SetExposureModeNum)},
+    {"GetExposureRange", offsetof(struct wlm_api, GetExposureRange)},
+    {"GetChannelsCount", offsetof(struct wlm_api, GetChannelsCount)},
+    {"GetSwitcherMode", offsetof(struct wlm_api, GetSwitcherMode)},
+};
+
+/* Constants of the vendor's wlmData.h. */
+#define WLM_INST_RETURN_MODE 0     /* cInstReturnMode: Instantiate's RFC */
+#define WLM_INST_NOTIFICATION 1    /* cInstNotification */
+#define WLM_NOTIFY_REMOVE 1        /* cNotifyRemoveCallback */
+#define WLM_NOTIFY_INSTALL_EX 4    /* cNotifyInstallCallbackEx */
+#define WLM_CMI_TIME_PER_MEAS 1514 /* cmiTimePerMeasurement: the period, in ms */
+#define WLM_EXPO_MIN 0             /* cExpoMin .. cExpo2Max for GetExposureRange */
+#define WLM_EXPO_MAX 1
+#define WLM_EXPO2_MIN 2
+#define WLM_EXPO2_MAX 3
+#define WLM_ERR_NO_VALUE_YET (-32)
+#define WLM_ERR_NO_NEW_VALUE_YET (-33)
 
 struct hf_dev;
 struct hf_job;
@@ -131,6 +173,7 @@ struct hf_job {
     /* The probe at open. */
     char path[CONFIG_PATH_MAX]; /* the library to load */
     int nenabled;               /* lasers enabled, for the start-up log */
+    const struct config *cfg;   /* the lasers, for the start-up checks (borrowed) */
     bool analog;                /* out: the library has SetDeviationSignalNum */
     /* A read. */
     struct wm_read_req req;
@@ -166,6 +209,16 @@ struct hf_dev {
     struct wlm_api api;
     /* Exposure last set per channel, in ms; 0 = unknown, set on next read. */
     int exposure_ms[CONFIG_MAX_LASERS + 1];
+    /* Return mode "new values only" is on: each result comes once. */
+    bool read_once;
+    /* The notification callback is installed (for the measurement period). */
+    bool notified;
+    /* The switch mode found at open, put back at close (-1: unknown). */
+    int32_t saved_switch_mode;
+    /* The last value GetFrequencyNum gave per channel, bit for bit: without
+     * read-once mode, the same value again is the same measurement. */
+    uint64_t last_bits[CONFIG_MAX_LASERS + 1];
+    bool have_last[CONFIG_MAX_LASERS + 1];
 
     /* Under mu. cond (CLOCK_MONOTONIC) is broadcast when a job is posted or
      * done and when the vendor thread is told to stop. */
@@ -194,25 +247,31 @@ struct wlm_get_error {
     const char *why;
 };
 
+/* hopeless here means a device failure: no channel can be read (the server
+ * or the wavemeter is gone). Everything else is one channel's condition, a
+ * reading with that status, which never stops the others. */
 static const struct wlm_get_error get_errors[] = {
-    {0, "ErrNoValue", WM_ERROR, -ENODATA, false, "no result (is the WLM measuring?)"},
+    {0, "ErrNoValue", WM_ERROR, -ENODATA, false, "no result yet (is the WLM measuring?)"},
     {-1, "ErrNoSignal", WM_NO_SIGNAL, 0, false, NULL},
     {-2, "ErrBadSignal", WM_NO_SIGNAL, 0, false, NULL},
     {-3, "ErrLowSignal", WM_UNDEREXPOSED, 0, false, NULL},
     {-4, "ErrBigSignal", WM_OVEREXPOSED, 0, false, NULL},
     {-5, "ErrWlmMissing", WM_ERROR, -ENODEV, true, "no wavemeter server"},
-    {-6, "ErrNotAvailable", WM_ERROR, -ENOTSUP, true, "not available on this WLM"},
+    {-6, "ErrNotAvailable", WM_ERROR, -ENOTSUP, false, "not available on this WLM"},
     {-7, "InfNothingChanged", WM_ERROR, -EAGAIN, false, "nothing changed"},
     {-8, "ErrNoPulse", WM_NO_SIGNAL, 0, false, NULL},
-    {-10, "ErrChannelNotAvailable", WM_ERROR, -ENXIO, true, "no such channel"},
+    {-10, "ErrChannelNotAvailable", WM_ERROR, -ENXIO, false, "no such channel"},
     {-13, "ErrDiv0", WM_ERROR, -EIO, false, "division by zero in the evaluation"},
     {-14, "ErrOutOfRange", WM_ERROR, -ERANGE, false, "outside the measurement range"},
-    {-15, "ErrUnitNotAvailable", WM_ERROR, -ENOTSUP, true, "unit not available"},
+    {-15, "ErrUnitNotAvailable", WM_ERROR, -ENOTSUP, false, "unit not available"},
     {-26, "ErrTCPErr", WM_ERROR, -ENODEV, true, "TCP error talking to wlmDataServer"},
-    {-28, "ErrParameterOutOfRange", WM_ERROR, -EINVAL, true, "parameter out of range"},
-    {-29, "ErrStringTooLong", WM_ERROR, -EINVAL, true, "string too long"},
+    {-28, "ErrParameterOutOfRange", WM_ERROR, -EINVAL, false, "parameter out of range"},
+    {-29, "ErrStringTooLong", WM_ERROR, -EINVAL, false, "string too long"},
     {-30, "ErrInterruptedByUser", WM_ERROR, -EINTR, false, "interrupted by the user"},
+    {-16, "ErrWOCalc", WM_ERROR, -EIO, false, "no calculation (wavelength meter not calibrated?)"},
     {-31, "ErrInfoAlreadyFetched", WM_ERROR, -EAGAIN, false, "already fetched"},
+    {-32, "ErrNoValueYet", WM_ERROR, -ENODATA, false, "no result yet"},
+    {-33, "ErrNoNewValueYet", WM_ERROR, -ENODATA, false, "no new result yet"},
 };
 
 static const struct wlm_get_error *get_error_find(int code) {
@@ -408,6 +467,100 @@ static int32_t hf_call_set_exposure(struct hf_dev *d, int32_t num, int32_t ccd, 
 #define WLM_U16(d, fn, a) hf_call_u16((d), #fn, (d)->api.fn, (a))
 #define WLM_GET_NUM(d, fn, num) hf_call_get_num((d), #fn, (d)->api.fn, (num))
 
+/* Vendor thread, at open: the configured channels against what the
+ * instrument has, and the exposures against its range. A mismatch fails the
+ * start with the numbers. */
+static int hf_probe_channels(struct hf_dev *d, struct hf_job *j) {
+    const struct config *cfg = j->cfg;
+    int32_t count = 0, lo = 0, hi = 0, lo2 = 0, hi2 = 0;
+
+    if (d->api.GetChannelsCount != NULL)
+        count = WLM_I32(d, GetChannelsCount, 0);
+    if (d->api.GetExposureRange != NULL) {
+        lo = WLM_I32(d, GetExposureRange, WLM_EXPO_MIN);
+        hi = WLM_I32(d, GetExposureRange, WLM_EXPO_MAX);
+        lo2 = WLM_I32(d, GetExposureRange, WLM_EXPO2_MIN);
+        hi2 = WLM_I32(d, GetExposureRange, WLM_EXPO2_MAX);
+    }
+    for (int i = 0; i < cfg->nlasers; i++) {
+        const struct laser_config *lc = &cfg->lasers[i];
+        const struct hf_chan *hc = hf_chan_const(lc);
+        /* Behind an external switch every laser is read on its input. */
+        int ch = cfg->sw.drv.driver[0] ? cfg->sw.input : lc->channel;
+
+        if (!lc->enabled)
+            continue;
+        if (count > 0 && ch > count) {
+            snprintf(j->err, sizeof(j->err),
+                     "laser \"%s\" is on channel %d, but the wavemeter has %d channel%s "
+                     "(GetChannelsCount)",
+                     lc->name, ch, (int)count, count == 1 ? "" : "s");
+            return -EINVAL;
+        }
+        if (hc->auto_exposure || hi <= 0)
+            continue;
+        if (lc->exposure_ms < lo || lc->exposure_ms > hi) {
+            snprintf(j->err, sizeof(j->err),
+                     "laser \"%s\": exposure_ms %d is outside the wavemeter's range %d..%d ms "
+                     "(GetExposureRange)",
+                     lc->name, lc->exposure_ms, (int)lo, (int)hi);
+            return -EINVAL;
+        }
+        if (hc->exposure2_ms > 0 && hi2 > 0 && (hc->exposure2_ms < lo2 || hc->exposure2_ms > hi2)) {
+            snprintf(j->err, sizeof(j->err),
+                     "laser \"%s\": highfinesse.exposure2_ms %d is outside the wavemeter's "
+                     "range %d..%d ms for the second array (GetExposureRange)",
+                     lc->name, hc->exposure2_ms, (int)lo2, (int)hi2);
+            return -EINVAL;
+        }
+    }
+    if (count > 0)
+        log_info("wavemeter: %d channels, exposure %d..%d ms (second array %d..%d ms)", (int)count,
+                 (int)lo, (int)hi, (int)lo2, (int)hi2);
+    return 0;
+}
+
+/* The library's notifications arrive on its own thread and carry no
+ * pointer of ours: the one value we take from them (the measurement period)
+ * goes into this atomic, the driver's only global (one wavemeter per
+ * process). */
+static atomic_int hf_notified_period_ms;
+
+static void hf_notify(int32_t ver, int32_t mode, int32_t intval, double dblval, int32_t res1) {
+    (void)ver;
+    (void)dblval;
+    (void)res1;
+    if (mode == WLM_CMI_TIME_PER_MEAS && intval > 0)
+        atomic_store(&hf_notified_period_ms, (int)intval);
+}
+
+/*
+ * Vendor thread, at open: the vendor's own freshness mechanisms, where the
+ * library has them. Return mode "new values only" hands each result out
+ * once (then ErrNoNewValueYet): a measurement can never reach a lock twice.
+ * The notification callback tells the real measurement period.
+ */
+static void hf_probe_modes(struct hf_dev *d) {
+    intptr_t r;
+
+    if (d->api.Instantiate == NULL) {
+        log_info("wavemeter: libwlmData has no Instantiate: results are told apart by value "
+                 "(the same value twice is one measurement)");
+        return;
+    }
+    hf_call_begin(d, "Instantiate");
+    r = d->api.Instantiate(WLM_INST_RETURN_MODE, 1, 0, 0);
+    hf_call_end(d);
+    d->read_once = r != 0;
+    hf_call_begin(d, "Instantiate");
+    r = d->api.Instantiate(WLM_INST_NOTIFICATION, WLM_NOTIFY_INSTALL_EX, (intptr_t)hf_notify, 0);
+    hf_call_end(d);
+    d->notified = r != 0;
+    log_info("wavemeter: results %s; measurement period %s",
+             d->read_once ? "read once" : "by value",
+             d->notified ? "notified by the instrument" : "estimated from the exposures");
+}
+
 /*
  * Vendor thread, the job of open: load the library, find its functions and
  * check that a server answers (the library reads its ini file and connects
@@ -453,6 +606,11 @@ static int hf_probe(struct hf_dev *d, struct hf_job *j) {
     analog_sym = dlsym(d->lib, "SetDeviationSignalNum");
     memcpy(&d->api.SetDeviationSignalNum, &analog_sym, sizeof(analog_sym));
     j->analog = analog_sym != NULL;
+    for (size_t i = 0; i < sizeof(wlm_optional) / sizeof(wlm_optional[0]); i++) {
+        void *sym = dlsym(d->lib, wlm_optional[i].name);
+
+        memcpy((char *)&d->api + wlm_optional[i].offset, &sym, sizeof(sym));
+    }
     if (!j->analog)
         log_info("wavemeter: %s has no SetDeviationSignalNum: the wavemeter's analog outputs "
                  "cannot be used",
@@ -474,7 +632,11 @@ static int hf_probe(struct hf_dev *d, struct hf_job *j) {
         log_warnx("wavemeter: the WLM is not measuring (operation state %u): start the "
                   "measurement in the wavemeter software",
                   (unsigned)op);
+    if ((rc = hf_probe_channels(d, j)) < 0)
+        return rc;
     if (d->owns_switch) {
+        d->saved_switch_mode =
+            d->api.GetSwitcherMode != NULL ? WLM_I32(d, GetSwitcherMode, 0) : (int32_t)-1;
         if ((res = WLM_I32(d, SetSwitcherMode, 0)) != 0) {
             char buf[24];
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
@@ -486,6 +648,7 @@ static int hf_probe(struct hf_dev *d, struct hf_job *j) {
         log_info("wavemeter: switch in manual mode, %d channel%s enabled", j->nenabled,
                  j->nenabled == 1 ? "" : "s");
     }
+    hf_probe_modes(d);
     return 0;
 }
 
@@ -525,7 +688,9 @@ static int reading_code(double v) {
     return v > -1e6 ? (int)v : INT_MIN;
 }
 
-/* Map the final value of GetFrequencyNum into out. Returns 0 or < 0. */
+/* Map the final value of GetFrequencyNum into out. A channel's own
+ * condition is a status with rc 0; only a device failure (the server or
+ * the wavemeter gone) is rc < 0, which stops the meter. */
 static int hf_map(double v, struct wm_sample *out) {
     const struct wlm_get_error *e;
     int code;
@@ -538,21 +703,148 @@ static int hf_map(double v, struct wm_sample *out) {
     if (!isfinite(v))
         return hf_fail(out, -EIO, "GetFrequencyNum: not a number");
     code = reading_code(v);
-    if ((e = get_error_find(code)) == NULL)
-        return hf_fail(out, -EIO, "GetFrequencyNum: unknown vendor error %g", v);
+    if ((e = get_error_find(code)) == NULL) {
+        hf_fail(out, -EIO, "GetFrequencyNum: unknown vendor error %g", v);
+        return 0;
+    }
     if (e->status != WM_ERROR) {
         out->status = e->status;
         return 0;
     }
-    return hf_fail(out, e->err, "GetFrequencyNum: %s (%d): %s", e->name, e->code, e->why);
+    hf_fail(out, e->err, "GetFrequencyNum: %s (%d): %s", e->name, e->code, e->why);
+    return e->hopeless ? e->err : 0;
+}
+
+/* The measurement period: what the instrument last notified, else the
+ * exposures plus the readout. */
+
+static uint64_t hf_period_ms(const struct hf_dev *d, int exposure_ms, int exposure2_ms) {
+    int p = d->notified ? atomic_load(&hf_notified_period_ms) : 0;
+
+    if (p > 0)
+        return (uint64_t)p;
+    return (uint64_t)(exposure_ms > 0 ? exposure_ms : 0) +
+           (uint64_t)(exposure2_ms > 0 ? exposure2_ms : 0) + WLM_READOUT_MS;
+}
+
+/*
+ * Vendor thread: put channel ch's exposure settings in place where they
+ * differ from what we last set (0 = unknown: after open, or after the
+ * server may have restarted). Returns 1 if anything changed (the pipeline
+ * then holds results of the old exposure), 0, or < 0 with out filled.
+ */
+static int hf_apply_exposure(struct hf_dev *d, int32_t ch, int exposure_ms,
+                             const struct hf_chan *hc, struct wm_sample *out) {
+    /* The cache key: auto mode, or the two exposures. */
+    int want = hc && hc->auto_exposure ? -1 : exposure_ms * 10000 + (hc ? hc->exposure2_ms : 0);
+    char buf[24];
+    int32_t res;
+    int rc;
+
+    if (d->exposure_ms[ch] == want || (exposure_ms <= 0 && !(hc && hc->auto_exposure)))
+        return 0;
+    if (d->api.SetExposureModeNum != NULL) {
+        hf_call_begin(d, "SetExposureModeNum");
+        res = d->api.SetExposureModeNum(ch, hc && hc->auto_exposure ? 1 : 0);
+        hf_call_end(d);
+        if (res != 0) {
+            const char *name = set_error_name(res, &rc, buf, sizeof(buf));
+            return hf_fail(out, rc, "SetExposureModeNum(%d, %d): %s", (int)ch,
+                           hc && hc->auto_exposure, name);
+        }
+    }
+    if (!(hc && hc->auto_exposure)) {
+        if ((res = hf_call_set_exposure(d, ch, 1, exposure_ms)) != 0) {
+            const char *name = set_error_name(res, &rc, buf, sizeof(buf));
+            return hf_fail(out, rc, "SetExposureNum(%d, 1, %d): %s", (int)ch, exposure_ms, name);
+        }
+        if (hc && hc->exposure2_ms > 0 &&
+            (res = hf_call_set_exposure(d, ch, 2, hc->exposure2_ms)) != 0) {
+            const char *name = set_error_name(res, &rc, buf, sizeof(buf));
+            return hf_fail(out, rc, "SetExposureNum(%d, 2, %d): %s", (int)ch, hc->exposure2_ms,
+                           name);
+        }
+    }
+    d->exposure_ms[ch] = want;
+    return 1;
+}
+
+/*
+ * Vendor thread: wait for the next new result of channel ch and return it
+ * in *v, stamped in out->t_ns at the first poll that saw it. New means: in
+ * read-once mode, any result the library hands out (it gives each once);
+ * otherwise a value that differs bit for bit from the last one of that
+ * channel (the same value again is the same measurement). "Not yet"
+ * answers (ErrNoValue 0, ErrNoValueYet, ErrNoNewValueYet) are waited out,
+ * polling a few times per period. 0, or -ETIMEDOUT at the deadline.
+ */
+static int hf_next_result(struct hf_dev *d, int32_t ch, uint64_t period_ms, uint64_t deadline_ns,
+                          double *v, struct wm_sample *out) {
+    /* A quarter period, 1 to 5 ms: a result is seen within a few ms of its
+     * arrival, at a few calls per measurement. */
+    uint64_t poll_ms = period_ms / 4 < 1 ? 1 : period_ms / 4 > 5 ? 5 : period_ms / 4;
+
+    for (;;) {
+        double x = WLM_GET_NUM(d, GetFrequencyNum, ch);
+
+        *v = x; /* the last answer, for the message of a timeout */
+        int code = x > 0 ? 1 : reading_code(x);
+        uint64_t bits;
+
+        if (code != 0 && code != WLM_ERR_NO_VALUE_YET && code != WLM_ERR_NO_NEW_VALUE_YET) {
+            memcpy(&bits, &x, sizeof(bits));
+            if (d->read_once || !d->have_last[ch] || bits != d->last_bits[ch]) {
+                d->last_bits[ch] = bits;
+                d->have_last[ch] = true;
+                hf_stamp(d, out);
+                *v = x;
+                return 0;
+            }
+        }
+        if (x <= 0 && code != INT_MIN) {
+            const struct wlm_get_error *e = get_error_find(code);
+            if (e != NULL && e->hopeless) {
+                *v = x; /* the server is gone: no use waiting */
+                hf_stamp(d, out);
+                return 0;
+            }
+        }
+        if (!hf_wait(d, deadline_ns, poll_ms))
+            return -ETIMEDOUT;
+    }
+}
+
+/*
+ * Vendor thread: no new result came in time. If the instrument is gone or
+ * not measuring, that is a device failure (< 0: the meter backs off);
+ * otherwise it is this channel's condition, a reading with status error
+ * (0), and the schedule goes on to the others.
+ */
+static int hf_no_result(struct hf_dev *d, int32_t ch, double last, int taken, int flush,
+                        uint64_t wait_ms, struct wm_sample *out) {
+    const struct wlm_get_error *e = get_error_find(reading_code(last));
+    int32_t count = WLM_I32(d, GetWLMCount, 0);
+    uint16_t op;
+
+    hf_stamp(d, out);
+    if (count <= 0)
+        return hf_fail(out, -ENODEV, "no wavemeter server (GetWLMCount = %d)", (int)count);
+    if ((op = WLM_U16(d, GetOperationState, 0)) != WLM_OP_MEASUREMENT)
+        return hf_fail(out, -EIO, "the WLM is not measuring (operation state %u)", (unsigned)op);
+    hf_fail(out, -ENODATA,
+            "no new result of channel %d within %llu ms (%d of %d; GetFrequencyNum: %s (%d))",
+            (int)ch, (unsigned long long)wait_ms, taken, flush + 1, e ? e->name : "?",
+            reading_code(last));
+    return 0;
 }
 
 /* Vendor thread: one read, all of it (see docs/HIGHFINESSE.md). */
 static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct wm_sample *out,
                          uint64_t deadline_ns) {
+    const struct hf_chan *hc = req->chan;
     int32_t ch = req->channel, res, sw_before = ch, sw_after;
-    int flush = 0, polls, rc;
-    uint64_t period_ms = (uint64_t)(req->exposure_ms > 0 ? req->exposure_ms : 0) + WLM_READOUT_MS;
+    int flush = 0, taken, rc;
+    uint64_t period_ms = hf_period_ms(d, req->exposure_ms, hc ? hc->exposure2_ms : 0);
     const struct wlm_get_error *e;
     char buf[24];
     double v = 0;
@@ -585,28 +877,67 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
      * results, which must never pass for this channel's. */
     if (!d->owns_switch && req->switched)
         flush = WLM_FLUSH_READS;
-    if (req->exposure_ms > 0 && d->exposure_ms[ch] != req->exposure_ms) {
-        if ((res = hf_call_set_exposure(d, ch, 1, req->exposure_ms)) != 0) {
-            const char *name = set_error_name(res, &rc, buf, sizeof(buf));
-
-            return hf_fail(out, rc, "SetExposureNum(%d, 1, %d): %s", (int)ch, req->exposure_ms,
-                           name);
-        }
-        d->exposure_ms[ch] = req->exposure_ms;
+    if ((rc = hf_apply_exposure(d, ch, req->exposure_ms, hc, out)) < 0)
+        return rc;
+    if (rc > 0)
         flush = WLM_FLUSH_READS;
-    }
 
-    /* One period per poll; the first flush results are thrown away. */
-    for (polls = 0; polls <= flush; polls++) {
-        if (!hf_wait(d, deadline_ns, period_ms))
-            return hf_fail(out, -ETIMEDOUT,
-                           "read timed out after %d ms (%d of %d measurements of %llu ms)",
-                           req->timeout_ms, polls, flush + 1, (unsigned long long)period_ms);
-        /* The result was complete before this call: its time, near enough. */
-        hf_stamp(d, out);
-        v = WLM_GET_NUM(d, GetFrequencyNum, ch);
+    /* After a switch or an exposure change: first take whatever result is
+     * waiting now (it was measured before the change, however recently it
+     * appeared), then count results as they come: the first flush of them
+     * may still hold the old light or exposure; the one after is this
+     * channel's. */
+    if (flush > 0) {
+        double x = WLM_GET_NUM(d, GetFrequencyNum, ch);
+
+        memcpy(&d->last_bits[ch], &x, sizeof(x));
+        d->have_last[ch] = true;
+    }
+    /* A channel that yields nothing (a vendor "no value" each time) is
+     * that channel's problem: it gets a few periods beyond its flush, not
+     * the whole read timeout, so it does not hold up the others. */
+    uint64_t wait_ms = (uint64_t)(flush + 4) * period_ms + HF_RESULT_SLACK_MS;
+    uint64_t chan_deadline_ns = clock_now_ns(d->clk) + wait_ms * 1000000u;
+    if (chan_deadline_ns > deadline_ns)
+        chan_deadline_ns = deadline_ns;
+    for (taken = 0; taken <= flush; taken++) {
+        if (hf_next_result(d, ch, period_ms, chan_deadline_ns, &v, out) < 0) {
+            /* Results went to another channel: someone moved the switch. */
+            if (d->owns_switch && (sw_after = WLM_I32(d, GetSwitcherChannel, 0)) != ch) {
+                log_debug("wavemeter: channel %d: switch on %d before and %d after the "
+                          "measurement: reading straddles a switch",
+                          (int)ch, (int)sw_before, (int)sw_after);
+                hf_stamp(d, out);
+                out->straddled = true;
+                hf_fail(out, -EAGAIN, "the switch was moved to channel %d during the read",
+                        (int)sw_after);
+                return 0;
+            }
+            return hf_no_result(d, ch, v, taken, flush, wait_ms, out);
+        }
         if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
             break; /* the server is gone: no use waiting out the pipeline */
+    }
+    /* Stamped when first seen, which is after its exposure by the readout
+     * and the pipeline ahead of it: the middle of its exposure, honestly. */
+    {
+        uint64_t lag_ms = (uint64_t)(WLM_FLUSH_READS - 1) * period_ms + WLM_READOUT_MS +
+                          (uint64_t)(req->exposure_ms > 0 ? req->exposure_ms : 0) / 2;
+        uint64_t lag_ns = lag_ms * 1000000u;
+
+        if (out->t_ns > lag_ns) {
+            out->t_ns -= lag_ns;
+            out->time_unix -= (double)lag_ms * 1e-3;
+        }
+    }
+    /* The exposure the instrument used (auto-exposure moves it). */
+    if (d->api.GetExposureNum != NULL) {
+        int32_t used;
+        hf_call_begin(d, "GetExposureNum");
+        used = d->api.GetExposureNum(ch, 1, 0);
+        hf_call_end(d);
+        if (used > 0)
+            out->exposure_ms = (int)used;
     }
 
     if (d->owns_switch) {
@@ -783,6 +1114,28 @@ static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why,
  * should the call ever return, and leaves the library loaded, since dlclose
  * would unmap the code the call runs in. The process is exiting anyway.
  */
+/* Vendor thread, the job of close: leave the instrument as we found it:
+ * its switch mode, "always the latest" results, no callback of ours. */
+static int hf_restore_job(struct hf_dev *d, struct hf_job *j) {
+    (void)j;
+    if (d->owns_switch && d->saved_switch_mode >= 0 && d->saved_switch_mode != 0)
+        (void)WLM_I32(d, SetSwitcherMode, d->saved_switch_mode);
+    if (d->api.Instantiate != NULL && d->notified) {
+        hf_call_begin(d, "Instantiate");
+        (void)d->api.Instantiate(WLM_INST_NOTIFICATION, WLM_NOTIFY_REMOVE, 0, 0);
+        hf_call_end(d);
+    }
+    if (d->api.Instantiate != NULL && d->read_once) {
+        hf_call_begin(d, "Instantiate");
+        (void)d->api.Instantiate(WLM_INST_RETURN_MODE, 0, 0, 0);
+        hf_call_end(d);
+    }
+    return 0;
+}
+
+/* A second, at most, to put things back: a hung server gets no more. */
+#define HF_RESTORE_TIMEOUT_MS 1000
+
 static void hf_close(void *dev) {
     struct hf_dev *d = dev;
     pthread_t thread;
@@ -791,6 +1144,13 @@ static void hf_close(void *dev) {
 
     if (d == NULL)
         return;
+    if (d->lib != NULL) {
+        struct hf_job j = {.run = hf_restore_job, .what = "restore at close"};
+        char why[128];
+
+        if (hf_run(d, &j, HF_RESTORE_TIMEOUT_MS, why, sizeof(why)) < 0)
+            log_warnx("wavemeter: at close: %s", why);
+    }
     pthread_mutex_lock(&d->mu);
     d->stop = true;
     stuck = d->orphaned = d->running;
@@ -840,6 +1200,7 @@ static int hf_open(const struct wm_open_args *a, void **devp, char *err, size_t 
         return -ENOMEM;
     }
     d->clk = a->clk;
+    d->saved_switch_mode = -1;
     d->owns_switch = nenabled > 1 || (nenabled == 1 && only_channel != 1);
     pthread_mutex_init(&d->mu, NULL);
     /* hf_run's deadlines are CLOCK_MONOTONIC: a step of the wall clock must
@@ -870,6 +1231,7 @@ static int hf_open(const struct wm_open_args *a, void **devp, char *err, size_t 
      * server that does not answer at start-up is a start-up error. */
     snprintf(j.path, sizeof(j.path), "%s", s->library);
     j.nenabled = nenabled;
+    j.cfg = cfg;
     if ((rc = hf_run(d, &j, cfg->read_timeout_ms, why, sizeof(why))) < 0) {
         snprintf(err, errlen, "%s", why);
         goto fail;
@@ -967,6 +1329,17 @@ static const struct cfg_key hf_keys[] = {
     CFG_ROW_END,
 };
 
+_Static_assert(sizeof(struct hf_chan) <= CONFIG_SETTINGS_MAX, "struct hf_chan too big");
+
+static const struct cfg_key hf_chan_keys[] = {
+    CFG_ROW_INT("exposure2_ms", struct hf_chan, exposure2_ms, 0, 9999,
+                "additional exposure of the second CCD array (WS7/WS8), in ms; 0 = none"),
+    CFG_ROW_BOOL("auto_exposure", struct hf_chan, auto_exposure,
+                 "the instrument picks this channel's exposure (exposure_ms is then ignored; "
+                 "readings show the one used)"),
+    CFG_ROW_END,
+};
+
 static void hf_defaults(void *settings) {
     struct hf_settings *s = settings;
 
@@ -982,6 +1355,7 @@ const struct wm_driver highfinesse_driver = {
             .size = sizeof(struct hf_settings),
             .defaults = hf_defaults,
         },
+    .chan = {.name = "highfinesse", .keys = hf_chan_keys, .size = sizeof(struct hf_chan)},
     /* A real wavemeter measures lasers it may not steer: a laser gets an
      * actuator only when its config names one. */
     .default_actuator = NULL,

@@ -14,6 +14,8 @@ LIB = os.environ.get("FAKE_WLM_LIB", "build/tests/libwlmData.so")
 # Results the driver throws away after a switch or an exposure change
 # (WLM_FLUSH_READS in src/drivers/highfinesse.c), plus the one it keeps.
 POLLS_AFTER_SWITCH = 3 + 1
+# Answers of GetFrequencyNum that are not a result: "not yet" (read-once mode).
+NOT_YET = {"0", "-32", "-33", "0.000000000", "-32.000000000", "-33.000000000"}
 
 
 def hf_config(channels, library=None, **over):
@@ -181,16 +183,19 @@ def test_switching():
         elif c[0] == "GetFrequencyNum":
             if cur is None or int(c[1]) != cur[0]:
                 fail("GetFrequencyNum(%s) after SetSwitcherChannel(%s)" % (c[1], cur and cur[0]))
-            cur[1] += 1
+            if c[-1] not in NOT_YET:
+                cur[1] += 1  # a result, taken or thrown away
     chans = [s[0] for s in segments]
     if len(segments) < 10 or any(a == b for a, b in zip(chans, chans[1:])):
         fail("switches %r" % chans)
+    # After each switch: whatever was waiting (a result or "not yet"), then
+    # the flush, then the one kept: never fewer results than that.
     counts = {s[1] for s in segments[:-1]}  # the last one may have been cut by SIGTERM
-    if counts != {POLLS_AFTER_SWITCH}:
-        fail("reads per switch %r, expected %d" % (counts, POLLS_AFTER_SWITCH))
+    if not counts <= {POLLS_AFTER_SWITCH, POLLS_AFTER_SWITCH + 1}:
+        fail("results per switch %r, expected %d (+1 waiting)" % (counts, POLLS_AFTER_SWITCH))
     expo = [c for c in calls if c[0] == "SetExposureNum"]
-    if len(expo) != 2:
-        fail("exposure set more than once per channel: %r" % expo)
+    if sorted(c[1] for c in expo) != ["1", "2"]:
+        fail("exposure not set exactly once per channel: %r" % expo)
 
 
 def test_straddle():

@@ -1,36 +1,108 @@
 /*
  * fake_wlmdata: a stand-in for HighFinesse's libwlmData.so (built as
- * libwlmData.so) with the same C ABI on Linux, scripted by the test. It
- * exports only what the highfinesse driver calls and must never be installed.
+ * libwlmData.so) with the same C ABI on Linux. It is a small instrument with
+ * its own clock, scripted by the test, so that only a driver that respects
+ * the instrument's timing gets fresh, attributable results. It exports only
+ * what wavemeter drivers call and must never be installed.
+ *
+ * The instrument (CLOCK_MONOTONIC; t0 = when the library was loaded):
+ *  1. While it runs (FAKE_WLM_COUNT > 0 and FAKE_WLM_OPSTATE 2) it measures
+ *     back to back; a measurement takes P = exposure1 + exposure2 +
+ *     FAKE_WLM_READOUT_MS, with the exposures (ms) of the channel the switch
+ *     is on when the measurement starts. Its exposure ends at start +
+ *     exposure1 + exposure2 (the tick of its result, below).
+ *  2. A measurement sees the light of the channel the switch was on when it
+ *     started: a switch during an exposure spoils it (old light).
+ *  3. Its result becomes visible when FAKE_WLM_PIPELINE_DEPTH - 1 further
+ *     measurements have ended (depth 1: at its own end), and is attributed to
+ *     the channel the switch is on then. So after a switch the new channel's
+ *     first depth results hold the old light (the vendor's trap); the next
+ *     one is the new light.
+ *  4. The light of input ch is its FAKE_WLM_FREQS value, tuned by
+ *     FAKE_WLM_TUNE, through FAKE_WLM_ROUTE, as it was when the measurement
+ *     started; a value <= 0 is the error the measurement yields (-3
+ *     underexposed, -14 out of range, ...), for that light only.
+ *  5. Nothing runs in the background for results: every call first brings the
+ *     instrument up to now. A change of the control file or of a TUNE/ROUTE
+ *     file is placed in time by its mtime (all are replaced atomically), one
+ *     made by a call (switch, analog output) at the call.
+ *  6. Stopped (COUNT 0 or OPSTATE not 2), it does not measure: the measurement
+ *     under way is lost, the pipeline and the results are kept, and the next
+ *     measurement starts when it runs again.
+ *  7. Results are read with GetFrequencyNum (THz) and GetWavelengthNum (nm,
+ *     299792.458 / THz; an error value is passed as is). Before any result
+ *     for ch: ErrNoValueYet -32 (ErrNoValue 0 with FAKE_WLM_NEW_ERRORS=0).
+ *     Default return mode: the newest result of ch, on every call.
+ *     Instantiate(cInstReturnMode 0, 1, 0, 0) makes each result readable
+ *     once per function, then ErrNoNewValueYet -33 (0 with NEW_ERRORS=0)
+ *     until the next; Instantiate(0, 0, 0, 0) restores the default. A result
+ *     a function has returned in either mode counts as read by it.
+ *  8. Instantiate(cInstNotification 1, cNotifyInstallCallbackEx 4, fn, 0)
+ *     starts a thread of the fake that calls
+ *     fn(int32_t ver, int32_t mode, int32_t intval, double dblval, int32_t
+ *     res1), never while holding the lock the exported functions take, so fn
+ *     may call them; ver is FAKE_WLM_SERIAL. Events, in order:
+ *       cmiWavelengthN (42, 43, 90..95, 1130, 1355..1362 for ch 1..17) when a
+ *         result becomes visible for ch N: intval = the instrument's tick
+ *         (ms since t0, like Windows GetTickCount, not our clock) at the end
+ *         of the measurement's exposure, dblval = nm or the error value,
+ *         res1 = 0;
+ *       cmiSwitcherChannel 203 when the switch moves: intval = the new
+ *         channel, dblval = 0, res1 = the tick of the move;
+ *       cmiTimePerMeasurement 1514 on install and when P changes: intval =
+ *         P in ms, dblval = 0, res1 = 0.
+ *     Instantiate(1, cNotifyRemoveCallback 1, 0, 0) (and unloading the
+ *     library) stops the thread; after it returns fn is not called again.
+ *     Unread events beyond 1024 are dropped, oldest first.
+ * Not modelled: cycling switch mode (SetSwitcherMode only stores the mode),
+ * triggers, calibration.
  *
  * Script, read on every call: the environment, overridden by the lines
  * NAME=value of the file named by FAKE_WLM_CONTROL (so a test can change it
  * while the daemon runs). Names:
- *   FAKE_WLM_FREQS     "1:384.2281,2:-3": THz per channel; a value <= 0 is
- *                      returned as is (a vendor error code); an absent
- *                      channel reads ErrNoValue (0)
- *   FAKE_WLM_COUNT     GetWLMCount result (default 1); 0 also makes every get
- *                      return ErrWlmMissing and every set ResERR_WlmMissing
+ *   FAKE_WLM_FREQS     "1:384.2281,2:-3": THz per input; a value <= 0 is the
+ *                      vendor error code a measurement of it yields; an
+ *                      absent channel yields ErrNoValue (0)
+ *   FAKE_WLM_COUNT     GetWLMCount result (default 1); 0 (server gone) also
+ *                      makes every other get return ErrWlmMissing -5 and
+ *                      every set ResERR_WlmMissing -1, and stops the clock
+ *                      (GetOperationState and Instantiate answer as usual)
  *   FAKE_WLM_VERSION   GetWLMVersion(0), the type (default 7)
- *   FAKE_WLM_SERIAL    GetWLMVersion(1) (default 4242)
- *   FAKE_WLM_OPSTATE   GetOperationState (default 2, measuring)
- *   FAKE_WLM_PIPELINE  after a switch, this many GetFrequencyNum calls still
- *                      return the previous channel's value (default 0)
- *   FAKE_WLM_SWITCH_RC what SetSwitcherChannel returns (default 0)
- *   FAKE_WLM_FOREIGN_SWITCH  N > 0: every GetFrequencyNum moves the switch to
- *                      channel N, as another program would
+ *   FAKE_WLM_SERIAL    GetWLMVersion(1) and the callback's ver (default 4242)
+ *   FAKE_WLM_OPSTATE   GetOperationState (default 2, measuring); another
+ *                      value stops the clock
+ *   FAKE_WLM_CHANNELS  GetChannelsCount (default 8, at most 32): channels
+ *                      outside 1..CHANNELS read ErrChannelNotAvailable -10 and
+ *                      are refused by sets with ResERR_ParmOutOfRange -3
+ *   FAKE_WLM_PIPELINE_DEPTH  rule 3 (default 3, 1..16); FAKE_WLM_PIPELINE is
+ *                      an alias (PIPELINE_DEPTH wins)
+ *   FAKE_WLM_READOUT_MS  readout and evaluation time of a measurement
+ *                      (default 12, >= 0; P is at least 1 ms)
+ *   FAKE_WLM_NEW_ERRORS  1 (default): ErrNoValueYet/ErrNoNewValueYet as in
+ *                      2023 headers; 0: ErrNoValue for both, as older ones
+ *   FAKE_WLM_EXPO_MIN, FAKE_WLM_EXPO_MAX  exposure range in ms (default 1,
+ *                      9999): GetExposureRange(cExpoMin 0, cExpoMax 1,
+ *                      cExpo2Min 2, cExpo2Max 3) returns them and
+ *                      SetExposureNum refuses values outside them with -3
+ *   FAKE_WLM_AUTO_EXPOSURE  "ch:ms,...": exposure1 of ch while its exposure
+ *                      mode is auto (default 37 for a channel not listed)
+ *   FAKE_WLM_SWITCH_RC what SetSwitcherChannel returns (default 0); non-zero:
+ *                      the switch does not move
+ *   FAKE_WLM_FOREIGN_SWITCH  N > 0: every GetFrequencyNum, after its answer,
+ *                      moves the switch to channel N, as another program would
  *   FAKE_WLM_BLOCK     "Name:ms" or "Name:hang": every call of the function
  *                      Name (e.g. GetFrequencyNum) first blocks, as on a frozen
  *                      wlmDataServer: for ms milliseconds, or with "hang" until
  *                      the control file's text changes; then it carries on as
- *                      usual. Logged as "block Name ms|hang" when it starts.
- *   FAKE_WLM_TUNE      "ch:path:key:mhz_per_v[,...]": channel ch's frequency
+ *                      usual (the instrument sees it when it ends). Logged as
+ *                      "block Name ms|hang" when it starts.
+ *   FAKE_WLM_TUNE      "ch:path:key:mhz_per_v[,...]": input ch's frequency
  *                      follows a fake actuator: its FAKE_WLM_FREQS value plus
  *                      mhz_per_v * V * 1e-6 THz, where V is the number after
  *                      "key=" at the start of a line of the file at path (the
  *                      state_file of tests/e2e/fakeserial.py: key "x" of an
- *                      MDT693B, "ch1" of a DAC box), read on every
- *                      GetFrequencyNum; no file, key or number: V = 0. An entry
+ *                      MDT693B, "ch1" of a DAC box), read by every call; no
+ *                      file, key or number: V = 0. An entry
  *                      "ch:@analog<port>:mhz_per_v" (e.g. "2:@analog1:25")
  *                      follows analog output port (1..8) instead, V being what
  *                      SetDeviationSignalNum last set there in mV, / 1000.
@@ -38,15 +110,20 @@
  *                      ','; a malformed entry is logged and ignored. A value
  *                      <= 0 in FAKE_WLM_FREQS (an error code) is not tuned.
  *   FAKE_WLM_ROUTE     "ch:path[,...]": input ch shows the light of the
- *                      fibre a switch selected: reading ch returns the (tuned)
- *                      frequency of channel N, N being the number after
- *                      "position=" in the file at path (fakeserial.py's
- *                      FakeLeoni state_file); no file, or N outside 1..32:
- *                      ErrNoValue (0), as for an absent channel. Applies to
- *                      the previous channel's stale reads too (PIPELINE).
+ *                      fibre a switch selected: the (tuned) light of channel
+ *                      N, N being the number after "position=" in the file at
+ *                      path (fakeserial.py's FakeLeoni state_file); no file,
+ *                      or N outside 1..32: ErrNoValue (0).
  *   FAKE_WLM_DEVIATION_RC  what SetDeviationSignalNum returns (default 0);
  *                      non-zero: the value is not stored
  *   FAKE_WLM_LOG       append one line per call: "Name args = result"
+ *
+ * Exposures: SetExposureNum(ch, array 1|2, ms) / GetExposureNum(ch, array,
+ * 0) per channel and CCD array; array 1 starts at 10 ms, array 2 (the second
+ * array's additional time) at 0. SetExposureModeNum(ch, auto) /
+ * GetExposureModeNum(ch, 0): in auto mode GetExposureNum(ch, 1) and P use
+ * FAKE_WLM_AUTO_EXPOSURE; the manual value comes back when auto is turned
+ * off. A change applies from the next measurement.
  *
  * Analog outputs: SetDeviationSignalNum(port 1..8, mV) stores the value
  * (ResERR_ParmOutOfRange -3 for another port or a non-finite mV,
@@ -55,13 +132,17 @@
  * ErrWlmMissing -5 when FAKE_WLM_COUNT is 0; in-band, as the vendor does,
  * so a negative voltage and an error look alike there).
  */
+#include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define MAX_CH 32
@@ -74,14 +155,64 @@
 /* A temp-dir path (fakeserial's are about 80 bytes), and a state file key. */
 #define PATH_CAP 256
 #define KEY_CAP 32
+/* The deepest pipeline: far beyond the 3 measurements seen in the field. */
+#define MAX_DEPTH 16
+/* Exposure of array 1 before any SetExposureNum: the WLM software keeps one
+ * per channel; any plausible value will do, and tests set their own. */
+#define INITIAL_EXPOSURE_MS 10
+#define AUTO_EXPOSURE_MS 37
+/* Events waiting for the callback thread: minutes of results even at the
+ * shortest period, if the callback is slow; older ones are dropped. */
+#define EVENT_CAP 1024
+/* Events handed to the callback per unlocked stretch. */
+#define EVENT_BATCH 64
+/* How often the callback thread looks at a stopped instrument. */
+#define IDLE_POLL_MS 20
+/* How long unloading waits for the callback thread, which may be stuck in
+ * the callback of an interpreter shutting down, before leaving it behind. */
+#define UNLOAD_WAIT_MS 1000
+
+#define NS_PER_MS INT64_C(1000000)
+#define NS_PER_S INT64_C(1000000000)
+
+/* From the vendor's wlmData.h. */
+enum {
+    cInstCheckForWLM = -1,
+    cInstReturnMode = 0,
+    cInstNotification = 1,
+    cNotifyRemoveCallback = 1,
+    cNotifyInstallCallbackEx = 4,
+    cExpoMin = 0,
+    cExpoMax = 1,
+    cExpo2Min = 2,
+    cExpo2Max = 3,
+    cmiSwitcherChannel = 203,
+    cmiTimePerMeasurement = 1514,
+    ErrNoValue = 0,
+    ErrWlmMissing = -5,
+    ErrChannelNotAvailable = -10,
+    ErrParameterOutOfRange = -28,
+    ErrNoValueYet = -32,
+    ErrNoNewValueYet = -33,
+    ResERR_WlmMissing = -1,
+    ResERR_ParmOutOfRange = -3,
+};
 
 /* The exported ABI: every "long" of wlmData.h is int32_t on Linux. */
+typedef void (*wlm_callback_ex)(int32_t ver, int32_t mode, int32_t intval, double dblval,
+                                int32_t res1);
+intptr_t Instantiate(int32_t rfc, int32_t mode, intptr_t p1, int32_t p2);
 int32_t GetWLMCount(int32_t v);
 int32_t GetWLMVersion(int32_t v);
 uint16_t GetOperationState(uint16_t v);
+int32_t GetChannelsCount(int32_t v);
 double GetFrequencyNum(int32_t num, double ignored);
+double GetWavelengthNum(int32_t num, double ignored);
 int32_t SetExposureNum(int32_t num, int32_t ccd, int32_t ms);
 int32_t GetExposureNum(int32_t num, int32_t ccd, int32_t ignored);
+int32_t GetExposureRange(int32_t what);
+int32_t SetExposureModeNum(int32_t num, bool on);
+int32_t GetExposureModeNum(int32_t num, bool ignored);
 int32_t GetSwitcherMode(int32_t v);
 int32_t SetSwitcherMode(int32_t mode);
 int32_t GetSwitcherChannel(int32_t v);
@@ -105,20 +236,64 @@ struct route {
 
 struct script {
     double freq[MAX_CH + 1];
-    int count, version, serial, opstate, pipeline, switch_rc, foreign, deviation_rc;
+    int auto_ms[MAX_CH + 1];
+    int count, version, serial, opstate, switch_rc, foreign, deviation_rc;
+    int channels, depth, readout_ms, new_errors, expo_min, expo_max;
     int ntune, nroute;
     struct tune tune[MAX_TUNE];
     struct route route[MAX_ROUTE];
 };
 
-/* What the fake instrument remembers between calls. */
+/* A measurement's outcome on its way through the pipeline. */
+struct result {
+    double value;        /* THz, or the error value (<= 0) */
+    int64_t expo_end_ns; /* when its exposure ended */
+};
+
+struct event {
+    int32_t mode, intval, res1;
+    double dblval;
+};
+
+/* The instrument. Every field is under mu; the callback thread owns none. */
 static struct {
     pthread_mutex_t mu;
-    int32_t switch_mode, switch_channel, previous_channel;
-    int stale_reads_left;
-    int32_t exposure_ms[MAX_CH + 1];
+    struct script s; /* as loaded by the latest call */
+    int32_t switch_mode, switch_channel;
+    int32_t exposure_ms[MAX_CH + 1][3]; /* [ch][array 1|2] */
+    bool auto_exposure[MAX_CH + 1];
     double analog_mv[MAX_PORT + 1];
-} st = {PTHREAD_MUTEX_INITIALIZER, 1, 1, 1, 0, {0}, {0}};
+    /* The clock: everything up to sim_ns has happened. */
+    int64_t t0_ns, sim_ns;
+    bool observed;
+    bool running; /* as of sim_ns */
+    double light; /* on the switch's channel as of sim_ns */
+    bool measuring;
+    struct {
+        double light;
+        int64_t expo_end_ns, end_ns;
+    } cur;
+    int32_t period_ms; /* of the latest measurement started */
+    struct result pipe[MAX_DEPTH];
+    int npipe;
+    struct {
+        bool have;
+        double value;
+        uint64_t seq;
+    } res[MAX_CH + 1];
+    uint64_t freq_read[MAX_CH + 1], wl_read[MAX_CH + 1]; /* seq last returned */
+    bool read_once;
+    /* Notifications. gen changes whenever a callback thread is started or
+     * told to stop; a thread runs while gen is the one it was started with. */
+    pthread_cond_t cond; /* events queued, gen changed, a thread ended */
+    wlm_callback_ex callback;
+    pthread_t thread;
+    bool thread_on;
+    unsigned gen;
+    int threads_alive;
+    struct event ev[EVENT_CAP];
+    int ev_head, ev_n;
+} st = {.mu = PTHREAD_MUTEX_INITIALIZER, .switch_mode = 1, .switch_channel = 1};
 
 /* The value of NAME from the control file's text, else the environment. */
 static const char *knob(const char *control, const char *name, char *buf, size_t len) {
@@ -265,44 +440,6 @@ static void parse_list(struct script *s, enum list which, const char *spec) {
     }
 }
 
-static void script_load(struct script *s) {
-    char control[4096], buf[1024], list[2048];
-    const char *freqs, *spec;
-
-    control_read(control, sizeof(control));
-    memset(s, 0, sizeof(*s));
-    s->count = knob_int(control, "FAKE_WLM_COUNT", 1);
-    s->version = knob_int(control, "FAKE_WLM_VERSION", 7);
-    s->serial = knob_int(control, "FAKE_WLM_SERIAL", 4242);
-    s->opstate = knob_int(control, "FAKE_WLM_OPSTATE", 2);
-    s->pipeline = knob_int(control, "FAKE_WLM_PIPELINE", 0);
-    s->switch_rc = knob_int(control, "FAKE_WLM_SWITCH_RC", 0);
-    s->foreign = knob_int(control, "FAKE_WLM_FOREIGN_SWITCH", 0);
-    s->deviation_rc = knob_int(control, "FAKE_WLM_DEVIATION_RC", 0);
-    if ((spec = knob(control, "FAKE_WLM_TUNE", list, sizeof(list))) != NULL)
-        parse_list(s, LIST_TUNE, spec);
-    if ((spec = knob(control, "FAKE_WLM_ROUTE", list, sizeof(list))) != NULL)
-        parse_list(s, LIST_ROUTE, spec);
-    if ((freqs = knob(control, "FAKE_WLM_FREQS", buf, sizeof(buf))) != NULL) {
-        const char *p = freqs;
-
-        while (*p != '\0') {
-            char *end;
-            long ch = strtol(p, &end, 10);
-
-            if (end == p || *end != ':')
-                break;
-            p = end + 1;
-            double v = strtod(p, &end);
-            if (end == p)
-                break;
-            if (ch >= 1 && ch <= MAX_CH)
-                s->freq[ch] = v;
-            p = *end == ',' ? end + 1 : end;
-        }
-    }
-}
-
 static void trace(const char *fmt, ...) {
     const char *path = getenv("FAKE_WLM_LOG");
     va_list ap;
@@ -317,11 +454,11 @@ static void trace(const char *fmt, ...) {
     fclose(f);
 }
 
-static uint64_t mono_ms(void) {
+static int64_t clock_ns(clockid_t id) {
     struct timespec ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
 }
 
 /* FAKE_WLM_BLOCK: called first by every function, with its own name. Polls
@@ -331,7 +468,7 @@ static void block_if(const char *fn) {
     const struct timespec tick = {0, 5000000};
     const char *v, *how;
     size_t n = strlen(fn);
-    uint64_t until_ms;
+    int64_t until_ns;
     int hang;
 
     control_read(control, sizeof(control));
@@ -340,10 +477,10 @@ static void block_if(const char *fn) {
         return;
     how = v + n + 1;
     hang = strcmp(how, "hang") == 0;
-    until_ms = mono_ms() + (hang ? 0 : (uint64_t)strtoul(how, NULL, 10));
+    until_ns = clock_ns(CLOCK_MONOTONIC) + (hang ? 0 : strtol(how, NULL, 10) * NS_PER_MS);
     trace("block %s %s", fn, how);
     for (;;) {
-        if (!hang && mono_ms() >= until_ms)
+        if (!hang && clock_ns(CLOCK_MONOTONIC) >= until_ns)
             break;
         nanosleep(&tick, NULL);
         if (hang) {
@@ -413,76 +550,480 @@ static double shown(const struct script *s, int ch) {
     return tuned(s, ch);
 }
 
+/* "ch:value,..." into v[1..MAX_CH]; stops at the first malformed entry. */
+static void parse_values(const char *spec, double *v) {
+    const char *p = spec;
+
+    while (*p != '\0') {
+        char *end;
+        long ch = strtol(p, &end, 10);
+
+        if (end == p || *end != ':')
+            break;
+        p = end + 1;
+        double x = strtod(p, &end);
+        if (end == p)
+            break;
+        if (ch >= 1 && ch <= MAX_CH)
+            v[ch] = x;
+        p = *end == ',' ? end + 1 : end;
+    }
+}
+
+static int clamp_int(int v, int lo, int hi) {
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+static void script_load(struct script *s) {
+    char control[4096], buf[1024], list[2048];
+    const char *spec;
+    double auto_ms[MAX_CH + 1];
+
+    control_read(control, sizeof(control));
+    memset(s, 0, sizeof(*s));
+    s->count = knob_int(control, "FAKE_WLM_COUNT", 1);
+    s->version = knob_int(control, "FAKE_WLM_VERSION", 7);
+    s->serial = knob_int(control, "FAKE_WLM_SERIAL", 4242);
+    s->opstate = knob_int(control, "FAKE_WLM_OPSTATE", 2);
+    s->switch_rc = knob_int(control, "FAKE_WLM_SWITCH_RC", 0);
+    s->foreign = knob_int(control, "FAKE_WLM_FOREIGN_SWITCH", 0);
+    s->deviation_rc = knob_int(control, "FAKE_WLM_DEVIATION_RC", 0);
+    s->channels = clamp_int(knob_int(control, "FAKE_WLM_CHANNELS", 8), 0, MAX_CH);
+    s->depth =
+        knob_int(control, "FAKE_WLM_PIPELINE_DEPTH", knob_int(control, "FAKE_WLM_PIPELINE", 3));
+    s->depth = clamp_int(s->depth, 1, MAX_DEPTH);
+    s->readout_ms = clamp_int(knob_int(control, "FAKE_WLM_READOUT_MS", 12), 0, 100000);
+    s->new_errors = knob_int(control, "FAKE_WLM_NEW_ERRORS", 1) != 0;
+    s->expo_min = knob_int(control, "FAKE_WLM_EXPO_MIN", 1);
+    s->expo_max = knob_int(control, "FAKE_WLM_EXPO_MAX", 9999);
+    for (int ch = 0; ch <= MAX_CH; ch++)
+        auto_ms[ch] = AUTO_EXPOSURE_MS;
+    if ((spec = knob(control, "FAKE_WLM_AUTO_EXPOSURE", buf, sizeof(buf))) != NULL)
+        parse_values(spec, auto_ms);
+    for (int ch = 0; ch <= MAX_CH; ch++)
+        s->auto_ms[ch] = auto_ms[ch] >= 0 && auto_ms[ch] <= 100000 ? (int)auto_ms[ch] : 0;
+    if ((spec = knob(control, "FAKE_WLM_TUNE", list, sizeof(list))) != NULL)
+        parse_list(s, LIST_TUNE, spec);
+    if ((spec = knob(control, "FAKE_WLM_ROUTE", list, sizeof(list))) != NULL)
+        parse_list(s, LIST_ROUTE, spec);
+    if ((spec = knob(control, "FAKE_WLM_FREQS", buf, sizeof(buf))) != NULL)
+        parse_values(spec, s->freq);
+}
+
+/* ---- The instrument's clock. Everything below runs with st.mu held. ---- */
+
+/* The instrument's tick at t: ms since t0, as GetTickCount would count. */
+static int32_t tick_ms(int64_t t_ns) {
+    return (int32_t)((t_ns - st.t0_ns) / NS_PER_MS);
+}
+
+static bool channel_ok(int32_t ch) {
+    return ch >= 1 && ch <= st.s.channels;
+}
+
+/* The exposure (ms) of channel ch's CCD array 1 or 2 as the WLM uses it. */
+static int32_t exposure_now(int ch, int array) {
+    if (array == 1 && st.auto_exposure[ch])
+        return st.s.auto_ms[ch];
+    return st.exposure_ms[ch][array];
+}
+
+/* cmiWavelength1..17, or 0 for a channel that has none. */
+static int32_t cmi_wavelength(int ch) {
+    if (ch == 1 || ch == 2)
+        return 41 + ch;
+    if (ch >= 3 && ch <= 8)
+        return 87 + ch;
+    if (ch == 9)
+        return 1130;
+    if (ch >= 10 && ch <= 17)
+        return 1345 + ch;
+    return 0;
+}
+
+static double to_nm(double thz) {
+    return thz > 0 ? 299792.458 / thz : thz;
+}
+
+/* Queues an event for the callback thread, if there is one. */
+static void notify(int32_t mode, int32_t intval, double dblval, int32_t res1) {
+    if (st.callback == NULL)
+        return;
+    if (st.ev_n == EVENT_CAP) {
+        st.ev_head = (st.ev_head + 1) % EVENT_CAP;
+        st.ev_n--;
+    }
+    st.ev[(st.ev_head + st.ev_n) % EVENT_CAP] =
+        (struct event){.mode = mode, .intval = intval, .res1 = res1, .dblval = dblval};
+    st.ev_n++;
+    pthread_cond_broadcast(&st.cond);
+}
+
+/* A measurement starts at t on the switch's channel, seeing light. */
+static void measurement_start(int64_t t, double light) {
+    int ch = st.switch_channel;
+    int32_t expo_ms = exposure_now(ch, 1) + exposure_now(ch, 2);
+    int32_t period_ms = expo_ms + st.s.readout_ms;
+
+    if (period_ms < 1)
+        period_ms = 1;
+    st.measuring = true;
+    st.cur.light = light;
+    st.cur.expo_end_ns = t + expo_ms * NS_PER_MS;
+    st.cur.end_ns = t + period_ms * NS_PER_MS;
+    if (period_ms != st.period_ms) {
+        st.period_ms = period_ms;
+        notify(cmiTimePerMeasurement, period_ms, 0.0, 0);
+    }
+}
+
+/* The result r becomes visible, under the channel the switch is on now. */
+static void result_show(struct result r) {
+    int ch = st.switch_channel;
+    int32_t mode = cmi_wavelength(ch);
+
+    st.res[ch].have = true;
+    st.res[ch].value = r.value;
+    st.res[ch].seq++;
+    if (mode != 0)
+        notify(mode, tick_ms(r.expo_end_ns), to_nm(r.value), 0);
+}
+
+/* The measurement under way ends: into the pipeline, which lets out what
+ * has now waited depth - 1 measurements. */
+static void measurement_end(void) {
+    st.pipe[st.npipe++] = (struct result){st.cur.light, st.cur.expo_end_ns};
+    while (st.npipe > st.s.depth - 1) {
+        struct result r = st.pipe[0];
+
+        memmove(&st.pipe[0], &st.pipe[1], (size_t)(st.npipe - 1) * sizeof(st.pipe[0]));
+        st.npipe--;
+        result_show(r);
+    }
+}
+
+/* Runs the instrument from st.sim_ns to t, running or not, with this light
+ * on the switch's channel all along (the switch does not move meanwhile). */
+static void advance(int64_t t, bool running, double light) {
+    if (!running) {
+        st.measuring = false;
+    } else {
+        if (!st.measuring)
+            measurement_start(st.sim_ns, light);
+        while (st.cur.end_ns <= t) {
+            int64_t end_ns = st.cur.end_ns;
+
+            measurement_end();
+            measurement_start(end_ns, light);
+        }
+    }
+    if (t > st.sim_ns)
+        st.sim_ns = t;
+}
+
+/* When the file at path last changed, on the monotonic clock. */
+static int64_t changed_ns(const char *path, int64_t mono_now, int64_t real_now) {
+    struct stat sb;
+
+    if (path == NULL || stat(path, &sb) != 0)
+        return INT64_MIN;
+    return mono_now - (real_now - ((int64_t)sb.st_mtim.tv_sec * NS_PER_S + sb.st_mtim.tv_nsec));
+}
+
+/* When the script or the files it follows last changed (monotonic). */
+static int64_t inputs_changed_ns(const struct script *s, int64_t mono_now) {
+    int64_t real_now = clock_ns(CLOCK_REALTIME), t;
+    int64_t latest = changed_ns(getenv("FAKE_WLM_CONTROL"), mono_now, real_now);
+
+    for (int i = 0; i < s->ntune; i++)
+        if (s->tune[i].port == 0 && (t = changed_ns(s->tune[i].path, mono_now, real_now)) > latest)
+            latest = t;
+    for (int i = 0; i < s->nroute; i++)
+        if ((t = changed_ns(s->route[i].path, mono_now, real_now)) > latest)
+            latest = t;
+    return latest;
+}
+
+/*
+ * Brings the instrument up to now; every exported function calls it first.
+ * The script and the light just read hold from when their files changed;
+ * before that, what the previous call saw.
+ */
+static void observe(void) {
+    int64_t now, change;
+    bool running;
+    double light;
+
+    script_load(&st.s);
+    now = clock_ns(CLOCK_MONOTONIC);
+    if (now < st.sim_ns)
+        now = st.sim_ns;
+    running = st.s.count > 0 && st.s.opstate == 2;
+    light = shown(&st.s, st.switch_channel);
+    change = st.observed ? inputs_changed_ns(&st.s, now) : st.sim_ns;
+    if (change < st.sim_ns)
+        change = st.sim_ns;
+    if (change > now)
+        change = now;
+    advance(change, st.running, st.light);
+    advance(now, running, light);
+    st.running = running;
+    st.light = light;
+    st.observed = true;
+}
+
+/* The switch moves to ch now (after observe). */
+static void switch_move(int32_t ch) {
+    if (ch == st.switch_channel)
+        return;
+    st.switch_channel = ch;
+    st.light = shown(&st.s, ch);
+    notify(cmiSwitcherChannel, ch, 0.0, tick_ms(st.sim_ns));
+}
+
+/* ---- Notifications ---- */
+
+/* The callback thread: observes the instrument at every measurement's end
+ * and hands the queued events to the callback with the lock released. */
+static void *callback_thread(void *arg) {
+    unsigned gen = (unsigned)(uintptr_t)arg;
+    struct event batch[EVENT_BATCH];
+
+    pthread_mutex_lock(&st.mu);
+    while (st.gen == gen) {
+        wlm_callback_ex fn = st.callback;
+        int32_t ver;
+        int n = 0;
+
+        observe();
+        ver = st.s.serial;
+        while (n < EVENT_BATCH && st.ev_n > 0) {
+            batch[n++] = st.ev[st.ev_head];
+            st.ev_head = (st.ev_head + 1) % EVENT_CAP;
+            st.ev_n--;
+        }
+        if (n > 0 && fn != NULL) {
+            pthread_mutex_unlock(&st.mu);
+            for (int i = 0; i < n; i++)
+                fn(ver, batch[i].mode, batch[i].intval, batch[i].dblval, batch[i].res1);
+            pthread_mutex_lock(&st.mu);
+            continue;
+        }
+        int64_t wake_ns = st.measuring ? st.cur.end_ns : st.sim_ns + IDLE_POLL_MS * NS_PER_MS;
+        struct timespec wake = {(time_t)(wake_ns / NS_PER_S), (long)(wake_ns % NS_PER_S)};
+
+        if (st.gen == gen && st.ev_n == 0)
+            pthread_cond_timedwait(&st.cond, &st.mu, &wake);
+    }
+    st.threads_alive--;
+    pthread_cond_broadcast(&st.cond);
+    pthread_mutex_unlock(&st.mu);
+    return NULL;
+}
+
+/* Installs fn, starting the thread if there is none. 1, or 0 on failure. */
+static int callback_install(wlm_callback_ex fn) {
+    st.callback = fn;
+    if (st.thread_on)
+        return 1;
+    st.gen++;
+    if (pthread_create(&st.thread, NULL, callback_thread, (void *)(uintptr_t)st.gen) != 0) {
+        st.callback = NULL;
+        return 0;
+    }
+    st.thread_on = true;
+    st.threads_alive++;
+    if (st.period_ms > 0)
+        notify(cmiTimePerMeasurement, st.period_ms, 0.0, 0);
+    return 1;
+}
+
+/* Removes the callback; returns once the thread has ended, or, when
+ * unloading, after UNLOAD_WAIT_MS at most. Takes st.mu itself. */
+static void callback_remove(bool unloading) {
+    pthread_t thread;
+    bool on;
+
+    pthread_mutex_lock(&st.mu);
+    on = st.thread_on;
+    thread = st.thread;
+    st.callback = NULL;
+    st.ev_n = 0;
+    if (on) {
+        st.thread_on = false;
+        st.gen++;
+        pthread_cond_broadcast(&st.cond);
+    }
+    if (on && unloading) {
+        int64_t until = clock_ns(CLOCK_MONOTONIC) + UNLOAD_WAIT_MS * NS_PER_MS;
+        struct timespec ts = {(time_t)(until / NS_PER_S), (long)(until % NS_PER_S)};
+
+        while (st.threads_alive > 0 && pthread_cond_timedwait(&st.cond, &st.mu, &ts) != ETIMEDOUT)
+            ;
+        on = st.threads_alive == 0;
+    }
+    pthread_mutex_unlock(&st.mu);
+    if (!on)
+        return;
+    if (pthread_equal(thread, pthread_self()))
+        pthread_detach(thread); /* removed from within the callback */
+    else
+        pthread_join(thread, NULL);
+}
+
+static void fake_load(void) __attribute__((constructor));
+static void fake_load(void) {
+    pthread_condattr_t attr;
+
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&st.cond, &attr);
+    pthread_condattr_destroy(&attr);
+    st.t0_ns = st.sim_ns = clock_ns(CLOCK_MONOTONIC);
+    for (int ch = 0; ch <= MAX_CH; ch++)
+        st.exposure_ms[ch][1] = INITIAL_EXPOSURE_MS;
+}
+
+static void fake_unload(void) __attribute__((destructor));
+static void fake_unload(void) {
+    callback_remove(true);
+}
+
+/* ---- The exported functions: block_if, observe, answer, trace. ---- */
+
+intptr_t Instantiate(int32_t rfc, int32_t mode, intptr_t p1, int32_t p2) {
+    intptr_t r = 0;
+    bool remove = false;
+
+    block_if("Instantiate");
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (rfc == cInstCheckForWLM) {
+        r = st.s.count > 0;
+    } else if (rfc == cInstReturnMode && (mode == 0 || mode == 1)) {
+        st.read_once = mode == 1;
+        r = 1;
+    } else if (rfc == cInstNotification && mode == cNotifyInstallCallbackEx && p1 != 0) {
+        r = callback_install((wlm_callback_ex)p1);
+    } else if (rfc == cInstNotification && mode == cNotifyRemoveCallback) {
+        remove = true;
+        r = 1;
+    }
+    pthread_mutex_unlock(&st.mu);
+    if (remove)
+        callback_remove(false);
+    trace("Instantiate %d %d %s %d = %" PRIdPTR, (int)rfc, (int)mode, p1 != 0 ? "fn" : "0", (int)p2,
+          r);
+    return r;
+}
+
 int32_t GetWLMCount(int32_t v) {
-    struct script s;
+    int32_t r;
 
     block_if("GetWLMCount");
     (void)v;
-    script_load(&s);
-    trace("GetWLMCount = %d", s.count);
-    return s.count;
+    pthread_mutex_lock(&st.mu);
+    observe();
+    r = st.s.count;
+    pthread_mutex_unlock(&st.mu);
+    trace("GetWLMCount = %d", (int)r);
+    return r;
 }
 
 int32_t GetWLMVersion(int32_t v) {
-    struct script s;
     int32_t r;
 
     block_if("GetWLMVersion");
-    script_load(&s);
-    r = s.count <= 0 ? -5 : v == 0 ? s.version : v == 1 ? s.serial : 0;
+    pthread_mutex_lock(&st.mu);
+    observe();
+    r = st.s.count <= 0 ? ErrWlmMissing : v == 0 ? st.s.version : v == 1 ? st.s.serial : 0;
+    pthread_mutex_unlock(&st.mu);
     trace("GetWLMVersion %d = %d", (int)v, (int)r);
     return r;
 }
 
 uint16_t GetOperationState(uint16_t v) {
-    struct script s;
+    int r;
 
     block_if("GetOperationState");
     (void)v;
-    script_load(&s);
-    trace("GetOperationState = %d", s.opstate);
-    return (uint16_t)s.opstate;
+    pthread_mutex_lock(&st.mu);
+    observe();
+    r = st.s.opstate;
+    pthread_mutex_unlock(&st.mu);
+    trace("GetOperationState = %d", r);
+    return (uint16_t)r;
+}
+
+int32_t GetChannelsCount(int32_t v) {
+    int32_t r;
+
+    block_if("GetChannelsCount");
+    (void)v;
+    pthread_mutex_lock(&st.mu);
+    observe();
+    r = st.s.count <= 0 ? ErrWlmMissing : st.s.channels;
+    pthread_mutex_unlock(&st.mu);
+    trace("GetChannelsCount = %d", (int)r);
+    return r;
+}
+
+/* GetFrequencyNum and GetWavelengthNum: ch's result in THz, read-once
+ * bookkeeping in *read. st.mu held, after observe. */
+static double result_get(int32_t ch, uint64_t *read) {
+    if (st.s.count <= 0)
+        return ErrWlmMissing;
+    if (!channel_ok(ch))
+        return ErrChannelNotAvailable;
+    if (!st.res[ch].have)
+        return st.s.new_errors ? ErrNoValueYet : ErrNoValue;
+    if (st.read_once && read[ch] == st.res[ch].seq)
+        return st.s.new_errors ? ErrNoNewValueYet : ErrNoValue;
+    read[ch] = st.res[ch].seq;
+    return st.res[ch].value;
 }
 
 double GetFrequencyNum(int32_t num, double ignored) {
-    struct script s;
     double r;
 
     block_if("GetFrequencyNum");
     (void)ignored;
-    script_load(&s);
     pthread_mutex_lock(&st.mu);
-    if (s.count <= 0)
-        r = -5; /* ErrWlmMissing */
-    else if (num < 1 || num > MAX_CH)
-        r = -10; /* ErrChannelNotAvailable */
-    else if (st.stale_reads_left > 0) {
-        st.stale_reads_left--;
-        r = shown(&s, st.previous_channel);
-    } else
-        r = shown(&s, num);
-    if (s.foreign > 0 && s.foreign <= MAX_CH)
-        st.switch_channel = s.foreign;
+    observe();
+    r = result_get(num, st.freq_read);
+    if (st.s.count > 0 && channel_ok(st.s.foreign))
+        switch_move(st.s.foreign);
     pthread_mutex_unlock(&st.mu);
     trace("GetFrequencyNum %d = %.9f", (int)num, r);
     return r;
 }
 
+double GetWavelengthNum(int32_t num, double ignored) {
+    double r;
+
+    block_if("GetWavelengthNum");
+    (void)ignored;
+    pthread_mutex_lock(&st.mu);
+    observe();
+    r = to_nm(result_get(num, st.wl_read));
+    pthread_mutex_unlock(&st.mu);
+    trace("GetWavelengthNum %d = %.9f", (int)num, r);
+    return r;
+}
+
 int32_t SetExposureNum(int32_t num, int32_t ccd, int32_t ms) {
-    struct script s;
     int32_t r = 0;
 
     block_if("SetExposureNum");
-    script_load(&s);
-    if (s.count <= 0)
-        r = -1;
-    else if (num < 1 || num > MAX_CH || ccd < 1 || ccd > 2 || ms < 1)
-        r = -3; /* ResERR_ParmOutOfRange */
-    else {
-        pthread_mutex_lock(&st.mu);
-        st.exposure_ms[num] = ms;
-        pthread_mutex_unlock(&st.mu);
-    }
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ResERR_WlmMissing;
+    else if (!channel_ok(num) || ccd < 1 || ccd > 2 || ms < st.s.expo_min || ms > st.s.expo_max)
+        r = ResERR_ParmOutOfRange;
+    else
+        st.exposure_ms[num][ccd] = ms;
+    pthread_mutex_unlock(&st.mu);
     trace("SetExposureNum %d %d %d = %d", (int)num, (int)ccd, (int)ms, (int)r);
     return r;
 }
@@ -491,11 +1032,73 @@ int32_t GetExposureNum(int32_t num, int32_t ccd, int32_t ignored) {
     int32_t r;
 
     block_if("GetExposureNum");
-    (void)ccd, (void)ignored;
+    (void)ignored;
     pthread_mutex_lock(&st.mu);
-    r = num >= 1 && num <= MAX_CH ? st.exposure_ms[num] : -10;
+    observe();
+    if (st.s.count <= 0)
+        r = ErrWlmMissing;
+    else if (!channel_ok(num))
+        r = ErrChannelNotAvailable;
+    else if (ccd < 1 || ccd > 2)
+        r = ErrParameterOutOfRange;
+    else
+        r = exposure_now(num, ccd);
     pthread_mutex_unlock(&st.mu);
-    trace("GetExposureNum %d = %d", (int)num, (int)r);
+    trace("GetExposureNum %d %d = %d", (int)num, (int)ccd, (int)r);
+    return r;
+}
+
+int32_t GetExposureRange(int32_t what) {
+    int32_t r;
+
+    block_if("GetExposureRange");
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ErrWlmMissing;
+    else if (what == cExpoMin || what == cExpo2Min)
+        r = st.s.expo_min;
+    else if (what == cExpoMax || what == cExpo2Max)
+        r = st.s.expo_max;
+    else
+        r = ErrParameterOutOfRange;
+    pthread_mutex_unlock(&st.mu);
+    trace("GetExposureRange %d = %d", (int)what, (int)r);
+    return r;
+}
+
+int32_t SetExposureModeNum(int32_t num, bool on) {
+    int32_t r = 0;
+
+    block_if("SetExposureModeNum");
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ResERR_WlmMissing;
+    else if (!channel_ok(num))
+        r = ResERR_ParmOutOfRange;
+    else
+        st.auto_exposure[num] = on;
+    pthread_mutex_unlock(&st.mu);
+    trace("SetExposureModeNum %d %d = %d", (int)num, (int)on, (int)r);
+    return r;
+}
+
+int32_t GetExposureModeNum(int32_t num, bool ignored) {
+    int32_t r;
+
+    block_if("GetExposureModeNum");
+    (void)ignored;
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ErrWlmMissing;
+    else if (!channel_ok(num))
+        r = ErrChannelNotAvailable;
+    else
+        r = st.auto_exposure[num];
+    pthread_mutex_unlock(&st.mu);
+    trace("GetExposureModeNum %d = %d", (int)num, (int)r);
     return r;
 }
 
@@ -505,99 +1108,89 @@ int32_t GetSwitcherMode(int32_t v) {
     block_if("GetSwitcherMode");
     (void)v;
     pthread_mutex_lock(&st.mu);
-    r = st.switch_mode;
+    observe();
+    r = st.s.count <= 0 ? ErrWlmMissing : st.switch_mode;
     pthread_mutex_unlock(&st.mu);
     trace("GetSwitcherMode = %d", (int)r);
     return r;
 }
 
 int32_t SetSwitcherMode(int32_t mode) {
-    struct script s;
     int32_t r = 0;
 
     block_if("SetSwitcherMode");
-    script_load(&s);
-    if (s.count <= 0) {
-        r = -1;
-    } else {
-        pthread_mutex_lock(&st.mu);
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ResERR_WlmMissing;
+    else
         st.switch_mode = mode;
-        pthread_mutex_unlock(&st.mu);
-    }
+    pthread_mutex_unlock(&st.mu);
     trace("SetSwitcherMode %d = %d", (int)mode, (int)r);
     return r;
 }
 
 int32_t GetSwitcherChannel(int32_t v) {
-    struct script s;
     int32_t r;
 
     block_if("GetSwitcherChannel");
     (void)v;
-    script_load(&s);
     pthread_mutex_lock(&st.mu);
-    r = s.count <= 0 ? -5 : st.switch_channel;
+    observe();
+    r = st.s.count <= 0 ? ErrWlmMissing : st.switch_channel;
     pthread_mutex_unlock(&st.mu);
     trace("GetSwitcherChannel = %d", (int)r);
     return r;
 }
 
 int32_t SetSwitcherChannel(int32_t ch) {
-    struct script s;
     int32_t r;
 
     block_if("SetSwitcherChannel");
-    script_load(&s);
-    r = s.count <= 0 ? -1 : s.switch_rc;
-    if (r == 0 && (ch < 1 || ch > MAX_CH))
-        r = -10; /* ResERR_ChannelNotAvailable */
-    if (r == 0) {
-        pthread_mutex_lock(&st.mu);
-        if (ch != st.switch_channel) {
-            st.previous_channel = st.switch_channel;
-            st.switch_channel = ch;
-            st.stale_reads_left = s.pipeline;
-        }
-        pthread_mutex_unlock(&st.mu);
-    }
+    pthread_mutex_lock(&st.mu);
+    observe();
+    r = st.s.count <= 0 ? ResERR_WlmMissing : st.s.switch_rc;
+    if (r == 0 && !channel_ok(ch))
+        r = ResERR_ParmOutOfRange;
+    if (r == 0)
+        switch_move(ch);
+    pthread_mutex_unlock(&st.mu);
     trace("SetSwitcherChannel %d = %d", (int)ch, (int)r);
     return r;
 }
 
 int32_t SetDeviationSignalNum(int32_t port, double mv) {
-    struct script s;
     int32_t r;
 
     block_if("SetDeviationSignalNum");
-    script_load(&s);
-    r = s.count <= 0 ? -1 : s.deviation_rc;
+    pthread_mutex_lock(&st.mu);
+    observe();
+    r = st.s.count <= 0 ? ResERR_WlmMissing : st.s.deviation_rc;
     if (r == 0 && (port < 1 || port > MAX_PORT || !isfinite(mv)))
-        r = -3; /* ResERR_ParmOutOfRange */
+        r = ResERR_ParmOutOfRange;
     if (r == 0) {
-        pthread_mutex_lock(&st.mu);
         st.analog_mv[port] = mv;
-        pthread_mutex_unlock(&st.mu);
+        st.light = shown(&st.s, st.switch_channel); /* the laser moves now */
     }
+    pthread_mutex_unlock(&st.mu);
     trace("SetDeviationSignalNum %d %.6f = %d", (int)port, mv, (int)r);
     return r;
 }
 
 double GetDeviationSignalNum(int32_t port, double ignored) {
-    struct script s;
     double r;
 
     block_if("GetDeviationSignalNum");
     (void)ignored;
-    script_load(&s);
-    if (s.count <= 0)
-        r = -5; /* ErrWlmMissing */
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ErrWlmMissing;
     else if (port < 1 || port > MAX_PORT)
-        r = -28; /* ErrParameterOutOfRange */
-    else {
-        pthread_mutex_lock(&st.mu);
+        r = ErrParameterOutOfRange;
+    else
         r = st.analog_mv[port];
-        pthread_mutex_unlock(&st.mu);
-    }
+    pthread_mutex_unlock(&st.mu);
     trace("GetDeviationSignalNum %d = %.6f", (int)port, r);
     return r;
 }
