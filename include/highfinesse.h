@@ -13,8 +13,15 @@
 
 /* The driver's keys of the "wavemeter" object (its cfg.keys table), kept by
  * the loader in config.wavemeter and handed to open as wm_open_args.settings. */
+/* How the instrument's own fibre switch is run. */
+enum hf_switch_mode {
+    HF_SWITCH_MANUAL,  /* we move it, reading by earliest deadline */
+    HF_SWITCH_CYCLING, /* it cycles through the lasers by itself */
+};
+
 struct hf_settings {
     char library[CONFIG_PATH_MAX]; /* path of libwlmData.so, for dlopen */
+    int switch_mode;               /* enum hf_switch_mode */
 };
 
 /* lasers[].highfinesse: how the instrument exposes one channel. */

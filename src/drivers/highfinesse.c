@@ -84,6 +84,7 @@ typedef int32_t (*wlm_set_exposure_num_fn)(int32_t num, int32_t ccd, int32_t ms)
 typedef int32_t (*wlm_set_signal_num_fn)(int32_t port, double mv);
 typedef int32_t (*wlm_get_exposure_num_fn)(int32_t num, int32_t ccd, int32_t ignored);
 typedef int32_t (*wlm_exposure_mode_num_fn)(int32_t num, unsigned char automatic);
+typedef int32_t (*wlm_signal_states_fn)(int32_t signal, int32_t use, int32_t show);
 typedef intptr_t (*wlm_instantiate_fn)(int32_t rfc, int32_t mode, intptr_t p1, int32_t p2);
 typedef void (*wlm_callback_ex_fn)(int32_t ver, int32_t mode, int32_t intval, double dblval,
                                    int32_t res1);
@@ -108,6 +109,7 @@ struct wlm_api {
     wlm_i32_fn GetExposureRange;
     wlm_i32_fn GetChannelsCount;
     wlm_i32_fn GetSwitcherMode;
+    wlm_signal_states_fn SetSwitcherSignalStates; /* needed by the cycling mode */
 };
 
 /* dlsym hands out object pointers; they are copied into the function
@@ -138,6 +140,7 @@ static const struct {
     {"GetExposureRange", offsetof(struct wlm_api, GetExposureRange)},
     {"GetChannelsCount", offsetof(struct wlm_api, GetChannelsCount)},
     {"GetSwitcherMode", offsetof(struct wlm_api, GetSwitcherMode)},
+    {"SetSwitcherSignalStates", offsetof(struct wlm_api, SetSwitcherSignalStates)},
 };
 
 /* Constants of the vendor's wlmData.h. */
@@ -211,6 +214,10 @@ struct hf_dev {
     int exposure_ms[CONFIG_MAX_LASERS + 1];
     /* Return mode "new values only" is on: each result comes once. */
     bool read_once;
+    /* The instrument cycles its switch through the lasers by itself; a
+     * cycle (every enabled laser once) takes about cycle_ms. */
+    bool cycling;
+    uint64_t cycle_ms;
     /* The notification callback is installed (for the measurement period). */
     bool notified;
     /* The switch mode found at open, put back at close (-1: unknown). */
@@ -467,6 +474,10 @@ static int32_t hf_call_set_exposure(struct hf_dev *d, int32_t num, int32_t ccd, 
 #define WLM_U16(d, fn, a) hf_call_u16((d), #fn, (d)->api.fn, (a))
 #define WLM_GET_NUM(d, fn, num) hf_call_get_num((d), #fn, (d)->api.fn, (num))
 
+static uint64_t hf_period_ms(const struct hf_dev *d, int exposure_ms, int exposure2_ms);
+static int hf_apply_exposure(struct hf_dev *d, int32_t ch, int exposure_ms,
+                             const struct hf_chan *hc, struct wm_sample *out);
+
 /* Vendor thread, at open: the configured channels against what the
  * instrument has, and the exposures against its range. A mismatch fails the
  * start with the numbers. */
@@ -517,6 +528,64 @@ static int hf_probe_channels(struct hf_dev *d, struct hf_job *j) {
     if (count > 0)
         log_info("wavemeter: %d channels, exposure %d..%d ms (second array %d..%d ms)", (int)count,
                  (int)lo, (int)hi, (int)lo2, (int)hi2);
+    return 0;
+}
+
+/*
+ * Vendor thread, at open, switch mode "cycling": the instrument's switch
+ * takes the enabled lasers' channels in turn by itself and files each
+ * result under the channel it measured, so no result has to be thrown away
+ * after a switch. Every channel's exposure is set first (the cycle uses
+ * each channel's own), then exactly the lasers' channels are put in use.
+ */
+static int hf_probe_cycling(struct hf_dev *d, struct hf_job *j) {
+    const struct config *cfg = j->cfg;
+    bool used[CONFIG_MAX_LASERS + 1] = {false};
+    struct wm_sample scratch;
+    char buf[24];
+    int32_t res;
+    int rc;
+
+    if (d->api.SetSwitcherSignalStates == NULL) {
+        snprintf(j->err, sizeof(j->err),
+                 "wavemeter.switch_mode \"cycling\" needs SetSwitcherSignalStates, which this "
+                 "libwlmData lacks");
+        return -ENOTSUP;
+    }
+    d->cycle_ms = 0;
+    for (int i = 0; i < cfg->nlasers; i++) {
+        const struct laser_config *lc = &cfg->lasers[i];
+        const struct hf_chan *hc = hf_chan_const(lc);
+
+        if (!lc->enabled)
+            continue;
+        used[lc->channel] = true;
+        memset(&scratch, 0, sizeof(scratch));
+        if (hf_apply_exposure(d, lc->channel, lc->exposure_ms, hc, &scratch) < 0) {
+            snprintf(j->err, sizeof(j->err), "laser \"%s\": %s", lc->name, scratch.detail);
+            return scratch.err;
+        }
+        d->cycle_ms += hf_period_ms(d, lc->exposure_ms, hc->exposure2_ms);
+    }
+    for (int ch = 1; ch <= CONFIG_MAX_LASERS; ch++) {
+        hf_call_begin(d, "SetSwitcherSignalStates");
+        res = d->api.SetSwitcherSignalStates(ch, used[ch] ? 1 : 0, used[ch] ? 1 : 0);
+        hf_call_end(d);
+        /* Channels beyond the switch's are refused; only ours matter. */
+        if (res != 0 && used[ch]) {
+            const char *name = set_error_name(res, &rc, buf, sizeof(buf));
+            snprintf(j->err, sizeof(j->err), "SetSwitcherSignalStates(%d, 1, 1): %s", ch, name);
+            return rc;
+        }
+    }
+    if ((res = WLM_I32(d, SetSwitcherMode, 1)) != 0) {
+        const char *name = set_error_name(res, &rc, buf, sizeof(buf));
+        snprintf(j->err, sizeof(j->err), "cannot start the switch cycling: SetSwitcherMode(1) = %s",
+                 name);
+        return rc;
+    }
+    log_info("wavemeter: switch cycling through %d channels, about %llu ms a cycle", j->nenabled,
+             (unsigned long long)d->cycle_ms);
     return 0;
 }
 
@@ -634,7 +703,12 @@ static int hf_probe(struct hf_dev *d, struct hf_job *j) {
                   (unsigned)op);
     if ((rc = hf_probe_channels(d, j)) < 0)
         return rc;
-    if (d->owns_switch) {
+    if (d->owns_switch && d->cycling) {
+        d->saved_switch_mode =
+            d->api.GetSwitcherMode != NULL ? WLM_I32(d, GetSwitcherMode, 0) : (int32_t)-1;
+        if ((rc = hf_probe_cycling(d, j)) < 0)
+            return rc;
+    } else if (d->owns_switch) {
         d->saved_switch_mode =
             d->api.GetSwitcherMode != NULL ? WLM_I32(d, GetSwitcherMode, 0) : (int32_t)-1;
         if ((res = WLM_I32(d, SetSwitcherMode, 0)) != 0) {
@@ -838,6 +912,68 @@ static int hf_no_result(struct hf_dev *d, int32_t ch, double last, int taken, in
     return 0;
 }
 
+/* Stamped when first seen, which is after its exposure by the readout and
+ * the pipeline ahead of it: move the stamp to the middle of its exposure. */
+static void hf_unlag(struct wm_sample *out, uint64_t period_ms, int exposure_ms) {
+    uint64_t lag_ms = (uint64_t)(WLM_FLUSH_READS - 1) * period_ms + WLM_READOUT_MS +
+                      (uint64_t)(exposure_ms > 0 ? exposure_ms : 0) / 2;
+    uint64_t lag_ns = lag_ms * 1000000u;
+
+    if (out->t_ns > lag_ns) {
+        out->t_ns -= lag_ns;
+        out->time_unix -= (double)lag_ms * 1e-3;
+    }
+}
+
+/* The exposure the instrument used (auto-exposure moves it). */
+static void hf_exposure_used(struct hf_dev *d, int32_t ch, struct wm_sample *out) {
+    int32_t used;
+
+    if (d->api.GetExposureNum == NULL)
+        return;
+    hf_call_begin(d, "GetExposureNum");
+    used = d->api.GetExposureNum(ch, 1, 0);
+    hf_call_end(d);
+    if (used > 0)
+        out->exposure_ms = (int)used;
+}
+
+/*
+ * Vendor thread, switch mode "cycling": the next result the instrument
+ * files under this channel is this channel's (it knows what it measured),
+ * so a read is a wait for it: at most about one cycle.
+ */
+static int hf_read_cycling(struct hf_dev *d, const struct wm_read_req *req, struct wm_sample *out,
+                           uint64_t deadline_ns) {
+    const struct hf_chan *hc = req->chan;
+    int32_t ch = req->channel;
+    uint64_t period_ms = hf_period_ms(d, req->exposure_ms, hc ? hc->exposure2_ms : 0);
+    uint64_t wait_ms = 2 * d->cycle_ms + HF_RESULT_SLACK_MS, chan_deadline_ns;
+    const struct wlm_get_error *e;
+    int flush = 0, rc;
+    double v = 0;
+
+    if ((rc = hf_apply_exposure(d, ch, req->exposure_ms, hc, out)) < 0)
+        return rc;
+    if (rc > 0) {
+        /* A result of the old exposure may be on its way: one more cycle. */
+        flush = WLM_FLUSH_READS;
+        wait_ms += (uint64_t)flush * d->cycle_ms;
+    }
+    chan_deadline_ns = clock_now_ns(d->clk) + wait_ms * 1000000u;
+    if (chan_deadline_ns > deadline_ns)
+        chan_deadline_ns = deadline_ns;
+    for (int taken = 0; taken <= flush; taken++) {
+        if (hf_next_result(d, ch, d->cycle_ms, chan_deadline_ns, &v, out) < 0)
+            return hf_no_result(d, ch, v, taken, flush, wait_ms, out);
+        if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
+            break;
+    }
+    hf_unlag(out, period_ms, req->exposure_ms);
+    hf_exposure_used(d, ch, out);
+    return hf_map(v, out);
+}
+
 /* Vendor thread: one read, all of it (see docs/HIGHFINESSE.md). */
 static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct wm_sample *out,
                          uint64_t deadline_ns) {
@@ -849,6 +985,8 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
     char buf[24];
     double v = 0;
 
+    if (d->cycling)
+        return hf_read_cycling(d, req, out, deadline_ns);
     if (d->owns_switch) {
         sw_before = WLM_I32(d, GetSwitcherChannel, 0);
         if (sw_before < 0 && (e = get_error_find(sw_before)) != NULL && e->hopeless)
@@ -918,27 +1056,8 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
         if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
             break; /* the server is gone: no use waiting out the pipeline */
     }
-    /* Stamped when first seen, which is after its exposure by the readout
-     * and the pipeline ahead of it: the middle of its exposure, honestly. */
-    {
-        uint64_t lag_ms = (uint64_t)(WLM_FLUSH_READS - 1) * period_ms + WLM_READOUT_MS +
-                          (uint64_t)(req->exposure_ms > 0 ? req->exposure_ms : 0) / 2;
-        uint64_t lag_ns = lag_ms * 1000000u;
-
-        if (out->t_ns > lag_ns) {
-            out->t_ns -= lag_ns;
-            out->time_unix -= (double)lag_ms * 1e-3;
-        }
-    }
-    /* The exposure the instrument used (auto-exposure moves it). */
-    if (d->api.GetExposureNum != NULL) {
-        int32_t used;
-        hf_call_begin(d, "GetExposureNum");
-        used = d->api.GetExposureNum(ch, 1, 0);
-        hf_call_end(d);
-        if (used > 0)
-            out->exposure_ms = (int)used;
-    }
+    hf_unlag(out, period_ms, req->exposure_ms);
+    hf_exposure_used(d, ch, out);
 
     if (d->owns_switch) {
         sw_after = WLM_I32(d, GetSwitcherChannel, 0);
@@ -1202,6 +1321,10 @@ static int hf_open(const struct wm_open_args *a, void **devp, char *err, size_t 
     d->clk = a->clk;
     d->saved_switch_mode = -1;
     d->owns_switch = nenabled > 1 || (nenabled == 1 && only_channel != 1);
+    /* Cycling needs a switch of ours with lasers on it; behind an external
+     * switch the wavemeter reads one input. */
+    d->cycling = s->switch_mode == HF_SWITCH_CYCLING && d->owns_switch &&
+                 cfg->sw.drv.driver[0] == '\0';
     pthread_mutex_init(&d->mu, NULL);
     /* hf_run's deadlines are CLOCK_MONOTONIC: a step of the wall clock must
      * neither cut a read short nor stretch it. */
@@ -1324,8 +1447,13 @@ static int hf_analog_out(void *dev, int output, double volts, int timeout_ms, ch
 _Static_assert(sizeof(struct hf_settings) <= CONFIG_SETTINGS_MAX,
                "struct hf_settings outgrew CONFIG_SETTINGS_MAX");
 
+static const char *const hf_switch_modes[] = {"manual", "cycling", NULL};
+
 static const struct cfg_key hf_keys[] = {
     CFG_ROW_STR("library", struct hf_settings, library, "path of the HighFinesse libwlmData.so"),
+    CFG_ROW_CHOICE("switch_mode", struct hf_settings, switch_mode, hf_switch_modes,
+                   "\"manual\": the daemon moves the switch, earliest deadline first; "
+                   "\"cycling\": the instrument cycles through the lasers by itself"),
     CFG_ROW_END,
 };
 
