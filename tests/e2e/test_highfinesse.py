@@ -428,6 +428,98 @@ def test_sim_methods_absent():
                 fail("%s with driver highfinesse: %r" % (m, e))
 
 
+def reads_per_s(d, seconds=2.0):
+    """Reads per second of each laser over a window, from status."""
+    r0 = {c["laser"]: c["reads"] for c in d.result("status")["channels"]}
+    t0 = time.monotonic()
+    time.sleep(seconds)  # a measurement window, not a wait for a condition
+    r1 = {c["laser"]: c["reads"] for c in d.result("status")["channels"]}
+    dt = time.monotonic() - t0
+    return {k: (r1[k] - r0[k]) / dt for k in r0}
+
+
+def always_due(cfg):
+    for l in cfg["lasers"]:
+        l["max_age_ms"] = 1
+    return cfg
+
+
+def test_channel_error_stays_on_its_channel():
+    # One laser out of range (ErrOutOfRange on its channel only): it reads
+    # as an error, the meter does not back off, the others' rate holds, and
+    # the log has one line for it, not one per cycle.
+    fake = Fake(freqs="1:384.1,2:751.5,3:346.0,4:350.8")
+    with Daemon(always_due(hf_config([1, 2, 3, 4])), env=fake.env) as d:
+        for laser in ("L1", "L2", "L3", "L4"):
+            wait_status(d, laser, "ok")
+        before = reads_per_s(d)
+        fake.set(freqs="1:384.1,2:751.5,3:346.0,4:-14")
+        wait_status(d, "L4", "error", detail="ErrOutOfRange (-14)")
+        after = reads_per_s(d)
+        for laser in ("L1", "L2", "L3"):
+            if abs(after[laser] - before[laser]) > 0.1 * before[laser]:
+                fail("%s: %.2f reads/s before, %.2f with L4 out of range" %
+                     (laser, before[laser], after[laser]))
+        st = d.result("status")
+        if st["driver"]["state"] == "error":
+            fail("one channel's error put the meter in back-off: %r" % st["driver"])
+        n = d.log().count("channel 4 (L4): error")
+        if n != 1:
+            fail("%d log lines for L4's condition, want 1:\n%s" % (n, d.log()))
+        print("     out of range on L4: L1..L3 at %s reads/s before, %s after" %
+              (["%.2f" % before[k] for k in ("L1", "L2", "L3")],
+               ["%.2f" % after[k] for k in ("L1", "L2", "L3")]))
+
+
+def test_each_measurement_once():
+    # One laser, never switched: every measurement reaches the clients once
+    # (read-once results), so reads come at most once per measurement period.
+    fake = Fake(freqs="1:384.2281")
+    with Daemon(hf_config([1]), env=fake.env) as d:
+        wait_status(d, "L1", "ok")
+        rate = reads_per_s(d)["L1"]
+        period_s = (5 + 12) / 1000.0  # exposure_ms 5 + the fake's readout
+        if rate > 1.05 / period_s or rate < 0.5 / period_s:
+            fail("%.1f reads/s with a measurement every %.0f ms" % (rate, period_s * 1e3))
+        calls = [c for c in fake.calls() if c[0] == "Instantiate"]
+        if not calls or calls[0][1:3] != ["0", "1"]:
+            fail("read-once mode not asked for: %r" % calls)
+        r = reading(d, "L1")
+        # Stamped at its measurement, not when fetched: older than one period.
+        if r["age_ms"] < 17:
+            fail("age_ms %.1f: stamped at the fetch, not the measurement" % r["age_ms"])
+    # Closed: the return mode is put back.
+    calls = [c for c in fake.calls() if c[0] == "Instantiate"]
+    if calls[-1][1:3] != ["0", "0"]:
+        fail("return mode not restored at exit: %r" % calls[-3:])
+
+
+def test_auto_exposure_read_back():
+    fake = Fake(freqs="1:384.2281,2:751.5", auto_exposure="1:37")
+    cfg = hf_config([1, 2])
+    cfg["lasers"][0]["highfinesse"] = {"auto_exposure": True}
+    cfg["lasers"][1]["highfinesse"] = {"exposure2_ms": 7}
+    with Daemon(cfg, env=fake.env) as d:
+        r1 = wait_status(d, "L1", "ok")
+        r2 = wait_status(d, "L2", "ok")
+        if r1["exposure_ms"] != 37:
+            fail("auto-exposure not read back: %r" % r1)
+        if r2["exposure_ms"] != 5:
+            fail("fixed exposure: %r" % r2)
+    calls = fake.calls()
+    if ["SetExposureModeNum", "1", "1", "=", "0"] not in calls:
+        fail("auto-exposure not switched on: %r" % [c for c in calls if "Exposure" in c[0]])
+    if not any(c[:4] == ["SetExposureNum", "2", "2", "7"] for c in calls):
+        fail("second array's exposure not set: %r" % [c for c in calls if "Exposure" in c[0]])
+
+
+def test_start_checks_against_the_instrument():
+    fake = Fake(freqs="1:384.2281", channels=4)
+    start_fails(hf_config([1, 6]), fake, ["on channel 6", "has 4 channels"])
+    fake = Fake(freqs="1:384.2281", expo_min=10)
+    start_fails(hf_config([1]), fake, ["exposure_ms 5 is outside", "10..9999"])
+
+
 run_tests([
     ("reading", test_reading),
     ("statuses", test_statuses),
@@ -445,4 +537,8 @@ run_tests([
     ("no_server", test_no_server),
     ("errormode_warning", test_errormode_warning),
     ("sim_methods_absent", test_sim_methods_absent),
+    ("channel_error_stays_on_its_channel", test_channel_error_stays_on_its_channel),
+    ("each_measurement_once", test_each_measurement_once),
+    ("auto_exposure_read_back", test_auto_exposure_read_back),
+    ("start_checks_against_the_instrument", test_start_checks_against_the_instrument),
 ])
