@@ -1237,7 +1237,8 @@ static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why,
  * its switch mode, "always the latest" results, no callback of ours. */
 static int hf_restore_job(struct hf_dev *d, struct hf_job *j) {
     (void)j;
-    if (d->owns_switch && d->saved_switch_mode >= 0 && d->saved_switch_mode != 0)
+    /* Back to the mode it had, whichever of ours it is in now. */
+    if (d->owns_switch && d->saved_switch_mode >= 0)
         (void)WLM_I32(d, SetSwitcherMode, d->saved_switch_mode);
     if (d->api.Instantiate != NULL && d->notified) {
         hf_call_begin(d, "Instantiate");
@@ -1323,8 +1324,8 @@ static int hf_open(const struct wm_open_args *a, void **devp, char *err, size_t 
     d->owns_switch = nenabled > 1 || (nenabled == 1 && only_channel != 1);
     /* Cycling needs a switch of ours with lasers on it; behind an external
      * switch the wavemeter reads one input. */
-    d->cycling = s->switch_mode == HF_SWITCH_CYCLING && d->owns_switch &&
-                 cfg->sw.drv.driver[0] == '\0';
+    d->cycling =
+        s->switch_mode == HF_SWITCH_CYCLING && d->owns_switch && cfg->sw.drv.driver[0] == '\0';
     pthread_mutex_init(&d->mu, NULL);
     /* hf_run's deadlines are CLOCK_MONOTONIC: a step of the wall clock must
      * neither cut a read short nor stretch it. */

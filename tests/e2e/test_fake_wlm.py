@@ -21,10 +21,12 @@ ResERR_WlmMissing, ResERR_ParmOutOfRange = -1, -3
 cInstReturnMode, cInstNotification = 0, 1
 cNotifyRemoveCallback, cNotifyInstallCallbackEx = 1, 4
 cmiWavelength1, cmiWavelength2 = 42, 43
+CMI_WAVELENGTH = {1: 42, 2: 43, 3: 90, 4: 91}
 cmiSwitcherChannel, cmiTimePerMeasurement = 203, 1514
 READOUT_MS = 12  # the fake's default
 
 i32, dbl = ctypes.c_int32, ctypes.c_double
+i32p = ctypes.POINTER(i32)
 PROTOTYPES = {
     "Instantiate": (ctypes.c_ssize_t, [i32, i32, ctypes.c_void_p, i32]),
     "GetWLMCount": (i32, [i32]),
@@ -42,6 +44,8 @@ PROTOTYPES = {
     "SetSwitcherMode": (i32, [i32]),
     "GetSwitcherChannel": (i32, [i32]),
     "SetSwitcherChannel": (i32, [i32]),
+    "GetSwitcherSignalStates": (i32, [i32, i32p, i32p]),
+    "SetSwitcherSignalStates": (i32, [i32, i32, i32]),
     "SetDeviationSignalNum": (i32, [i32, dbl]),
     "GetDeviationSignalNum": (dbl, [i32, dbl]),
 }
@@ -113,6 +117,12 @@ class Wlm:
     def read_once(self, on):
         if self.lib.Instantiate(cInstReturnMode, 1 if on else 0, None, 0) != 1:
             fail("Instantiate(cInstReturnMode, %d) did not return 1" % on)
+
+    def signal_states(self, ch):
+        """GetSwitcherSignalStates(ch) as (result, use, show)."""
+        use, show = i32(-1), i32(-1)
+        r = self.lib.GetSwitcherSignalStates(ch, ctypes.byref(use), ctypes.byref(show))
+        return r, use.value, show.value
 
     def calls(self):
         with open(self.log) as f:
@@ -223,6 +233,8 @@ def test_switch_trap():
     # Two lasers: right after SetSwitcherChannel(2) the newest results are
     # channel 1's light, reported under channel 2.
     w = Wlm(freqs="1:384.1,2:751.5")
+    if w.SetSwitcherMode(0) != 0:  # manual: the trap is manual mode's
+        fail("SetSwitcherMode(0) refused")
     w.SetExposureNum(1, 1, 40)
     w.SetExposureNum(2, 1, 40)  # P 52 ms
     spin_until(lambda: w.GetFrequencyNum(1, 0) == 384.1, 2, "a result of channel 1")
@@ -245,6 +257,7 @@ def test_switch_trap():
     for knobs, depth in (({}, 3), ({"pipeline_depth": 1}, 1), ({"pipeline": 2}, 2),
                          ({"pipeline_depth": 4, "pipeline": 2}, 4)):
         w = Wlm(freqs="1:384.1,2:751.5", **knobs)
+        w.SetSwitcherMode(0)
         w.SetExposureNum(1, 1, 8)
         w.SetExposureNum(2, 1, 8)  # P 20 ms
         w.install()
@@ -308,6 +321,7 @@ def test_auto_exposure():
 
 def test_notifications():
     w = Wlm(freqs="1:384.1,2:751.5", serial=777)
+    w.SetSwitcherMode(0)
     w.SetExposureNum(1, 1, 20)  # P 32
     w.SetExposureNum(2, 1, 30)  # P 42
     spin_until(lambda: w.GetFrequencyNum(1, 0) == 384.1, 2, "a result of channel 1")
@@ -353,6 +367,111 @@ def test_notifications():
         fail("callbacks after the callback was removed: %r" % w.events[n:])
     print("     %d events; ticks %d..%d; switch at tick %d" %
           (n, ticks[0], w2[-1][1], sw[0][3]))
+
+
+def test_cycling():
+    # The instrument's own switch mode: channels 1, 2 and 4 in use, each with
+    # its own exposure (P 22, 32 and 47 ms) and 6 ms of dead time per move:
+    # one result per channel every 22 + 32 + 47 + 3 * 6 = 119 ms, each filed
+    # under the channel it measured.
+    freqs = {1: 384.1, 2: 751.5, 3: 500.2, 4: 300.3}
+    w = Wlm(freqs=",".join("%d:%s" % kv for kv in freqs.items()), cycle_switch_ms=6)
+    period = {1: 10 + READOUT_MS, 2: 20 + READOUT_MS, 3: 10 + READOUT_MS, 4: 35 + READOUT_MS}
+    cycle = period[1] + period[2] + period[4] + 3 * 6
+    order = {1: 2, 2: 4, 4: 1}  # the next channel in use
+    if w.SetSwitcherMode(0) != 0 or w.GetSwitcherMode(0) != 0:
+        fail("SetSwitcherMode(0)")
+    for ch in (1, 2, 4):
+        w.SetExposureNum(ch, 1, period[ch] - READOUT_MS)
+    if [w.signal_states(ch) for ch in range(1, 9)] != [(0, 0, 0)] * 8:
+        fail("a channel in use by default: %r" % [w.signal_states(ch) for ch in range(1, 9)])
+    for args, want in (((1, 1, 1), 0), ((2, 1, 1), 0), ((4, 1, 1), 0), ((3, 0, 1), 0),
+                       ((9, 1, 1), ResERR_ParmOutOfRange), ((0, 1, 1), ResERR_ParmOutOfRange)):
+        if w.SetSwitcherSignalStates(*args) != want:
+            fail("SetSwitcherSignalStates%r = %d, want %d" %
+                 (args, w.SetSwitcherSignalStates(*args), want))
+    if [w.signal_states(ch) for ch in (1, 3, 4, 5, 9)] != \
+            [(0, 1, 1), (0, 0, 1), (0, 1, 1), (0, 0, 0), (ErrChannelNotAvailable, -1, -1)]:
+        fail("signal states %r" % [w.signal_states(ch) for ch in (1, 3, 4, 5, 9)])
+    w.SetSwitcherSignalStates(3, 0, 0)
+    w.install()
+    w.read_once(True)
+    if w.SetSwitcherMode(1) != 0 or w.GetSwitcherMode(0) != 1:
+        fail("SetSwitcherMode(1)")
+    got = {ch: [] for ch in freqs}
+    deadline = time.monotonic() + 3
+    while any(len(got[ch]) < 9 for ch in (1, 2, 4)):
+        for ch in freqs:
+            v = w.GetFrequencyNum(ch, 0)
+            if v not in (ErrNoValueYet, ErrNoNewValueYet):
+                got[ch].append((time.monotonic(), v))
+        if time.monotonic() > deadline:
+            fail("results in 3 s: %r" % {ch: len(r) for ch, r in got.items()})
+        time.sleep(0.0005)
+    if got[3]:
+        fail("channel 3, not in use, got %r" % got[3])
+    means = {}
+    for ch in (1, 2, 4):
+        if any(v != freqs[ch] for _, v in got[ch]):
+            fail("channel %d read %r, want its own %r" % (ch, [v for _, v in got[ch]], freqs[ch]))
+        times = [t for t, _ in got[ch][2:]]  # the first may be of before the cycling
+        gaps = [(b - a) * 1e3 for a, b in zip(times, times[1:])]
+        means[ch] = (times[-1] - times[0]) * 1e3 / len(gaps)
+        if not 0.9 * cycle <= means[ch] <= 1.1 * cycle or min(gaps) < cycle / 2:
+            fail("channel %d: a result every %.1f ms, gaps %r; want %d" %
+                 (ch, means[ch], [round(g) for g in gaps], cycle))
+    ev = list(w.events)
+    sw = [(e[1], e[3]) for e in ev if e[0] == cmiSwitcherChannel]
+    if len(sw) < 20 or sw[0][0] != 2 or any(b[0] != order[a[0]] for a, b in zip(sw, sw[1:])):
+        fail("switch moves %r, want 2, 4, 1, 2, ..." % [c for c, _ in sw])
+    # On the instrument's clock: a move, its dead time, the channel's P.
+    bad = [(a, b) for a, b in zip(sw, sw[1:]) if abs(b[1] - a[1] - 6 - period[a[0]]) > 1]
+    if bad:
+        fail("moves (channel, tick) not a dead time and a P apart: %r" % bad[:5])
+    nm = {mode: freqs[ch] for ch, mode in CMI_WAVELENGTH.items()}
+    results = [e for e in ev if e[0] in nm]
+    wrong = [e[:3] for e in results if not near(e[2], C / nm[e[0]])]
+    if wrong or CMI_WAVELENGTH[3] in [e[0] for e in results] or len(results) < 27:
+        fail("cmiWavelengthN events: %d, wrong %r" % (len(results), wrong[:5]))
+    if not {period[1], period[2], period[4]} <= {e[1] for e in ev if e[0] == cmiTimePerMeasurement}:
+        fail("cmiTimePerMeasurement %r" % [e[1] for e in ev if e[0] == cmiTimePerMeasurement])
+    # SetSwitcherChannel while cycling: the next measurement is of the
+    # channel set, even one not in use, and the cycle goes on from there.
+    # The loop above ended just after a result, i.e. a measurement's end:
+    # 15 ms later the next one (P >= 22 ms) is under way, past its dead time.
+    time.sleep(0.015)
+    if w.SetSwitcherChannel(3) != 0:
+        fail("SetSwitcherChannel(3) while cycling")
+    _, v = collect(w, 3, 1, 2)[0]
+
+    def moves(ev):
+        return [e[1] for e in ev if e[0] == cmiSwitcherChannel]
+    ev = w.wait_events(lambda ev: 3 in moves(ev)[:-1], 2, "a move after the one to 3")
+    after = moves(ev)[moves(ev).index(3) + 1:]
+    if v != freqs[3] or after[:1] != [4]:
+        fail("after SetSwitcherChannel(3): channel 3 read %r, then moves %r" % (v, after))
+    time.sleep(0.25)  # absence cannot be waited for: about 2 cycles
+    if w.GetFrequencyNum(3, 0) != ErrNoNewValueYet:
+        fail("channel 3 measured again")
+    # Manual mode again: the switch stays, only its channel gets results.
+    if w.SetSwitcherMode(0) != 0 or w.GetSwitcherMode(0) != 0:
+        fail("SetSwitcherMode(0) while cycling")
+    here = w.GetSwitcherChannel(0)
+    time.sleep(0.05)  # moves made before the call may still be on their way
+    n = len(moves(w.events))
+    for ch in freqs:
+        w.GetFrequencyNum(ch, 0)  # read-once: what the pipeline held is taken
+    time.sleep(0.3)  # absence cannot be waited for: about 2.5 cycles
+    if moves(w.events)[n:] or w.GetSwitcherChannel(0) != here:
+        fail("the switch moved in manual mode: %r, now on %d" %
+             (moves(w.events)[n:], w.GetSwitcherChannel(0)))
+    news = {ch: w.GetFrequencyNum(ch, 0) for ch in freqs}
+    want = {ch: freqs[ch] if ch == here else ErrNoNewValueYet for ch in freqs}
+    if news != want:
+        fail("after SetSwitcherMode(0) on channel %d: %r" % (here, news))
+    w.remove()
+    print("     a result every %s ms (cycle %d ms), %d moves" %
+          ("/".join("%.1f" % means[ch] for ch in (1, 2, 4)), cycle, len(sw)))
 
 
 def test_exposure_range():
@@ -401,9 +520,11 @@ def test_server_gone_and_back():
     w.set(freqs="1:384.1", count=0)
     gets = [w.GetFrequencyNum(1, 0), w.GetWavelengthNum(1, 0), w.GetExposureNum(1, 1, 0),
             w.GetChannelsCount(0), w.GetWLMVersion(0), w.GetSwitcherChannel(0),
-            w.GetSwitcherMode(0), w.GetDeviationSignalNum(1, 0), w.GetExposureRange(0)]
+            w.GetSwitcherMode(0), w.GetDeviationSignalNum(1, 0), w.GetExposureRange(0),
+            w.signal_states(1)[0]]
     sets = [w.SetSwitcherChannel(2), w.SetExposureNum(1, 1, 5), w.SetSwitcherMode(0),
-            w.SetDeviationSignalNum(1, 0.0), w.SetExposureModeNum(1, True)]
+            w.SetDeviationSignalNum(1, 0.0), w.SetExposureModeNum(1, True),
+            w.SetSwitcherSignalStates(1, 1, 1)]
     if w.GetWLMCount(0) != 0 or set(gets) != {ErrWlmMissing} or set(sets) != {ResERR_WlmMissing}:
         fail("server gone: count %d, gets %r, sets %r" % (w.GetWLMCount(0), gets, sets))
     time.sleep(0.05)  # results made visible before the change may still be on their way
@@ -488,7 +609,7 @@ def test_every_call_logged():
     w.remove()
     for name, (_, args) in PROTOTYPES.items():
         if name != "Instantiate":
-            getattr(w, name)(*[1] * len(args))
+            getattr(w, name)(*[ctypes.byref(i32()) if a is i32p else 1 for a in args])
     names = [c[0] for c in w.calls()]
     missing = [n for n in PROTOTYPES if n not in names]
     if missing or names[:2] != ["block", "GetWLMCount"]:
@@ -504,6 +625,7 @@ run_tests([
     ("channel_errors", test_channel_errors),
     ("auto_exposure", test_auto_exposure),
     ("notifications", test_notifications),
+    ("cycling", test_cycling),
     ("exposure_range", test_exposure_range),
     ("channels", test_channels),
     ("server_gone_and_back", test_server_gone_and_back),

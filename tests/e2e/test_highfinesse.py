@@ -520,6 +520,42 @@ def test_start_checks_against_the_instrument():
     start_fails(hf_config([1]), fake, ["exposure_ms 5 is outside", "10..9999"])
 
 
+def test_cycling_switch_mode():
+    # The instrument cycles through the lasers by itself and files each
+    # result under its channel: every reading is its own laser's, each laser
+    # is read about once per cycle (no results thrown away), and the mode the
+    # switch had is put back at exit.
+    fake = Fake(freqs="1:384.1,2:751.5,4:346.0")
+    cfg = always_due(hf_config([1, 2, 4]))
+    cfg["wavemeter"]["switch_mode"] = "cycling"
+    with Daemon(cfg, env=fake.env) as d:
+        for laser in ("L1", "L2", "L4"):
+            wait_status(d, laser, "ok")
+        rates = reads_per_s(d)
+        cycle_s = 3 * (5 + 12) / 1000.0
+        for laser, thz in (("L1", 384.1), ("L2", 751.5), ("L4", 346.0)):
+            samples = d.result("history", {"laser": laser})["samples"]
+            bad = [x for x in samples if x["status"] != "ok" or abs(x["frequency_thz"] - thz) > 1e-9]
+            if bad:
+                fail("%s: readings of another laser: %r" % (laser, bad[:3]))
+            if rates[laser] < 0.6 / cycle_s:
+                fail("%s read %.1f times a second, the cycle is %.0f ms" %
+                     (laser, rates[laser], cycle_s * 1e3))
+    calls = fake.calls()
+    if ["SetSwitcherMode", "1", "=", "0"] not in calls:
+        fail("cycling not started: %r" % [c for c in calls if "Switcher" in c[0]])
+    if any(c[0] == "SetSwitcherChannel" for c in calls):
+        fail("the switch was moved by hand while cycling")
+    used = sorted(int(c[1]) for c in calls if c[0] == "SetSwitcherSignalStates" and c[2] == "1")
+    if used != [1, 2, 4]:
+        fail("channels in use %r, want [1, 2, 4]" % used)
+    modes = [c for c in calls if c[0] in ("GetSwitcherMode", "SetSwitcherMode")]
+    if modes[0][0] != "GetSwitcherMode" or modes[-1][:2] != ["SetSwitcherMode", modes[0][-1]]:
+        fail("switch mode not put back at exit: %r" % modes)
+    print("     cycling: %s reads/s (cycle %.0f ms)" %
+          (["%.1f" % rates[k] for k in ("L1", "L2", "L4")], cycle_s * 1e3))
+
+
 run_tests([
     ("reading", test_reading),
     ("statuses", test_statuses),
@@ -541,4 +577,5 @@ run_tests([
     ("each_measurement_once", test_each_measurement_once),
     ("auto_exposure_read_back", test_auto_exposure_read_back),
     ("start_checks_against_the_instrument", test_start_checks_against_the_instrument),
+    ("cycling_switch_mode", test_cycling_switch_mode),
 ])

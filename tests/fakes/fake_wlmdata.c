@@ -14,10 +14,12 @@
  *  2. A measurement sees the light of the channel the switch was on when it
  *     started: a switch during an exposure spoils it (old light).
  *  3. Its result becomes visible when FAKE_WLM_PIPELINE_DEPTH - 1 further
- *     measurements have ended (depth 1: at its own end), and is attributed to
- *     the channel the switch is on then. So after a switch the new channel's
- *     first depth results hold the old light (the vendor's trap); the next
- *     one is the new light.
+ *     measurements have ended (depth 1: at its own end). In manual switch
+ *     mode (SetSwitcherMode(0), as the driver sets it to switch by itself)
+ *     it is attributed to the channel the switch is on then. So after a
+ *     switch the new channel's first depth results hold the old light (the
+ *     vendor's trap); the next one is the new light. In cycling mode it is
+ *     attributed to the channel it measured (rule 9): no trap.
  *  4. The light of input ch is its FAKE_WLM_FREQS value, tuned by
  *     FAKE_WLM_TUNE, through FAKE_WLM_ROUTE, as it was when the measurement
  *     started; a value <= 0 is the error the measurement yields (-3
@@ -54,8 +56,38 @@
  *     Instantiate(1, cNotifyRemoveCallback 1, 0, 0) (and unloading the
  *     library) stops the thread; after it returns fn is not called again.
  *     Unread events beyond 1024 are dropped, oldest first.
- * Not modelled: cycling switch mode (SetSwitcherMode only stores the mode),
- * triggers, calibration.
+ *  9. Switch modes: GetSwitcherMode returns what SetSwitcherMode last set; 0
+ *     is manual (the switch moves only by SetSwitcherChannel), any other
+ *     value cycling, and the fake starts in 1 with no channel in use (the
+ *     switch then stays put, so it measures one channel as in manual mode
+ *     but without the trap). SetSwitcherSignalStates(ch, use, show) puts
+ *     channel ch in the cycle or takes it out (show is only stored);
+ *     GetSwitcherSignalStates(ch, &use, &show) reads them back (0/1). In
+ *     cycling mode, whenever a measurement ends (after its result, if any,
+ *     became visible) the switch advances by itself to the next channel in
+ *     use after its own, ascending and wrapping; it stays when its own is
+ *     the only one in use or none is. A move adds FAKE_WLM_CYCLE_SWITCH_MS of
+ *     dead time before the next exposure starts; staying adds none. Each
+ *     measurement uses its own channel's exposures (rule 1), so P varies
+ *     along the cycle, and a channel in use gets a new result once a cycle:
+ *     the sum of the P of the channels in use, plus their dead times. Its
+ *     result keeps the light of the channel at its start (rule 2) and, when
+ *     it becomes visible with the same latency as in rule 3, is filed under
+ *     that channel, whatever the switch is on then. Which mode applies is
+ *     decided then: after SetSwitcherMode(0) (the switch stays where it is)
+ *     the results still in the pipeline are filed under the switch's
+ *     channel, as after a manual switch; after SetSwitcherMode(1) those of
+ *     manual measurements are filed under the channels they measured.
+ *     cmiSwitcherChannel is sent on every move (res1 = the tick of the
+ *     measurement's end), cmiWavelengthN per result, cmiTimePerMeasurement
+ *     whenever P changes, i.e. along the cycle. SetSwitcherChannel in cycling
+ *     mode is not documented by the vendor (its manual describes it for
+ *     non-switch mode; pyLabLib leaves cycling mode before calling it): here
+ *     the switch moves at once, the measurement under way stays that of its
+ *     channel, the next one is of the channel set, without dead time (or
+ *     the one waiting out a dead time starts on it as planned), and cycling
+ *     goes on from there. FAKE_WLM_FOREIGN_SWITCH moves it the same way.
+ * Not modelled: triggers, calibration, the switch's "show" (display only).
  *
  * Script, read on every call: the environment, overridden by the lines
  * NAME=value of the file named by FAKE_WLM_CONTROL (so a test can change it
@@ -88,6 +120,8 @@
  *                      mode is auto (default 37 for a channel not listed)
  *   FAKE_WLM_SWITCH_RC what SetSwitcherChannel returns (default 0); non-zero:
  *                      the switch does not move
+ *   FAKE_WLM_CYCLE_SWITCH_MS  dead time of a move of the switch in cycling
+ *                      mode (rule 9; default 0, >= 0)
  *   FAKE_WLM_FOREIGN_SWITCH  N > 0: every GetFrequencyNum, after its answer,
  *                      moves the switch to channel N, as another program would
  *   FAKE_WLM_BLOCK     "Name:ms" or "Name:hang": every call of the function
@@ -217,6 +251,8 @@ int32_t GetSwitcherMode(int32_t v);
 int32_t SetSwitcherMode(int32_t mode);
 int32_t GetSwitcherChannel(int32_t v);
 int32_t SetSwitcherChannel(int32_t ch);
+int32_t GetSwitcherSignalStates(int32_t signal, int32_t *use, int32_t *show);
+int32_t SetSwitcherSignalStates(int32_t signal, int32_t use, int32_t show);
 int32_t SetDeviationSignalNum(int32_t port, double mv);
 double GetDeviationSignalNum(int32_t port, double ignored);
 
@@ -237,7 +273,7 @@ struct route {
 struct script {
     double freq[MAX_CH + 1];
     int auto_ms[MAX_CH + 1];
-    int count, version, serial, opstate, switch_rc, foreign, deviation_rc;
+    int count, version, serial, opstate, switch_rc, foreign, deviation_rc, cycle_switch_ms;
     int channels, depth, readout_ms, new_errors, expo_min, expo_max;
     int ntune, nroute;
     struct tune tune[MAX_TUNE];
@@ -248,6 +284,7 @@ struct script {
 struct result {
     double value;        /* THz, or the error value (<= 0) */
     int64_t expo_end_ns; /* when its exposure ended */
+    int ch;              /* the switch's channel when it started */
 };
 
 struct event {
@@ -260,18 +297,21 @@ static struct {
     pthread_mutex_t mu;
     struct script s; /* as loaded by the latest call */
     int32_t switch_mode, switch_channel;
+    bool use[MAX_CH + 1], show[MAX_CH + 1]; /* SetSwitcherSignalStates */
+    bool set_by_call;                   /* the switch, since the measurement under way started */
     int32_t exposure_ms[MAX_CH + 1][3]; /* [ch][array 1|2] */
     bool auto_exposure[MAX_CH + 1];
     double analog_mv[MAX_PORT + 1];
     /* The clock: everything up to sim_ns has happened. */
     int64_t t0_ns, sim_ns;
     bool observed;
-    bool running; /* as of sim_ns */
-    double light; /* on the switch's channel as of sim_ns */
+    bool running;             /* as of sim_ns */
+    double light[MAX_CH + 1]; /* on each input as of sim_ns */
     bool measuring;
     struct {
+        int ch;
         double light;
-        int64_t expo_end_ns, end_ns;
+        int64_t start_ns, expo_end_ns, end_ns; /* start_ns > sim_ns: dead time */
     } cur;
     int32_t period_ms; /* of the latest measurement started */
     struct result pipe[MAX_DEPTH];
@@ -588,6 +628,7 @@ static void script_load(struct script *s) {
     s->switch_rc = knob_int(control, "FAKE_WLM_SWITCH_RC", 0);
     s->foreign = knob_int(control, "FAKE_WLM_FOREIGN_SWITCH", 0);
     s->deviation_rc = knob_int(control, "FAKE_WLM_DEVIATION_RC", 0);
+    s->cycle_switch_ms = clamp_int(knob_int(control, "FAKE_WLM_CYCLE_SWITCH_MS", 0), 0, 100000);
     s->channels = clamp_int(knob_int(control, "FAKE_WLM_CHANNELS", 8), 0, MAX_CH);
     s->depth =
         knob_int(control, "FAKE_WLM_PIPELINE_DEPTH", knob_int(control, "FAKE_WLM_PIPELINE", 3));
@@ -659,8 +700,9 @@ static void notify(int32_t mode, int32_t intval, double dblval, int32_t res1) {
     pthread_cond_broadcast(&st.cond);
 }
 
-/* A measurement starts at t on the switch's channel, seeing light. */
-static void measurement_start(int64_t t, double light) {
+/* A measurement starts at t on the switch's channel, seeing its light
+ * (light[] by input). */
+static void measurement_start(int64_t t, const double *light) {
     int ch = st.switch_channel;
     int32_t expo_ms = exposure_now(ch, 1) + exposure_now(ch, 2);
     int32_t period_ms = expo_ms + st.s.readout_ms;
@@ -668,7 +710,10 @@ static void measurement_start(int64_t t, double light) {
     if (period_ms < 1)
         period_ms = 1;
     st.measuring = true;
-    st.cur.light = light;
+    st.set_by_call = false;
+    st.cur.ch = ch;
+    st.cur.light = light[ch];
+    st.cur.start_ns = t;
     st.cur.expo_end_ns = t + expo_ms * NS_PER_MS;
     st.cur.end_ns = t + period_ms * NS_PER_MS;
     if (period_ms != st.period_ms) {
@@ -677,9 +722,10 @@ static void measurement_start(int64_t t, double light) {
     }
 }
 
-/* The result r becomes visible, under the channel the switch is on now. */
+/* The result r becomes visible: in manual mode under the channel the
+ * switch is on now, in cycling mode under the one it measured. */
 static void result_show(struct result r) {
-    int ch = st.switch_channel;
+    int ch = st.switch_mode != 0 ? r.ch : st.switch_channel;
     int32_t mode = cmi_wavelength(ch);
 
     st.res[ch].have = true;
@@ -692,7 +738,7 @@ static void result_show(struct result r) {
 /* The measurement under way ends: into the pipeline, which lets out what
  * has now waited depth - 1 measurements. */
 static void measurement_end(void) {
-    st.pipe[st.npipe++] = (struct result){st.cur.light, st.cur.expo_end_ns};
+    st.pipe[st.npipe++] = (struct result){st.cur.light, st.cur.expo_end_ns, st.cur.ch};
     while (st.npipe > st.s.depth - 1) {
         struct result r = st.pipe[0];
 
@@ -702,23 +748,61 @@ static void measurement_end(void) {
     }
 }
 
+/* The switch moves to ch at t (the instrument's move or a call's). */
+static void switch_move(int32_t ch, int64_t t) {
+    if (ch == st.switch_channel)
+        return;
+    st.switch_channel = ch;
+    notify(cmiSwitcherChannel, ch, 0.0, tick_ms(t));
+}
+
+/* Cycling mode: the channel in use after the switch's, ascending and
+ * wrapping; the switch's own when it is the only one in use or none is. */
+static int32_t cycle_next(void) {
+    int n = st.s.channels;
+
+    for (int i = 1; i <= n; i++) {
+        int32_t ch = (int32_t)((st.switch_channel - 1 + i) % n + 1);
+
+        if (st.use[ch])
+            return ch;
+    }
+    return st.switch_channel;
+}
+
 /* Runs the instrument from st.sim_ns to t, running or not, with this light
- * on the switch's channel all along (the switch does not move meanwhile). */
-static void advance(int64_t t, bool running, double light) {
+ * on each input all along (light[] by input). Only cycling moves the switch
+ * meanwhile, at the end of a measurement. */
+static void advance(int64_t t, bool running, const double *light) {
     if (!running) {
         st.measuring = false;
     } else {
-        if (!st.measuring)
-            measurement_start(st.sim_ns, light);
+        /* One waiting out a dead time starts with what holds then. */
+        if (!st.measuring || st.cur.start_ns > st.sim_ns)
+            measurement_start(st.measuring ? st.cur.start_ns : st.sim_ns, light);
         while (st.cur.end_ns <= t) {
-            int64_t end_ns = st.cur.end_ns;
+            int64_t next_ns = st.cur.end_ns;
+            int32_t ch;
 
             measurement_end();
-            measurement_start(end_ns, light);
+            /* A channel set by a call is measured before cycling goes on. */
+            if (st.switch_mode != 0 && !st.set_by_call &&
+                (ch = cycle_next()) != st.switch_channel) {
+                switch_move(ch, next_ns);
+                next_ns += st.s.cycle_switch_ms * NS_PER_MS;
+            }
+            measurement_start(next_ns, light);
         }
     }
     if (t > st.sim_ns)
         st.sim_ns = t;
+}
+
+/* What each input shows now (light[1..MAX_CH]). */
+static void lights_now(double *light) {
+    light[0] = 0;
+    for (int ch = 1; ch <= MAX_CH; ch++)
+        light[ch] = shown(&st.s, ch);
 }
 
 /* When the file at path last changed, on the monotonic clock. */
@@ -752,14 +836,14 @@ static int64_t inputs_changed_ns(const struct script *s, int64_t mono_now) {
 static void observe(void) {
     int64_t now, change;
     bool running;
-    double light;
+    double light[MAX_CH + 1];
 
     script_load(&st.s);
     now = clock_ns(CLOCK_MONOTONIC);
     if (now < st.sim_ns)
         now = st.sim_ns;
     running = st.s.count > 0 && st.s.opstate == 2;
-    light = shown(&st.s, st.switch_channel);
+    lights_now(light);
     change = st.observed ? inputs_changed_ns(&st.s, now) : st.sim_ns;
     if (change < st.sim_ns)
         change = st.sim_ns;
@@ -768,17 +852,19 @@ static void observe(void) {
     advance(change, st.running, st.light);
     advance(now, running, light);
     st.running = running;
-    st.light = light;
+    memcpy(st.light, light, sizeof(st.light));
     st.observed = true;
 }
 
-/* The switch moves to ch now (after observe). */
-static void switch_move(int32_t ch) {
-    if (ch == st.switch_channel)
-        return;
-    st.switch_channel = ch;
-    st.light = shown(&st.s, ch);
-    notify(cmiSwitcherChannel, ch, 0.0, tick_ms(st.sim_ns));
+/* A call moves the switch to ch now (after observe). In cycling mode the
+ * next measurement is of ch: one waiting out a dead time starts on it as
+ * planned, and the end of the one under way does not advance the switch. */
+static void switch_set(int32_t ch) {
+    switch_move(ch, st.sim_ns);
+    if (st.measuring && st.cur.start_ns > st.sim_ns)
+        measurement_start(st.cur.start_ns, st.light);
+    else
+        st.set_by_call = true;
 }
 
 /* ---- Notifications ---- */
@@ -992,7 +1078,7 @@ double GetFrequencyNum(int32_t num, double ignored) {
     observe();
     r = result_get(num, st.freq_read);
     if (st.s.count > 0 && channel_ok(st.s.foreign))
-        switch_move(st.s.foreign);
+        switch_set(st.s.foreign);
     pthread_mutex_unlock(&st.mu);
     trace("GetFrequencyNum %d = %.9f", (int)num, r);
     return r;
@@ -1153,9 +1239,53 @@ int32_t SetSwitcherChannel(int32_t ch) {
     if (r == 0 && !channel_ok(ch))
         r = ResERR_ParmOutOfRange;
     if (r == 0)
-        switch_move(ch);
+        switch_set(ch);
     pthread_mutex_unlock(&st.mu);
     trace("SetSwitcherChannel %d = %d", (int)ch, (int)r);
+    return r;
+}
+
+/* The vendor's Use and Show are 0 or 1; *use and *show are left alone on an
+ * error, and a NULL one is not written. */
+int32_t GetSwitcherSignalStates(int32_t signal, int32_t *use, int32_t *show) {
+    int32_t r = 0, u = 0, v = 0;
+
+    block_if("GetSwitcherSignalStates");
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ErrWlmMissing;
+    else if (!channel_ok(signal))
+        r = ErrChannelNotAvailable;
+    else {
+        u = st.use[signal];
+        v = st.show[signal];
+    }
+    pthread_mutex_unlock(&st.mu);
+    if (r == 0 && use != NULL)
+        *use = u;
+    if (r == 0 && show != NULL)
+        *show = v;
+    trace("GetSwitcherSignalStates %d = %d %d %d", (int)signal, (int)r, (int)u, (int)v);
+    return r;
+}
+
+int32_t SetSwitcherSignalStates(int32_t signal, int32_t use, int32_t show) {
+    int32_t r = 0;
+
+    block_if("SetSwitcherSignalStates");
+    pthread_mutex_lock(&st.mu);
+    observe();
+    if (st.s.count <= 0)
+        r = ResERR_WlmMissing;
+    else if (!channel_ok(signal))
+        r = ResERR_ParmOutOfRange;
+    else {
+        st.use[signal] = use != 0;
+        st.show[signal] = show != 0;
+    }
+    pthread_mutex_unlock(&st.mu);
+    trace("SetSwitcherSignalStates %d %d %d = %d", (int)signal, (int)use, (int)show, (int)r);
     return r;
 }
 
@@ -1170,7 +1300,7 @@ int32_t SetDeviationSignalNum(int32_t port, double mv) {
         r = ResERR_ParmOutOfRange;
     if (r == 0) {
         st.analog_mv[port] = mv;
-        st.light = shown(&st.s, st.switch_channel); /* the laser moves now */
+        lights_now(st.light); /* the laser moves now */
     }
     pthread_mutex_unlock(&st.mu);
     trace("SetDeviationSignalNum %d %.6f = %d", (int)port, mv, (int)r);
