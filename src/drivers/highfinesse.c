@@ -589,18 +589,127 @@ static int hf_probe_cycling(struct hf_dev *d, struct hf_job *j) {
     return 0;
 }
 
-/* The library's notifications arrive on its own thread and carry no
- * pointer of ours: the one value we take from them (the measurement period)
- * goes into this atomic, the driver's only global (one wavemeter per
- * process). */
+/*
+ * The library's notifications arrive on its own thread and carry no pointer
+ * of ours, so what we take from them lives here, the driver's only global
+ * state (one wavemeter per process):
+ * - the measurement period (cmiTimePerMeasurement);
+ * - the instrument's clock: each result notification (cmiWavelengthN)
+ *   carries the instrument's ms tick at the end of that measurement's
+ *   exposure, and each switch notification (cmiSwitcherChannel) the tick of
+ *   the move. A move is notified as it happens, so our clock at its arrival
+ *   minus its tick bounds the offset between the clocks from above; the
+ *   smallest of the recent bounds is the estimate (network and scheduling
+ *   delays only add).
+ * - each channel's recent results with their ticks, so that a result read
+ *   with GetFrequencyNum is stamped at its measurement, however late it
+ *   was fetched.
+ */
+#define HF_NOTE_RESULTS 8  /* recent results kept per channel */
+#define HF_NOTE_OFFSETS 32 /* recent clock-offset bounds kept */
+#define HF_CHANNELS_MAX 17 /* cmiWavelength1..17 */
+
 static atomic_int hf_notified_period_ms;
 
+static struct {
+    pthread_mutex_t mu;
+    const struct clock *clk; /* set at open, before the callback is installed */
+    struct {
+        double nm;
+        int64_t tick_ms; /* unwrapped */
+    } results[HF_CHANNELS_MAX + 1][HF_NOTE_RESULTS];
+    unsigned head[HF_CHANNELS_MAX + 1];
+    int64_t offsets_ns[HF_NOTE_OFFSETS]; /* our ns minus tick ns, bounds */
+    unsigned noffsets, offsets_head;
+    int64_t tick_ms; /* the last tick, unwrapped (the vendor's is 32 bits) */
+    bool have_tick;
+} hf_notes = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Which channel a cmiWavelengthN mode is, 0 if none (wlmData.h). */
+static int hf_wavelength_mode_channel(int32_t mode) {
+    if (mode == 42 || mode == 43)
+        return mode - 41;
+    if (mode >= 90 && mode <= 95)
+        return mode - 87;
+    if (mode == 1130)
+        return 9;
+    if (mode >= 1355 && mode <= 1362)
+        return mode - 1345;
+    return 0;
+}
+
+/* Under hf_notes.mu: the vendor's 32-bit ms tick, unwrapped. */
+static int64_t hf_unwrap_tick(int32_t tick) {
+    if (!hf_notes.have_tick) {
+        hf_notes.tick_ms = tick;
+        hf_notes.have_tick = true;
+    } else {
+        hf_notes.tick_ms += (int32_t)((uint32_t)tick - (uint32_t)hf_notes.tick_ms);
+    }
+    return hf_notes.tick_ms;
+}
+
+#define WLM_CMI_SWITCHER_CHANNEL 203
+
 static void hf_notify(int32_t ver, int32_t mode, int32_t intval, double dblval, int32_t res1) {
+    int ch;
+
     (void)ver;
-    (void)dblval;
-    (void)res1;
-    if (mode == WLM_CMI_TIME_PER_MEAS && intval > 0)
-        atomic_store(&hf_notified_period_ms, (int)intval);
+    if (mode == WLM_CMI_TIME_PER_MEAS) {
+        if (intval > 0)
+            atomic_store(&hf_notified_period_ms, (int)intval);
+        return;
+    }
+    if (mode == WLM_CMI_SWITCHER_CHANNEL) {
+        int64_t now_ns = (int64_t)clock_now_ns(hf_notes.clk);
+
+        pthread_mutex_lock(&hf_notes.mu);
+        hf_notes.offsets_ns[hf_notes.offsets_head] = now_ns - hf_unwrap_tick(res1) * 1000000;
+        hf_notes.offsets_head = (hf_notes.offsets_head + 1) % HF_NOTE_OFFSETS;
+        if (hf_notes.noffsets < HF_NOTE_OFFSETS)
+            hf_notes.noffsets++;
+        pthread_mutex_unlock(&hf_notes.mu);
+        return;
+    }
+    if ((ch = hf_wavelength_mode_channel(mode)) == 0 || !(dblval > 0))
+        return;
+    pthread_mutex_lock(&hf_notes.mu);
+    hf_notes.results[ch][hf_notes.head[ch]].nm = dblval;
+    hf_notes.results[ch][hf_notes.head[ch]].tick_ms = hf_unwrap_tick(intval);
+    hf_notes.head[ch] = (hf_notes.head[ch] + 1) % HF_NOTE_RESULTS;
+    pthread_mutex_unlock(&hf_notes.mu);
+}
+
+/*
+ * When result thz of channel ch ended its exposure, on our clock: from its
+ * notification and the clock offset. false when either is unknown (no
+ * notifications, no switch has moved yet, or the result was not notified).
+ */
+static bool hf_measured_at(int32_t ch, double thz, uint64_t *end_ns) {
+    double nm = 299792.458 / thz;
+    bool found = false;
+    int64_t tick_ms = 0, offset_ns = INT64_MAX;
+
+    if (ch < 1 || ch > HF_CHANNELS_MAX)
+        return false;
+    pthread_mutex_lock(&hf_notes.mu);
+    for (unsigned k = 1; k <= HF_NOTE_RESULTS && !found; k++) {
+        unsigned i = (hf_notes.head[ch] + HF_NOTE_RESULTS - k) % HF_NOTE_RESULTS;
+        double x = hf_notes.results[ch][i].nm;
+
+        if (x > 0 && fabs(x - nm) <= 1e-9 * nm) {
+            found = true;
+            tick_ms = hf_notes.results[ch][i].tick_ms;
+        }
+    }
+    for (unsigned k = 0; k < hf_notes.noffsets; k++)
+        if (hf_notes.offsets_ns[k] < offset_ns)
+            offset_ns = hf_notes.offsets_ns[k];
+    pthread_mutex_unlock(&hf_notes.mu);
+    if (!found || offset_ns == INT64_MAX || tick_ms * 1000000 + offset_ns <= 0)
+        return false;
+    *end_ns = (uint64_t)(tick_ms * 1000000 + offset_ns);
+    return true;
 }
 
 /*
@@ -621,6 +730,9 @@ static void hf_probe_modes(struct hf_dev *d) {
     r = d->api.Instantiate(WLM_INST_RETURN_MODE, 1, 0, 0);
     hf_call_end(d);
     d->read_once = r != 0;
+    pthread_mutex_lock(&hf_notes.mu);
+    hf_notes.clk = d->clk;
+    pthread_mutex_unlock(&hf_notes.mu);
     hf_call_begin(d, "Instantiate");
     r = d->api.Instantiate(WLM_INST_NOTIFICATION, WLM_NOTIFY_INSTALL_EX, (intptr_t)hf_notify, 0);
     hf_call_end(d);
@@ -912,16 +1024,26 @@ static int hf_no_result(struct hf_dev *d, int32_t ch, double last, int taken, in
     return 0;
 }
 
-/* Stamped when first seen, which is after its exposure by the readout and
- * the pipeline ahead of it: move the stamp to the middle of its exposure. */
-static void hf_unlag(struct wm_sample *out, uint64_t period_ms, int exposure_ms) {
-    uint64_t lag_ms = (uint64_t)(WLM_FLUSH_READS - 1) * period_ms + WLM_READOUT_MS +
-                      (uint64_t)(exposure_ms > 0 ? exposure_ms : 0) / 2;
-    uint64_t lag_ns = lag_ms * 1000000u;
+/*
+ * Stamp a reading at the middle of its exposure. With notifications, from
+ * the instrument's own time of that result (however late we fetched it);
+ * without, from when it was first seen, less the readout and the pipeline
+ * ahead of it.
+ */
+static void hf_unlag(const struct hf_dev *d, int32_t ch, double v, struct wm_sample *out,
+                     uint64_t period_ms, int exposure_ms) {
+    uint64_t half_ns = (uint64_t)(exposure_ms > 0 ? exposure_ms : 0) * 500000u;
+    uint64_t lag_ns, end_ns;
 
+    if (d->notified && v > 0 && hf_measured_at(ch, v, &end_ns) && end_ns <= out->t_ns) {
+        lag_ns = out->t_ns - end_ns + half_ns;
+    } else {
+        lag_ns =
+            ((uint64_t)(WLM_FLUSH_READS - 1) * period_ms + WLM_READOUT_MS) * 1000000u + half_ns;
+    }
     if (out->t_ns > lag_ns) {
         out->t_ns -= lag_ns;
-        out->time_unix -= (double)lag_ms * 1e-3;
+        out->time_unix -= (double)lag_ns * 1e-9;
     }
 }
 
@@ -969,7 +1091,7 @@ static int hf_read_cycling(struct hf_dev *d, const struct wm_read_req *req, stru
         if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
             break;
     }
-    hf_unlag(out, period_ms, req->exposure_ms);
+    hf_unlag(d, ch, v, out, period_ms, req->exposure_ms);
     hf_exposure_used(d, ch, out);
     return hf_map(v, out);
 }
@@ -1056,7 +1178,7 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
         if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
             break; /* the server is gone: no use waiting out the pipeline */
     }
-    hf_unlag(out, period_ms, req->exposure_ms);
+    hf_unlag(d, ch, v, out, period_ms, req->exposure_ms);
     hf_exposure_used(d, ch, out);
 
     if (d->owns_switch) {

@@ -533,6 +533,15 @@ def test_cycling_switch_mode():
             wait_status(d, laser, "ok")
         rates = reads_per_s(d)
         cycle_s = 3 * (5 + 12) / 1000.0
+        # Stamped at the measurement (the instrument's tick of it, through
+        # its notifications), not at the fetch: a result is fetched at least
+        # the readout and two measurements after its exposure.
+        ages = []
+        for _ in range(10):
+            ages.append(reading(d, "L2")["age_ms"])
+            time.sleep(0.013)  # spread the samples over the cycle
+        if min(ages) < 2 * 17 + 12:
+            fail("ages %r: a reading stamped when fetched, not when measured" % ages)
         for laser, thz in (("L1", 384.1), ("L2", 751.5), ("L4", 346.0)):
             samples = d.result("history", {"laser": laser})["samples"]
             bad = [x for x in samples if x["status"] != "ok" or abs(x["frequency_thz"] - thz) > 1e-9]
