@@ -573,6 +573,26 @@ def test_write_token():
         fail("short token file: %r" % bad.log())
 
 
+def test_schedule_warning_and_status():
+    # Four lasers that each want a read every 20 ms, at 10 ms a read (5 ms
+    # exposure, 5 ms settle): twice what the wavemeter can give. One warning
+    # at start-up with the numbers; status shows each laser's revisit period
+    # against its target.
+    cfg = sim_config([{"max_age_ms": 20}] * 4)
+    with Daemon(cfg) as d:
+        wait_for(lambda: "need 200% of the wavemeter's time" in d.log(), 5, "the warning")
+        if d.log().count("need 200%") != 1:
+            fail("warning repeated:\n" + d.log())
+        def revisits():
+            ch = d.result("status")["channels"]
+            return ch if all(c["revisit_ms"]["mean"] is not None for c in ch) else None
+        chans = wait_for(revisits, 5, "revisit periods")
+        for c in chans:
+            r = c["revisit_ms"]
+            if r["target"] != 20 or r["mean"] < 20 or r["max"] < r["mean"]:
+                fail("revisit %r" % c)
+
+
 run_tests([
     ("netcat_defaults", test_netcat_defaults),
     ("methods", test_methods),
@@ -596,4 +616,5 @@ run_tests([
     ("stalled_reader", test_stalled_reader_dropped),
     ("journald", test_journald_prefixes),
     ("write_token", test_write_token),
+    ("schedule_warning_and_status", test_schedule_warning_and_status),
 ])

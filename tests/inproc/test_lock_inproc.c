@@ -466,6 +466,45 @@ START_TEST(test_disconnect) {
 }
 END_TEST
 
+/* ---- 4c'. the schedule: locked lasers often, the others on their period ---- */
+
+/* One laser locked, three only measured every 300 ms (monitor_period_ms):
+ * the monitored ones come back about every 300 ms, never much later, and
+ * the locked one takes the rest of the wavemeter's time, with the switch
+ * left on it while nothing else is due. */
+START_TEST(test_schedule_deadlines) {
+    struct rig *r = rig_new(4, 80);
+    double mean_ms[4], max_ms[4];
+    uint64_t reads0;
+
+    r->cfg.monitor_period_ms = 300;
+    r->cfg.lasers[0].lock = true;
+    rig_go(r);
+    ck_assert(rig_wait_state(r, rig_laser(r, 0), LOCK_LOCKED, 20) >= 0);
+    rig_run_for(r, 10);
+    reads0 = r->meter.ch[0].reads;
+    rig_run_for(r, 10);
+    for (int i = 0; i < 4; i++)
+        meter_revisit_ms(&r->meter.ch[i], &mean_ms[i], &max_ms[i]);
+    /* A read after a switch costs settle + exposure, 30 ms here. */
+    for (int i = 1; i < 4; i++) {
+        ck_assert_msg(mean_ms[i] >= 300 && mean_ms[i] <= 300 + 3 * 30, "laser %d every %.1f ms", i,
+                      mean_ms[i]);
+        ck_assert_msg(max_ms[i] <= 300 + 4 * 30, "laser %d once %.1f ms late", i, max_ms[i]);
+    }
+    /* The locked one: 10 s minus 3 x 10/0.3 reads of the others at 30 ms
+     * each is about 9 s of its own, at 20 ms a read (no switch). */
+    uint64_t locked_reads = r->meter.ch[0].reads - reads0;
+    ck_assert_msg(locked_reads >= 300, "the locked laser read only %llu times in 10 s",
+                  (unsigned long long)locked_reads);
+    ck_assert_msg(mean_ms[0] < 60, "the locked laser every %.1f ms", mean_ms[0]);
+    printf("inproc: schedule: locked every %.1f ms (max %.1f), monitored every %.1f/%.1f/%.1f "
+           "ms (max %.1f)\n",
+           mean_ms[0], max_ms[0], mean_ms[1], mean_ms[2], mean_ms[3], max_ms[1]);
+    rig_end(r);
+}
+END_TEST
+
 /* ---- 4d. setpoint ramp ---- */
 
 START_TEST(test_setpoint_ramp) {
@@ -896,6 +935,7 @@ static Suite *lock_suite(void) {
     tcase_add_loop_test(tc, test_mode_hop, 0, (int)(sizeof(hop_rows) / sizeof(hop_rows[0])));
     tcase_add_loop_test(tc, test_auto_relock, 0,
                         (int)(sizeof(relock_rows) / sizeof(relock_rows[0])));
+    tcase_add_test(tc, test_schedule_deadlines);
     tcase_add_loop_test(tc, test_disconnect, 0,
                         (int)(sizeof(disconnect_rows) / sizeof(disconnect_rows[0])));
     tcase_add_test(tc, test_setpoint_ramp);
