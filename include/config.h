@@ -111,6 +111,8 @@ struct config {
     int answer_memory_max_bytes;
     int write_stall_timeout_s;
     int line_timeout_s;
+    int push_soft_bytes;    /* above this backlog, notifications are coalesced */
+    int max_subscriptions;  /* per connection */
 
     struct acl write_from;            /* peers allowed to use write methods */
     bool require_token;               /* writes also need the auth method first */

@@ -15,6 +15,7 @@
 #include "jsonrpc.h"
 #include "laser.h"
 #include "meter.h"
+#include "push.h"
 #include "server.h"
 #include "token.h"
 
@@ -28,6 +29,7 @@ struct daemon {
     struct token token; /* when cfg.require_token */
     struct server server;
     struct rpc_server rpc;
+    struct push push; /* subscriptions */
 
     uint64_t start_ns;
 
@@ -45,6 +47,12 @@ struct daemon {
 
 /* The method table (methods.c). Fills rpc for the daemon d. */
 void methods_init(struct rpc_server *rpc, struct daemon *d);
+
+/* After meter_init and lasers_init: their state changes reach subscribers. */
+void methods_listen(struct daemon *d);
+
+/* The meter's reading callback: the locks, then the subscribers. */
+void methods_on_reading(struct meter *m, const struct reading *r, void *ctx);
 
 /* New reference: one channel's latest reading as clients see it. */
 json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns);

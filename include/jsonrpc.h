@@ -80,6 +80,23 @@ struct rpc_access {
 
 /* What the server gives the envelope: the method table, limits and access
  * policy. Owned by the caller, outlives every rpc_line and rpc_session. */
+struct rpc_session;
+
+/* How notifications reach a session's connection (set by its owner, the
+ * server). Pushes wait while answers are owed, so an answer is never
+ * overtaken by a push it announces (a subscribe's), and while the backlog
+ * is large, so a slow reader gets coalesced pushes, not an unbounded queue. */
+struct rpc_sink {
+    void *conn;
+    /* Bytes written and not yet taken by the peer; *answers_owed: requests
+     * read and not yet answered on the wire. */
+    size_t (*backlog)(void *conn, bool *answers_owed);
+    /* Write one notification line: takes text (NUL-terminated, no newline). */
+    void (*write)(void *conn, char *text);
+    /* Close the connection now, unsent output dropped (a reader that stalls). */
+    void (*close)(void *conn, const char *why);
+};
+
 struct rpc_server {
     const struct rpc_method *methods;
     size_t nmethods;
@@ -88,6 +105,10 @@ struct rpc_server {
     /* Optional second lookup (e.g. sim.* methods); may be NULL. */
     const struct rpc_method *(*find)(void *ctx, const char *name);
     struct rpc_access access;
+    /* Optional: a session's connection took output (pushes may go on), and
+     * a session is about to be freed (drop what refers to it). */
+    void (*session_drained)(void *ctx, struct rpc_session *s);
+    void (*session_closed)(void *ctx, struct rpc_session *s);
 };
 
 /*
@@ -228,6 +249,13 @@ struct rpc_session *rpc_session_create(const struct rpc_server *srv, const struc
 /* Free s (NULL: no-op). Every line that carries it must be done or
  * abandoned first. */
 void rpc_session_destroy(struct rpc_session *s);
+/* The owner's sink for notifications (copied). */
+void rpc_session_set_sink(struct rpc_session *s, const struct rpc_sink *sink);
+const struct rpc_sink *rpc_session_sink(const struct rpc_session *s);
+/* One pointer for the notifications' per-session state (push.c). */
+void **rpc_session_push_slot(struct rpc_session *s);
+/* The owner: the connection took output; calls srv->session_drained. */
+void rpc_session_drained(struct rpc_session *s);
 /* The peer's "ADDR:PORT" as given to rpc_session_create. */
 const char *rpc_session_name(const struct rpc_session *s);
 

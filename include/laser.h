@@ -116,6 +116,9 @@ struct lasers {
     bool outputs_dirty;
     bool stopping;
     void (*on_stopped)(struct lasers *ls);
+    /* Optional: a laser's lock state changed (lock notifications). */
+    void (*on_state)(struct laser *l, void *ctx);
+    void *state_ctx;
 };
 
 /*

@@ -85,6 +85,9 @@ struct meter {
     meter_reading_cb on_reading;
     void *cb_ctx;
     meter_stopped_cb on_stopped;
+    /* Optional: the state changed (running, error, idle, ...). Loop thread. */
+    void (*on_state)(struct meter *m, void *ctx);
+    void *state_ctx;
 };
 
 /* Opens the driver named in cfg. Returns 0 or < 0 with err filled. */

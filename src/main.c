@@ -222,6 +222,7 @@ static void signal_cb(uv_signal_t *h, int signum) {
                meter_busy(&rt->d.meter) ? "yes" : "no");
     sd_notify(0, "STOPPING=1");
     rt->pending_stops = 2;
+    push_stop(&rt->d.push);
     server_stop(&rt->d.server, server_stopped);
     meter_stop(&rt->d.meter, meter_stopped);
 }
@@ -359,6 +360,10 @@ int main(int argc, char **argv) {
      * that cannot listen (port in use) must exit 1 at once, with nothing in
      * flight and no instrument spoken to. */
     methods_init(&d->rpc, d);
+    if ((rc = push_init(&d->push, &rt.loop, &d->cfg)) != 0) {
+        log_error("push: %s", uv_strerror(rc));
+        return 1;
+    }
     if ((rc = server_start(&d->server, &rt.loop, &d->cfg, &d->rpc, err, sizeof(err))) != 0) {
         log_error("%s", err);
         abort_start(&rt);
@@ -419,9 +424,11 @@ int main(int argc, char **argv) {
         uv_timer_start(&rt.watchdog, watchdog_cb, every_ms ? every_ms : 1, every_ms ? every_ms : 1);
     }
 
-    meter_start(&d->meter, lasers_on_reading, &d->lasers);
+    methods_listen(d);
+    meter_start(&d->meter, methods_on_reading, d);
     log_notice("wavemeterd %s: listening on %s, driver %s, %d channels, %d pool threads",
-               WMD_VERSION, d->server.bound, d->cfg.wavemeter.driver, d->meter.nch, d->cfg.threadpool_size);
+               WMD_VERSION, d->server.bound, d->cfg.wavemeter.driver, d->meter.nch,
+               d->cfg.threadpool_size);
     sd_notify(0, "READY=1");
     status_cb(&rt.status);
 

@@ -1,10 +1,11 @@
 /*
- * wavemeterctl: a command-line client for wavemeterd. Builds one JSON-RPC
- * request from the command line, sends it, prints the answer (pretty by
- * default) and exits 0 on a result, 1 on an error answer, 2 on a local or
- * connection problem. It knows no method: the daemon is the reference.
+ * wavemeterctl: the command-line client of wavemeterd, for people at a terminal and for
+ * scripts. It owns the command table (short names, positional arguments with their units,
+ * how each answer is shown), one connection and the exit codes. It checks no value the
+ * daemon checks and keeps no state: the daemon and docs/PROTOCOL.md are the reference.
  */
-#define _GNU_SOURCE /* getaddrinfo under -std=c11 */
+#define _GNU_SOURCE /* getaddrinfo, MSG_NOSIGNAL and open_memstream under -std=c11 */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -15,263 +16,1383 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Long enough for any read the daemon does (its own reads time out sooner). */
 #define DEFAULT_TIMEOUT_MS 10000
+/* The protocol's methods take at most four params (laser.set_setpoint). */
+#define MAX_ARGS 4
+/* Enough for any table the daemon answers with (status has eight columns). */
+#define MAX_COLUMNS 32
+/* A real as text: sign, 17 digits, point, "e-308" and the NUL, with room to spare. */
+#define REAL_TEXT_MAX 32
+
+/* The exit codes, as --help and wavemeterctl(1) list them. */
+enum ctl_exit {
+    CTL_OK = 0,      /* the daemon answered with a result */
+    CTL_ANSWER = 1,  /* the daemon answered with an error (or with no result) */
+    CTL_USAGE = 2,   /* the command line is wrong, or a token file given cannot be read */
+    CTL_CONNECT = 3, /* no connection, or no answer on it within the timeout */
+};
+
+/* ---- numbers and JSON text ---- */
 
 /*
- * The write token: from file if given (an error if unreadable), else the
- * daemon's cookie where a local install keeps it, if this user may read it.
- * Returns a malloc'd token or NULL (none, or an error already printed).
+ * x as the shortest of %.15g, %.16g and %.17g that reads back as x, spelled as jansson
+ * and the daemon spell reals (".0" on what would read as an integer, no '+' and no
+ * leading zeros in an exponent). The daemon writes 15 significant digits, which a double
+ * keeps exactly, so this is the text that came over the wire: 0.05, never
+ * 0.050000000000000003. buf has REAL_TEXT_MAX bytes.
  */
-static char *read_token(const char *file) {
-    static const char *const cookies[] = {"/var/lib/wavemeterd/cookie", "build/state/cookie"};
-    char buf[300];
-    FILE *f = NULL;
+static void real_text(char *buf, double x) {
+    char *e;
 
-    if (file) {
-        if ((f = fopen(file, "re")) == NULL) {
-            fprintf(stderr, "wavemeterctl: token file %s: %s\n", file, strerror(errno));
-            return NULL;
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, REAL_TEXT_MAX, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x)
+            break;
+    }
+    if ((e = strchr(buf, 'e')) != NULL) {
+        char *from = e + 1, *to = e + 1;
+        if (*from == '+')
+            from++;
+        else if (*from == '-')
+            from++, to++;
+        while (*from == '0' && from[1] != '\0')
+            from++;
+        memmove(to, from, strlen(from) + 1);
+    } else if (strchr(buf, '.') == NULL && strchr(buf, 'n') == NULL) {
+        strcat(buf, ".0"); /* not "inf" or "nan": JSON has neither, and we never print them */
+    }
+}
+
+/* A number's text as received: integers as they are, reals by real_text(). */
+static void number_text(char *buf, json_t *v) {
+    if (json_is_integer(v))
+        snprintf(buf, REAL_TEXT_MAX, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    else
+        real_text(buf, json_real_value(v));
+}
+
+static void put_json_string(FILE *f, const char *s, size_t n) {
+    putc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\u%04x", c);
+        else
+            putc(c, f);
+    }
+    putc('"', f);
+}
+
+/*
+ * v (borrowed) as JSON text: compact with indent 0, else jansson's indented layout with
+ * indent spaces a level. Reals keep their wire text (real_text), which json_dumps
+ * would not. depth is the level v is at.
+ */
+static void put_json(FILE *f, json_t *v, int indent, int depth) {
+    char num[REAL_TEXT_MAX];
+    const char *sep = indent ? ": " : ":";
+    bool first = true;
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        json_t *m;
+        if (json_object_size(v) == 0) {
+            fputs("{}", f);
+            return;
         }
-    } else {
-        for (size_t i = 0; i < sizeof(cookies) / sizeof(cookies[0]) && f == NULL; i++)
-            f = fopen(cookies[i], "re");
-        if (f == NULL)
+        putc('{', f);
+        json_object_foreach(v, key, m) {
+            fputs(first ? "" : ",", f);
+            if (indent)
+                fprintf(f, "\n%*s", indent * (depth + 1), "");
+            put_json_string(f, key, strlen(key));
+            fputs(sep, f);
+            put_json(f, m, indent, depth + 1);
+            first = false;
+        }
+        if (indent)
+            fprintf(f, "\n%*s", indent * depth, "");
+        putc('}', f);
+        return;
+    }
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *m;
+        if (json_array_size(v) == 0) {
+            fputs("[]", f);
+            return;
+        }
+        putc('[', f);
+        json_array_foreach(v, i, m) {
+            fputs(i ? "," : "", f);
+            if (indent)
+                fprintf(f, "\n%*s", indent * (depth + 1), "");
+            put_json(f, m, indent, depth + 1);
+        }
+        if (indent)
+            fprintf(f, "\n%*s", indent * depth, "");
+        putc(']', f);
+        return;
+    }
+    case JSON_STRING:
+        put_json_string(f, json_string_value(v), json_string_length(v));
+        return;
+    case JSON_INTEGER:
+    case JSON_REAL:
+        number_text(num, v);
+        fputs(num, f);
+        return;
+    case JSON_TRUE:
+        fputs("true", f);
+        return;
+    case JSON_FALSE:
+        fputs("false", f);
+        return;
+    case JSON_NULL:
+        fputs("null", f);
+        return;
+    }
+}
+
+/* ---- human output: units, labels, cells, tables ---- */
+
+/* Units by the suffix of a member's name (docs/PROTOCOL.md puts them there). */
+static const struct unit {
+    const char *suffix, *unit;
+} units[] = {
+    {"_thz", "THz"},          {"_nm", "nm"},
+    {"_mhz", "MHz"},          {"_mhz_per_s", "MHz/s"},
+    {"_mhz_per_v", "MHz/V"},  {"_v_per_mhz", "V/MHz"},
+    {"_v_per_mhz_s", "V/(MHz s)"}, {"_v_s_per_mhz", "V s/MHz"},
+    {"_v_per_s", "V/s"},      {"_v", "V"},
+    {"_s", "s"},              {"_ms", "ms"},
+    {"_ns", "ns"},            {"_bytes", "bytes"},
+};
+
+/* The unit of a member named key (the longest suffix that matches), or NULL. */
+static const struct unit *unit_of(const char *key) {
+    const struct unit *best = NULL;
+    size_t n = strlen(key);
+
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        size_t k = strlen(units[i].suffix);
+        if (k < n && strcmp(key + n - k, units[i].suffix) == 0 &&
+            (best == NULL || k > strlen(best->suffix)))
+            best = &units[i];
+    }
+    return best;
+}
+
+/* key without its unit suffix, '_' read as a space ("output_min_v" -> "output min"). */
+static void put_label(FILE *f, const char *key, bool upper) {
+    const struct unit *u = unit_of(key);
+    size_t n = strlen(key) - (u ? strlen(u->suffix) : 0);
+
+    for (size_t i = 0; i < n; i++) {
+        char c = key[i] == '_' ? ' ' : key[i];
+        putc(upper ? toupper((unsigned char)c) : c, f);
+    }
+}
+
+/* Columns in characters, not bytes: a reason may carry UTF-8. */
+static size_t text_width(const char *s) {
+    size_t w = 0;
+
+    for (; *s; s++)
+        w += ((unsigned char)*s & 0xc0) != 0x80;
+    return w;
+}
+
+/* Unix seconds as local time to the millisecond. */
+static void put_time(FILE *f, double unix_s) {
+    time_t t = (time_t)unix_s;
+    int ms = (int)((unix_s - (double)t) * 1000.0);
+    struct tm tm;
+    char buf[64];
+
+    if (localtime_r(&t, &tm) == NULL || strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm) == 0) {
+        fprintf(f, "%.3f", unix_s);
+        return;
+    }
+    fprintf(f, "%s.%03d", buf, ms < 0 ? 0 : ms);
+}
+
+static bool is_time_key(const char *key) {
+    return strcmp(key, "time") == 0 || strcmp(key, "since") == 0;
+}
+
+/*
+ * One value for people: strings bare, numbers as on the wire followed by unit (if not
+ * NULL), true/false as yes/no, null as "-", "time" and "since" as local time, arrays of
+ * scalars joined by commas, small objects as "key value, key value" with their units.
+ */
+static void put_human(FILE *f, json_t *v, const char *key, const char *unit) {
+    char num[REAL_TEXT_MAX];
+
+    switch (json_typeof(v)) {
+    case JSON_STRING:
+        fputs(json_string_value(v), f);
+        return;
+    case JSON_INTEGER:
+    case JSON_REAL:
+        if (key && is_time_key(key)) {
+            put_time(f, json_number_value(v));
+            return;
+        }
+        number_text(num, v);
+        fprintf(f, unit ? "%s %s" : "%s", num, unit);
+        return;
+    case JSON_TRUE:
+        fputs("yes", f);
+        return;
+    case JSON_FALSE:
+        fputs("no", f);
+        return;
+    case JSON_NULL:
+        putc('-', f);
+        return;
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *m;
+        if (json_array_size(v) == 0)
+            fputs("none", f);
+        json_array_foreach(v, i, m) {
+            fputs(i ? ", " : "", f);
+            put_human(f, m, NULL, unit);
+        }
+        return;
+    }
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *m;
+        bool first = true;
+        json_object_foreach(v, k, m) {
+            const struct unit *u = unit_of(k);
+            fputs(first ? "" : ", ", f);
+            put_label(f, k, false);
+            putc(' ', f);
+            put_human(f, m, k, u ? u->unit : unit);
+            first = false;
+        }
+        return;
+    }
+    }
+}
+
+/* New reference: put_human() of v as a JSON string, for a table cell. */
+static json_t *human_cell(json_t *v, const char *key, const char *unit) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    json_t *cell;
+
+    if (f == NULL)
+        return json_string("?");
+    put_human(f, v, key, unit);
+    fclose(f);
+    cell = json_stringn_nocheck(text, len);
+    free(text);
+    return cell;
+}
+
+/* A column of a table: a member of each row ("a.b": member b of member a). */
+struct column {
+    const char *path;
+    const char *head; /* NULL: the path's label in capitals, with its unit */
+    bool optional;    /* shown only when a row has it (not null, not false) */
+};
+
+/* Borrowed: the member of o at path, or NULL. */
+static json_t *member_at(json_t *o, const char *path) {
+    char part[128];
+    const char *dot;
+
+    while ((dot = strchr(path, '.')) != NULL) {
+        size_t n = (size_t)(dot - path);
+        if (n >= sizeof(part))
             return NULL;
+        memcpy(part, path, n);
+        part[n] = '\0';
+        o = json_object_get(o, part);
+        path = dot + 1;
+    }
+    return json_object_get(o, path);
+}
+
+/* The unit of the last part of path that has one ("revisit_ms.mean": ms). */
+static const char *path_unit(const char *path) {
+    char part[128];
+    const struct unit *u = unit_of(path);
+    const char *last = strrchr(path, '.');
+    size_t n;
+
+    if (last == NULL)
+        return u ? u->unit : NULL;
+    if ((u = unit_of(last + 1)) != NULL)
+        return u->unit;
+    n = (size_t)(last - path);
+    if (n >= sizeof(part))
+        return NULL;
+    memcpy(part, path, n);
+    part[n] = '\0';
+    return path_unit(part);
+}
+
+/* New reference: a column's heading, "FREQUENCY (THz)". */
+static json_t *column_head(const struct column *c) {
+    char *text = NULL, part[128];
+    size_t len = 0;
+    const char *p = c->path, *unit = path_unit(c->path);
+    FILE *f;
+    json_t *head;
+
+    if (c->head)
+        return json_string(c->head);
+    if ((f = open_memstream(&text, &len)) == NULL)
+        return json_string(c->path);
+    while (*p) {
+        size_t n = strcspn(p, ".");
+        snprintf(part, sizeof(part), "%.*s", (int)n, p);
+        fputs(p == c->path ? "" : " ", f);
+        put_label(f, part, true);
+        p += n + (p[n] == '.');
+    }
+    if (unit)
+        fprintf(f, " (%s)", unit);
+    fclose(f);
+    head = json_stringn_nocheck(text, len);
+    free(text);
+    return head;
+}
+
+/*
+ * rows (borrowed: an array of objects, or one object) as a table with a heading, at
+ * indent spaces: two spaces between columns, numbers right-aligned, no trailing blanks.
+ * Units go in the heading, so the cells hold numbers as they came.
+ */
+static void print_table(json_t *rows, const struct column *cols, size_t ncols, int indent) {
+    json_t *lines = json_array(), *one = NULL, *row, *line;
+    const struct column *shown[MAX_COLUMNS];
+    size_t width[MAX_COLUMNS], n = 0, i;
+    bool numeric[MAX_COLUMNS];
+
+    if (json_is_object(rows)) {
+        one = json_pack("[O]", rows);
+        rows = one;
+    }
+    for (size_t c = 0; c < ncols && n < MAX_COLUMNS; c++) {
+        bool present = !cols[c].optional;
+        json_array_foreach(rows, i, row) {
+            json_t *v = member_at(row, cols[c].path);
+            present = present || (v && !json_is_null(v) && !json_is_false(v));
+        }
+        if (present)
+            shown[n++] = &cols[c];
+    }
+    line = json_array();
+    for (size_t c = 0; c < n; c++) {
+        json_array_append_new(line, column_head(shown[c]));
+        numeric[c] = json_array_size(rows) > 0;
+    }
+    json_array_append_new(lines, line);
+    json_array_foreach(rows, i, row) {
+        line = json_array();
+        for (size_t c = 0; c < n; c++) {
+            json_t *v = member_at(row, shown[c]->path);
+            const char *key = strrchr(shown[c]->path, '.');
+            key = key ? key + 1 : shown[c]->path;
+            if (v == NULL)
+                v = json_null();
+            else
+                json_incref(v);
+            numeric[c] = numeric[c] && (json_is_null(v) || (json_is_number(v) && !is_time_key(key)));
+            json_array_append_new(line, human_cell(v, key, NULL));
+            json_decref(v);
+        }
+        json_array_append_new(lines, line);
+    }
+    for (size_t c = 0; c < n; c++) {
+        width[c] = 0;
+        json_array_foreach(lines, i, line) {
+            size_t w = text_width(json_string_value(json_array_get(line, c)));
+            width[c] = w > width[c] ? w : width[c];
+        }
+    }
+    json_array_foreach(lines, i, line) {
+        printf("%*s", indent, "");
+        for (size_t c = 0; c < n; c++) {
+            const char *s = json_string_value(json_array_get(line, c));
+            int pad = (int)(width[c] - text_width(s));
+            if (numeric[c])
+                printf("%s%*s%s", c ? "  " : "", pad, "", s);
+            else if (c + 1 < n)
+                printf("%s%s%*s", c ? "  " : "", s, pad, "");
+            else
+                printf("%s%s", c ? "  " : "", s);
+        }
+        putchar('\n');
+    }
+    json_decref(lines);
+    json_decref(one);
+}
+
+/* rows (borrowed, an array of objects) as a table of every member any row has, a
+ * member's small object spread over columns ("revisit_ms.mean"). */
+static void print_rows(json_t *rows, int indent) {
+    json_t *paths = json_array(), *seen = json_object(), *row, *m, *p;
+    struct column cols[MAX_COLUMNS];
+    const char *key, *sub;
+    size_t i, n = 0;
+    char path[256];
+
+    json_array_foreach(rows, i, row) {
+        json_object_foreach(row, key, m) {
+            json_t *s;
+            bool spread = json_is_object(m) && json_object_size(m) > 0;
+            if (spread) {
+                json_object_foreach(m, sub, s) {
+                    spread = spread && !json_is_object(s) && !json_is_array(s);
+                }
+            }
+            if (!spread) {
+                if (json_object_get(seen, key) == NULL)
+                    json_array_append_new(paths, json_string(key));
+                json_object_set_new(seen, key, json_true());
+                continue;
+            }
+            json_object_foreach(m, sub, s) {
+                snprintf(path, sizeof(path), "%s.%s", key, sub);
+                if (json_object_get(seen, path) == NULL)
+                    json_array_append_new(paths, json_string(path));
+                json_object_set_new(seen, path, json_true());
+            }
+        }
+    }
+    json_array_foreach(paths, i, p) {
+        if (n < MAX_COLUMNS)
+            cols[n++] = (struct column){.path = json_string_value(p)};
+    }
+    print_table(rows, cols, n, indent);
+    json_decref(paths);
+    json_decref(seen);
+}
+
+static bool is_rows(json_t *v) {
+    size_t i;
+    json_t *m;
+
+    if (!json_is_array(v) || json_array_size(v) == 0)
+        return false;
+    json_array_foreach(v, i, m) {
+        if (!json_is_object(m))
+            return false;
+    }
+    return true;
+}
+
+/* A member shown on one line: a scalar, an array of scalars, a small flat object. */
+static bool is_line(json_t *v) {
+    const char *k;
+    size_t i;
+    json_t *m;
+
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, m) {
+            if (json_is_object(m) || json_is_array(m))
+                return false;
+        }
+        return true;
+    }
+    if (!json_is_object(v))
+        return true;
+    if (json_object_size(v) > 3)
+        return false;
+    json_object_foreach(v, k, m) {
+        if (json_is_object(m) || json_is_array(m))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * o (borrowed) as "label: value unit" lines at indent spaces, the values aligned; a
+ * bigger object as an indented block under its label, an array of objects as a table.
+ * unit is the enclosing member's, for members without one of their own.
+ */
+static void print_object(json_t *o, const char *unit, int indent) {
+    const char *key;
+    json_t *m;
+    size_t width = 0;
+
+    json_object_foreach(o, key, m) {
+        const struct unit *u = unit_of(key);
+        size_t w = strlen(key) - (u ? strlen(u->suffix) : 0);
+        if (is_line(m) && !is_rows(m) && w > width)
+            width = w;
+    }
+    json_object_foreach(o, key, m) {
+        const struct unit *u = unit_of(key);
+        const char *mine = u ? u->unit : unit;
+        size_t w = strlen(key) - (u ? strlen(u->suffix) : 0);
+
+        printf("%*s", indent, "");
+        put_label(stdout, key, false);
+        if (is_rows(m)) {
+            printf(":\n");
+            print_rows(m, indent + 2);
+        } else if (!is_line(m)) {
+            printf(":\n");
+            if (json_is_object(m))
+                print_object(m, mine, indent + 2);
+            else
+                printf("%*s%s\n", indent + 2, "", "(not shown: use --json)");
+        } else {
+            printf(":%*s ", (int)(width - w), "");
+            put_human(stdout, m, key, mine);
+            putchar('\n');
+        }
+    }
+}
+
+/* Any result: a table for an array of objects, lines for an object, else the value. */
+static void show_generic(json_t *result) {
+    size_t i;
+    json_t *m;
+
+    if (is_rows(result)) {
+        print_rows(result, 0);
+    } else if (json_is_object(result)) {
+        print_object(result, NULL, 0);
+    } else if (json_is_array(result)) {
+        json_array_foreach(result, i, m) {
+            put_human(stdout, m, NULL, NULL);
+            putchar('\n');
+        }
+    } else if (json_is_true(result)) {
+        puts("ok");
+    } else {
+        put_human(stdout, result, NULL, NULL);
+        putchar('\n');
+    }
+}
+
+static void show_readings(json_t *result) {
+    static const struct column cols[] = {
+        {.path = "laser"},
+        {.path = "channel"},
+        {.path = "status"},
+        {.path = "frequency_thz"},
+        {.path = "wavelength_nm"},
+        {.path = "age_ms"},
+        {.path = "straddled", .optional = true},
+        {.path = "detail", .optional = true},
+    };
+
+    if (!json_is_array(result) && !json_is_object(result))
+        show_generic(result);
+    else
+        print_table(result, cols, sizeof(cols) / sizeof(cols[0]), 0);
+}
+
+static void show_lasers(json_t *result) {
+    static const struct column cols[] = {
+        {.path = "name", .head = "LASER"},
+        {.path = "channel"},
+        {.path = "state"},
+        {.path = "setpoint_thz"},
+        {.path = "reading.frequency_thz", .head = "FREQUENCY (THz)"},
+        {.path = "error_mhz"},
+        {.path = "output_v"},
+        {.path = "reason"},
+    };
+
+    if (!json_is_array(result))
+        show_generic(result);
+    else
+        print_table(result, cols, sizeof(cols) / sizeof(cols[0]), 0);
+}
+
+static void show_history(json_t *result) {
+    static const struct column cols[] = {
+        {.path = "time"},         {.path = "seq"},      {.path = "status"},
+        {.path = "frequency_thz"}, {.path = "error_mhz"}, {.path = "output_v"},
+        {.path = "state"},
+    };
+    json_t *samples = json_object_get(result, "samples");
+    json_t *stats = json_object_get(result, "error_mhz");
+    json_t *laser = json_object_get(result, "laser"), *m;
+    const char *key;
+    bool first = true;
+
+    if (!json_is_array(samples) || !json_is_object(stats)) {
+        show_generic(result);
+        return;
+    }
+    printf("laser ");
+    put_human(stdout, laser ? laser : json_null(), NULL, NULL);
+    printf(", channel ");
+    put_human(stdout, json_object_get(result, "channel"), NULL, NULL);
+    printf(": %zu readings\n", json_array_size(samples));
+    if (json_array_size(samples) > 0)
+        print_table(samples, cols, sizeof(cols) / sizeof(cols[0]), 0);
+    printf("error over ");
+    put_human(stdout, json_object_get(stats, "n"), NULL, NULL);
+    printf(" readings:");
+    json_object_foreach(stats, key, m) {
+        if (strcmp(key, "n") == 0)
+            continue;
+        printf("%s %s ", first ? "" : ",", key);
+        put_human(stdout, m, key, json_is_number(m) ? "MHz" : NULL);
+        first = false;
+    }
+    putchar('\n');
+}
+
+static void show_version(json_t *result) {
+    json_t *name = json_object_get(result, "name"), *version = json_object_get(result, "version");
+    json_t *protocol = json_object_get(result, "protocol");
+
+    if (!json_is_string(name) || !json_is_string(version) || !json_is_object(protocol)) {
+        show_generic(result);
+        return;
+    }
+    printf("%s %s, protocol %" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT "\n",
+           json_string_value(name), json_string_value(version),
+           json_integer_value(json_object_get(protocol, "major")),
+           json_integer_value(json_object_get(protocol, "minor")));
+}
+
+/* ---- the connection ---- */
+
+/* One connection to the daemon and the lines received on it. */
+struct session {
+    int fd;
+    int timeout_ms;        /* for each answer */
+    json_int_t next_id;    /* of the next request */
+    char *buf;             /* received bytes; the line last returned starts it */
+    size_t have, cap, used; /* used: the bytes of that line and its newline */
+};
+
+static int dial(const char *hostport, int timeout_ms, int *fd_out) {
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
+    size_t hlen;
+    int fd = -1, rc, err = 0;
+
+    if (colon == NULL || (hlen = (size_t)(colon - hostport)) == 0 || hlen >= sizeof(host) ||
+        colon[1] == '\0') {
+        fprintf(stderr, "wavemeterctl: --connect \"%s\": expected HOST:PORT\n", hostport);
+        return CTL_USAGE;
+    }
+    memcpy(host, hostport, hlen);
+    host[hlen] = '\0';
+    if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+        memmove(host, host + 1, hlen - 2);
+        host[hlen - 2] = '\0';
+    }
+    if ((rc = getaddrinfo(host, colon + 1, &hints, &res)) != 0) {
+        fprintf(stderr, "wavemeterctl: cannot connect to %s: %s\n", hostport, gai_strerror(rc));
+        return CTL_CONNECT;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        /* A connect to a host that drops packets would otherwise wait minutes. */
+        struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        err = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        fprintf(stderr, "wavemeterctl: cannot connect to %s: %s\n", hostport, strerror(err));
+        return CTL_CONNECT;
+    }
+    *fd_out = fd;
+    return CTL_OK;
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sends one request; *id gets its id. 0 or CTL_CONNECT (said why). */
+static int session_send(struct session *s, const char *method, json_t *params, json_int_t *id) {
+    json_t *req = json_pack("{s:s, s:I, s:s}", "jsonrpc", "2.0", "id", s->next_id, "method",
+                            method);
+    char *text = NULL;
+    size_t len = 0, off = 0;
+    FILE *f = open_memstream(&text, &len);
+
+    if (f == NULL) {
+        json_decref(req);
+        fprintf(stderr, "wavemeterctl: out of memory\n");
+        return CTL_CONNECT;
+    }
+    if (params)
+        json_object_set(req, "params", params);
+    put_json(f, req, 0, 0);
+    putc('\n', f);
+    fclose(f);
+    json_decref(req);
+    *id = s->next_id++;
+    while (off < len) {
+        ssize_t n = send(s->fd, text + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "wavemeterctl: send: %s\n", strerror(errno));
+            free(text);
+            return CTL_CONNECT;
+        }
+        off += (size_t)n;
+    }
+    free(text);
+    return CTL_OK;
+}
+
+/*
+ * The next line received, NUL-terminated in s->buf and valid until the next call, within
+ * timeout_ms (negative: no limit). 0 or CTL_CONNECT (said why).
+ */
+static int session_line(struct session *s, int timeout_ms, char **line) {
+    int64_t deadline = now_ms() + timeout_ms;
+    char *nl;
+
+    s->have -= s->used;
+    memmove(s->buf, s->buf + s->used, s->have);
+    s->used = 0;
+    while ((nl = memchr(s->buf, '\n', s->have)) == NULL) {
+        struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        int left = timeout_ms < 0 ? -1 : (int)(deadline - now_ms());
+        ssize_t n;
+
+        if (s->have + 4096 > s->cap) {
+            /* Answers grow with the history depth: no fixed limit here. */
+            size_t want = s->cap ? s->cap * 2 : 65536;
+            char *bigger = realloc(s->buf, want);
+            if (bigger == NULL) {
+                fprintf(stderr, "wavemeterctl: out of memory for the answer\n");
+                return CTL_CONNECT;
+            }
+            s->buf = bigger;
+            s->cap = want;
+        }
+        if (timeout_ms >= 0 && (left <= 0 || poll(&p, 1, left) == 0)) {
+            fprintf(stderr, "wavemeterctl: no answer within %d ms\n", timeout_ms);
+            return CTL_CONNECT;
+        }
+        n = read(s->fd, s->buf + s->have, s->cap - s->have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "wavemeterctl: connection closed before an answer\n");
+            return CTL_CONNECT;
+        }
+        s->have += (size_t)n;
+    }
+    *nl = '\0';
+    if (nl > s->buf && nl[-1] == '\r')
+        nl[-1] = '\0';
+    s->used = (size_t)(nl - s->buf) + 1;
+    *line = s->buf;
+    return CTL_OK;
+}
+
+/*
+ * Calls method with params (borrowed, may be NULL) and waits for its answer; lines that
+ * answer something else (notifications) are passed over. *answer gets a new reference
+ * (NULL if the line is not JSON) and *line the line as received, valid until the next
+ * call. 0 or CTL_CONNECT (said why).
+ */
+static int session_call(struct session *s, const char *method, json_t *params, json_t **answer,
+                        char **line) {
+    json_int_t id;
+    int rc;
+
+    *answer = NULL;
+    if ((rc = session_send(s, method, params, &id)) != CTL_OK)
+        return rc;
+    for (;;) {
+        json_t *a, *aid;
+        if ((rc = session_line(s, s->timeout_ms, line)) != CTL_OK)
+            return rc;
+        a = json_loads(*line, 0, NULL);
+        aid = json_object_get(a, "id");
+        /* A line that is no JSON, or an error with id null (the daemon could not read
+         * our request), is ours: nothing else will come. */
+        if (a == NULL || (json_is_integer(aid) && json_integer_value(aid) == id) ||
+            (json_is_null(aid) && json_object_get(a, "error"))) {
+            *answer = a;
+            return CTL_OK;
+        }
+        json_decref(a);
+    }
+}
+
+/* ---- the write token ---- */
+
+/* A malloc'd token from the first line of path, NULL if none; *err = errno if unreadable. */
+static char *token_from(const char *path, int *err) {
+    char buf[300];
+    FILE *f = fopen(path, "re");
+
+    if (f == NULL) {
+        *err = errno;
+        return NULL;
     }
     if (fgets(buf, sizeof(buf), f) == NULL)
         buf[0] = '\0';
     fclose(f);
     buf[strcspn(buf, " \t\r\n")] = '\0';
+    *err = 0;
     return buf[0] ? strdup(buf) : NULL;
 }
 
+/*
+ * The write token: from file if one is given (unreadable is a usage error), else the
+ * daemon's cookie where it keeps it ($STATE_DIRECTORY, as systemd and scripts/run set it
+ * for the daemon, then the packaged and the built-in state directories), if this user
+ * may read it. Returns CTL_OK with *token malloc'd or NULL, or CTL_USAGE (said why).
+ */
+static int find_token(const char *file, char **token) {
+    static const char *const cookies[] = {"/var/lib/wavemeterd/cookie", "build/state/cookie"};
+    const char *state = getenv("STATE_DIRECTORY");
+    char path[4096];
+    int err;
+
+    *token = NULL;
+    if (file) {
+        if ((*token = token_from(file, &err)) == NULL && err != 0) {
+            fprintf(stderr, "wavemeterctl: token file %s: %s\n", file, strerror(err));
+            return CTL_USAGE;
+        }
+        return CTL_OK;
+    }
+    if (state && *state) {
+        /* The daemon keeps its state in the first directory of the list. */
+        snprintf(path, sizeof(path), "%.*s/cookie", (int)strcspn(state, ":"), state);
+        if ((*token = token_from(path, &err)) != NULL)
+            return CTL_OK;
+    }
+    for (size_t i = 0; i < sizeof(cookies) / sizeof(cookies[0]) && *token == NULL; i++)
+        *token = token_from(cookies[i], &err);
+    return CTL_OK;
+}
+
+/* ---- commands ---- */
+
+enum arg_kind {
+    ARG_LASER,    /* a laser's name, sent as a string */
+    ARG_TARGET,   /* a laser's name, or the number of a channel when no laser has that name */
+    ARG_NUMBER,   /* a number, optionally followed by the unit (attached or next) */
+    ARG_SETPOINT, /* a number then THz (frequency_thz, also without unit) or nm (wavelength_nm) */
+    ARG_STRING,   /* sent as typed */
+};
+
+/* A positional argument: the param it fills, in the protocol's order. */
+struct arg {
+    const char *param;
+    enum arg_kind kind;
+    const char *unit; /* ARG_NUMBER: the unit it may carry, or NULL */
+};
+
+struct command;
+
+/* What a command needs once it runs: the connection and how to print. */
+struct ctl {
+    struct session s;
+    bool raw, json;
+};
+
+/*
+ * One command. A command is one call (run NULL) whose answer show prints for people, or
+ * runs by itself: a `watch` built on `subscribe` is a run that calls once, then prints the
+ * notifications session_line() returns until interrupted.
+ */
+struct command {
+    const char *name;     /* what people type (the method's name works as well) */
+    const char *method;   /* the JSON-RPC method */
+    const char *synopsis; /* its arguments, for --help */
+    const char *help;
+    struct arg args[MAX_ARGS];
+    bool writes;                 /* a write method: log in first when a token is found */
+    void (*show)(json_t *result); /* the result for people; NULL: show_generic() */
+    int (*run)(struct ctl *ctl, const struct command *cmd, json_t *params);
+};
+
+static const struct command commands[] = {
+    {"ping", "ping", "", "check that the daemon answers"},
+    {"version", "version", "", "the daemon's version and protocol", .show = show_version},
+    {"status", "status", "", "wavemeter, actuators, channels, clients, loop health"},
+    {"channels", "channels", "", "every channel: laser, exposure, settle time"},
+    {"read", "read", "[LASER|CHANNEL]", "the latest reading of every channel, or of one",
+     {{"laser", ARG_TARGET}}, .show = show_readings},
+    {"lasers", "lasers", "", "every laser: lock state, setpoint, frequency, error, output",
+     .show = show_lasers},
+    {"get", "laser.get", "LASER", "one laser in full", {{"laser", ARG_LASER}}},
+    {"setpoint", "laser.set_setpoint", "LASER VALUE{THz|nm} [RAMP]",
+     "move the setpoint to a frequency or vacuum wavelength, at RAMP MHz/s",
+     {{"laser", ARG_LASER}, {"frequency_thz", ARG_SETPOINT}, {"ramp_mhz_per_s", ARG_NUMBER, "MHz/s"}},
+     true},
+    {"lock", "laser.lock", "LASER", "lock, bumpless from the present output",
+     {{"laser", ARG_LASER}}, true},
+    {"unlock", "laser.unlock", "LASER", "stop the lock; the output stays", {{"laser", ARG_LASER}},
+     true},
+    {"gains", "laser.set_gains", "LASER [KP [KI [KD]]]",
+     "set gains in V/MHz, V/(MHz s), V s/MHz (or kp= ki= kd=)",
+     {{"laser", ARG_LASER}, {"kp", ARG_NUMBER}, {"ki", ARG_NUMBER}, {"kd", ARG_NUMBER}}, true},
+    {"output", "laser.set_output", "LASER VOLTS", "set an unlocked laser's output",
+     {{"laser", ARG_LASER}, {"output_v", ARG_NUMBER, "V"}}, true},
+    {"history", "history", "LASER|CHANNEL [SECONDS]",
+     "recent readings (the last SECONDS) and error statistics",
+     {{"laser", ARG_TARGET}, {"seconds", ARG_NUMBER, "s"}}, .show = show_history},
+    {"auth", "auth", "TOKEN", "log in (done by itself for writes, see -k)",
+     {{"token", ARG_STRING}}},
+    {"sim.fault", "sim.fault", "LASER|CHANNEL FAULT",
+     "simulator: none, no_signal, underexposed, overexposed",
+     {{"laser", ARG_TARGET}, {"fault", ARG_STRING}}, true},
+    {"sim.mode_hop", "sim.mode_hop", "LASER|CHANNEL MHZ", "simulator: the laser jumps",
+     {{"laser", ARG_TARGET}, {"jump_mhz", ARG_NUMBER, "MHz"}}, true},
+    {"sim.disconnect", "sim.disconnect", "", "simulator: every read fails", .writes = true},
+    {"sim.connect", "sim.connect", "", "simulator: reads work again", .writes = true},
+};
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static const struct command *find_command(const char *name) {
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0 || strcmp(commands[i].method, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
 static void usage(FILE *f) {
-    fprintf(
-        f,
-        "usage: wavemeterctl [-c HOST:PORT] [-r] [-t MS] [-k FILE] METHOD [KEY=VALUE... | JSON]\n"
-        "  -c, --connect HOST:PORT  daemon address (default $WAVEMETERD_ADDR or 127.0.0.1:7420)\n"
-        "  -r, --raw                print the answer line as received\n"
-        "  -t, --timeout MS         give up after MS milliseconds (default 10000)\n"
-        "  -k, --token-file FILE    log in for writes with this token (default\n"
-        "                           $WAVEMETERD_TOKEN_FILE, else the daemon's cookie\n"
-        "                           in /var/lib/wavemeterd or build/state, if readable)\n"
-        "Params: KEY=VALUE pairs (VALUE parsed as JSON, else taken as a string),\n"
-        "or one JSON object or array.\n"
-        "examples: wavemeterctl read\n"
-        "          wavemeterctl read laser=399\n"
-        "          wavemeterctl laser.set_setpoint laser=399 frequency_thz=751.52653\n");
+    fprintf(f, "usage: wavemeterctl [OPTIONS] COMMAND [ARGS...] [KEY=VALUE...]\n"
+               "       wavemeterctl [OPTIONS] METHOD [KEY=VALUE... | JSON]\n"
+               "Options (also --json and --raw after the command):\n"
+               "  -c, --connect HOST:PORT  daemon address (default $WAVEMETERD_ADDR or "
+               "127.0.0.1:7420)\n"
+               "  -j, --json               print the result as JSON, numbers as received\n"
+               "  -r, --raw                print the answer line as received\n"
+               "  -t, --timeout MS         wait at most MS milliseconds for each answer "
+               "(default 10000)\n"
+               "  -k, --token-file FILE    log in for writes with this token (default\n"
+               "                           $WAVEMETERD_TOKEN_FILE, else the daemon's cookie in\n"
+               "                           $STATE_DIRECTORY, /var/lib/wavemeterd or "
+               "build/state)\n"
+               "  -h, --help               this text\n"
+               "Commands (each also by its method's name):\n");
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        char head[64];
+        snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].synopsis);
+        fprintf(f, "  %-40s %s\n", head, commands[i].help);
+    }
+    fprintf(f,
+            "A LASER|CHANNEL number is a channel unless a laser has that name. Units may\n"
+            "follow a number, attached or not: 751.52686THz, 398.911 nm, 1.5V, 60s, 20MHz/s.\n"
+            "KEY=VALUE names a param (VALUE is JSON, else a string); one JSON object or array\n"
+            "is the params as they are; any other METHOD is sent as typed.\n"
+            "Exit status: 0 ok, 1 the daemon answered with an error, 2 usage (or an\n"
+            "unreadable token file), 3 cannot connect (or no answer in time).\n"
+            "Examples: wavemeterctl read\n"
+            "          wavemeterctl setpoint 399 751.52686THz\n"
+            "          wavemeterctl setpoint 399 398.911nm 20\n"
+            "          wavemeterctl --json laser.get 397\n"
+            "Docs: wavemeterctl(1), docs/PROTOCOL.md\n");
 }
 
-static int dial(const char *hostport, int timeout_ms) {
-    char host[256];
-    const char *colon = strrchr(hostport, ':');
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
-    size_t hlen;
-    int fd = -1, rc;
-
-    if (colon == NULL || (hlen = (size_t)(colon - hostport)) == 0 || hlen >= sizeof(host)) {
-        fprintf(stderr, "wavemeterctl: --connect \"%s\": expected HOST:PORT\n", hostport);
-        return -1;
-    }
-    memcpy(host, hostport, hlen);
-    host[hlen] = '\0';
-    if (host[0] == '[' && host[hlen - 1] == ']') {
-        memmove(host, host + 1, hlen - 2);
-        host[hlen - 2] = '\0';
-    }
-    if ((rc = getaddrinfo(host, colon + 1, &hints, &res)) != 0) {
-        fprintf(stderr, "wavemeterctl: %s: %s\n", hostport, gai_strerror(rc));
-        return -1;
-    }
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-        if (fd < 0)
-            continue;
-        struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        close(fd);
-        fd = -1;
-    }
-    if (fd < 0)
-        fprintf(stderr, "wavemeterctl: cannot connect to %s: %s\n", hostport, strerror(errno));
-    freeaddrinfo(res);
-    return fd;
+/* Case-insensitive: does text equal unit? */
+static bool is_unit(const char *text, const char *unit) {
+    return unit && strcasecmp(text, unit) == 0;
 }
 
-/* New reference: params from argv[0..n). NULL (with a message) on error. */
-static json_t *build_params(char **args, int n) {
-    json_t *params, *v;
+/*
+ * The number at the start of text (JSON's syntax, a leading '+' allowed): a new
+ * reference, integers as integers, and *rest where it ends. NULL if text does not start
+ * with a finite number.
+ */
+static json_t *scan_number(const char *text, const char **rest) {
+    const char *p = text;
+    bool real = false, digits = false;
+    char *end;
+
+    if (*p == '-' || *p == '+')
+        p++;
+    for (; isdigit((unsigned char)*p); p++)
+        digits = true;
+    if (*p == '.') {
+        real = true;
+        for (p++; isdigit((unsigned char)*p); p++)
+            digits = true;
+    }
+    if (!digits)
+        return NULL;
+    if (*p == 'e' || *p == 'E') {
+        const char *q = p + 1;
+        if (*q == '-' || *q == '+')
+            q++;
+        if (isdigit((unsigned char)*q)) {
+            real = true;
+            for (p = q; isdigit((unsigned char)*p); p++)
+                ;
+        }
+    }
+    *rest = p;
+    if (!real) {
+        errno = 0;
+        long long i = strtoll(text, &end, 10);
+        if (errno == 0 && end == p)
+            return json_integer(i);
+    }
+    double x = strtod(text, &end);
+    if (end != p || x - x != 0) /* not finite */
+        return NULL;
+    return json_real(x);
+}
+
+static bool all_digits(const char *s) {
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return false;
+    return true;
+}
+
+/*
+ * Fills params (borrowed) from one positional argument argv[*i] for a, consuming a unit
+ * given as the next argument too. CTL_OK or CTL_USAGE (said why).
+ */
+static int put_arg(json_t *params, const struct command *cmd, const struct arg *a, char **argv,
+                   int argc, int *i) {
+    const char *text = argv[*i], *rest = NULL, *param = a->param;
+    json_t *v;
+
+    switch (a->kind) {
+    case ARG_LASER:
+    case ARG_TARGET:
+    case ARG_STRING:
+        json_object_set_new(params, param, json_string(text));
+        return CTL_OK;
+    case ARG_NUMBER:
+    case ARG_SETPOINT:
+        break;
+    }
+    if ((v = scan_number(text, &rest)) == NULL) {
+        fprintf(stderr, "wavemeterctl: %s: \"%s\": expected a number for %s\n", cmd->name, text,
+                param);
+        return CTL_USAGE;
+    }
+    if (*rest == '\0' && *i + 1 < argc &&
+        (a->kind == ARG_SETPOINT ? is_unit(argv[*i + 1], "THz") || is_unit(argv[*i + 1], "nm")
+                                 : is_unit(argv[*i + 1], a->unit)))
+        rest = argv[++*i];
+    while (*rest == ' ')
+        rest++;
+    if (a->kind == ARG_SETPOINT && is_unit(rest, "nm")) {
+        param = "wavelength_nm";
+    } else if (*rest != '\0' && !(a->kind == ARG_SETPOINT ? is_unit(rest, "THz") : is_unit(rest, a->unit))) {
+        fprintf(stderr, "wavemeterctl: %s: \"%s\": %s takes %s\n", cmd->name, text, param,
+                a->kind == ARG_SETPOINT ? "THz or nm"
+                : a->unit               ? a->unit
+                                        : "a plain number");
+        json_decref(v);
+        return CTL_USAGE;
+    }
+    json_object_set_new(params, param, v);
+    return CTL_OK;
+}
+
+/*
+ * New reference: the params of cmd (NULL for an unknown method) from args[0..n): one JSON
+ * object or array as it is; else positional arguments in cmd's order and KEY=VALUE
+ * pairs. *params is NULL without arguments. CTL_OK or CTL_USAGE (said why).
+ */
+static int build_params(const struct command *cmd, const char *name, char **args, int n,
+                        json_t **params) {
     json_error_t jerr;
+    int pos = 0;
 
+    *params = NULL;
+    if (n == 0)
+        return CTL_OK;
     if (n == 1 && (args[0][0] == '{' || args[0][0] == '[')) {
-        params = json_loads(args[0], 0, &jerr);
-        if (params == NULL)
+        if ((*params = json_loads(args[0], 0, &jerr)) == NULL) {
             fprintf(stderr, "wavemeterctl: params: %s\n", jerr.text);
-        return params;
+            return CTL_USAGE;
+        }
+        return CTL_OK;
     }
-    params = json_object();
+    *params = json_object();
     for (int i = 0; i < n; i++) {
         char *eq = strchr(args[i], '=');
-        if (eq == NULL || eq == args[i]) {
-            fprintf(stderr, "wavemeterctl: \"%s\": expected KEY=VALUE\n", args[i]);
-            json_decref(params);
-            return NULL;
+        json_t *v;
+
+        if (eq && eq != args[i]) {
+            *eq = '\0';
+            if ((v = json_loads(eq + 1, JSON_DECODE_ANY, NULL)) == NULL)
+                v = json_string(eq + 1);
+            json_object_set_new(*params, args[i], v);
+            *eq = '=';
+            continue;
         }
-        *eq = '\0';
-        v = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
-        if (v == NULL)
-            v = json_string(eq + 1);
-        json_object_set_new(params, args[i], v);
+        if (cmd == NULL) {
+            fprintf(stderr, "wavemeterctl: %s: \"%s\": expected KEY=VALUE\n", name, args[i]);
+            goto fail;
+        }
+        if (pos >= MAX_ARGS || cmd->args[pos].param == NULL) {
+            fprintf(stderr, "wavemeterctl: %s: \"%s\": too many arguments (%s %s)\n", cmd->name,
+                    args[i], cmd->name, cmd->synopsis);
+            goto fail;
+        }
+        if (put_arg(*params, cmd, &cmd->args[pos++], args, n, &i) != CTL_OK)
+            goto fail;
     }
-    return params;
+    return CTL_OK;
+fail:
+    json_decref(*params);
+    *params = NULL;
+    return CTL_USAGE;
+}
+
+/*
+ * A LASER|CHANNEL argument that is a number ("399") names a laser if one has that name,
+ * else a channel: ask the daemon which (channels lists both). Changes params (borrowed).
+ * CTL_OK or CTL_CONNECT.
+ */
+static int resolve_target(struct session *s, const struct command *cmd, json_t *params) {
+    json_t *laser = json_object_get(params, "laser"), *ans, *ch;
+    const char *name = json_string_value(laser);
+    bool is_laser = false;
+    char *line;
+    size_t i;
+    int rc;
+
+    if (cmd == NULL || cmd->args[0].kind != ARG_TARGET || name == NULL || !all_digits(name))
+        return CTL_OK;
+    if ((rc = session_call(s, "channels", NULL, &ans, &line)) != CTL_OK)
+        return rc;
+    json_array_foreach(json_object_get(ans, "result"), i, ch) {
+        const char *l = json_string_value(json_object_get(ch, "laser"));
+        is_laser = is_laser || (l && strcmp(l, name) == 0);
+    }
+    /* Without an answer, let the daemon say what it makes of the name. */
+    if (!is_laser && json_is_array(json_object_get(ans, "result"))) {
+        json_object_set_new(params, "channel", json_integer(strtoll(name, NULL, 10)));
+        json_object_del(params, "laser");
+    }
+    json_decref(ans);
+    return CTL_OK;
+}
+
+/*
+ * An error answer named a laser or a channel that is not there: say which there are,
+ * from a second call on the same connection.
+ */
+static void suggest_names(struct session *s, const char *message) {
+    bool laser = strstr(message, "no laser \"") != NULL;
+    json_t *ans, *m;
+    char *line;
+    size_t i;
+
+    if (!laser && strstr(message, "no channel ") == NULL)
+        return;
+    if (session_call(s, laser ? "lasers" : "channels", NULL, &ans, &line) != CTL_OK)
+        return;
+    if (json_array_size(json_object_get(ans, "result")) > 0) {
+        fprintf(stderr, "wavemeterctl: %s here: ", laser ? "lasers" : "channels");
+        json_array_foreach(json_object_get(ans, "result"), i, m) {
+            if (laser)
+                fprintf(stderr, "%s%s", i ? ", " : "",
+                        json_string_value(json_object_get(m, "name")));
+            else
+                fprintf(stderr, "%s%" JSON_INTEGER_FORMAT " (%s)", i ? ", " : "",
+                        json_integer_value(json_object_get(m, "channel")),
+                        json_string_value(json_object_get(m, "laser")));
+        }
+        fputc('\n', stderr);
+    }
+    json_decref(ans);
+}
+
+/* An error answer for people, on stderr: "METHOD: MESSAGE (CODE)", then its data. */
+static void print_error(const char *method, json_t *error) {
+    json_t *data = json_object_get(error, "data");
+    const char *message = json_string_value(json_object_get(error, "message"));
+
+    fprintf(stderr, "wavemeterctl: %s: %s (%" JSON_INTEGER_FORMAT ")\n", method,
+            message ? message : "error", json_integer_value(json_object_get(error, "code")));
+    if (data) {
+        fputs("  data: ", stderr);
+        put_json(stderr, data, 0, 0);
+        fputc('\n', stderr);
+    }
+}
+
+/* The one call most commands are: call, print the answer, say how it went. */
+static int run_call(struct ctl *ctl, const struct command *cmd, const char *method,
+                    json_t *params) {
+    json_t *ans, *result, *error;
+    char *line;
+    int rc;
+
+    if ((rc = session_call(&ctl->s, method, params, &ans, &line)) != CTL_OK)
+        return rc;
+    result = json_object_get(ans, "result");
+    error = json_object_get(ans, "error");
+    rc = result ? CTL_OK : CTL_ANSWER;
+    if (ctl->raw || ans == NULL) {
+        puts(line);
+    } else if (ctl->json) {
+        put_json(stdout, result ? result : error ? error : ans, 2, 0);
+        putchar('\n');
+    } else if (result) {
+        (cmd && cmd->show ? cmd->show : show_generic)(result);
+    } else if (error) {
+        print_error(method, error);
+    } else {
+        fprintf(stderr, "wavemeterctl: %s: an answer without result or error: %s\n", method,
+                line);
+    }
+    if (json_is_string(json_object_get(error, "message")))
+        suggest_names(&ctl->s, json_string_value(json_object_get(error, "message")));
+    json_decref(ans);
+    return rc;
+}
+
+/* Logs this connection in; a refusal is said and the call goes on (and fails -32001). */
+static int login(struct session *s, const char *token) {
+    json_t *params = json_pack("{s:s}", "token", token), *ans;
+    char *line;
+    int rc = session_call(s, "auth", params, &ans, &line);
+
+    json_decref(params);
+    if (rc == CTL_OK && json_object_get(ans, "error"))
+        print_error("auth refused", json_object_get(ans, "error"));
+    json_decref(ans);
+    return rc;
 }
 
 int main(int argc, char **argv) {
     static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'}, {"raw", no_argument, NULL, 'r'},
-        {"timeout", required_argument, NULL, 't'}, {"token-file", required_argument, NULL, 'k'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"connect", required_argument, NULL, 'c'},    {"json", no_argument, NULL, 'j'},
+        {"raw", no_argument, NULL, 'r'},              {"timeout", required_argument, NULL, 't'},
+        {"token-file", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *addr = getenv("WAVEMETERD_ADDR");
     const char *token_file = getenv("WAVEMETERD_TOKEN_FILE");
-    char *token = NULL;
-    int timeout_ms = DEFAULT_TIMEOUT_MS, opt, fd, rc = 2;
-    bool raw = false;
-    json_t *req, *params = NULL, *ans;
-    char *text, *buf = NULL;
-    size_t have = 0, cap = 0;
+    struct ctl ctl = {.s = {.fd = -1, .timeout_ms = DEFAULT_TIMEOUT_MS, .next_id = 1}};
+    const struct command *cmd;
+    const char *method;
+    char *token = NULL, *end, **args;
+    json_t *params = NULL;
+    int opt, rc, nargs = 0;
 
-    if (addr == NULL)
+    if (addr == NULL || *addr == '\0')
         addr = "127.0.0.1:7420";
     if (token_file && *token_file == '\0')
         token_file = NULL; /* WAVEMETERD_TOKEN_FILE= means none */
-    while ((opt = getopt_long(argc, argv, "c:rt:k:h", opts, NULL)) != -1) {
+    /* '+': options end at the command, so "output 399 -2.5" is a number, not an option. */
+    while ((opt = getopt_long(argc, argv, "+c:jrt:k:h", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             addr = optarg;
             break;
+        case 'j':
+            ctl.json = true;
+            break;
         case 'r':
-            raw = true;
+            ctl.raw = true;
             break;
         case 't':
-            timeout_ms = atoi(optarg);
+            errno = 0;
+            long ms = strtol(optarg, &end, 10);
+            if (errno || *end || end == optarg || ms <= 0 || ms > 86400000) {
+                fprintf(stderr, "wavemeterctl: --timeout \"%s\": expected milliseconds, 1 to "
+                                "86400000\n",
+                        optarg);
+                return CTL_USAGE;
+            }
+            ctl.s.timeout_ms = (int)ms;
             break;
         case 'k':
             token_file = optarg;
             break;
         case 'h':
             usage(stdout);
-            return 0;
+            return CTL_OK;
         default:
             usage(stderr);
-            return 2;
+            return CTL_USAGE;
         }
     }
-    if (optind >= argc || timeout_ms <= 0) {
+    if (optind >= argc) {
         usage(stderr);
-        return 2;
+        return CTL_USAGE;
     }
-    if (argc - optind > 1 && (params = build_params(argv + optind + 1, argc - optind - 1)) == NULL)
-        return 2;
-    req = json_pack("{s:s, s:i, s:s}", "jsonrpc", "2.0", "id", 1, "method", argv[optind]);
-    if (params)
-        json_object_set_new(req, "params", params);
-    text = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
-    if ((token = read_token(token_file)) == NULL && token_file != NULL) {
-        free(text);
-        return 2;
+    method = argv[optind];
+    cmd = find_command(method);
+    if (cmd)
+        method = cmd->method;
+    /* --json and --raw may follow the command too; "--" ends them. */
+    args = calloc((size_t)argc, sizeof(*args));
+    if (args == NULL)
+        return CTL_USAGE;
+    for (int i = optind + 1, more = 1; i < argc; i++) {
+        if (more && strcmp(argv[i], "--json") == 0)
+            ctl.json = true;
+        else if (more && strcmp(argv[i], "--raw") == 0)
+            ctl.raw = true;
+        else if (more && strcmp(argv[i], "--") == 0)
+            more = 0;
+        else
+            args[nargs++] = argv[i];
     }
-    if ((fd = dial(addr, timeout_ms)) < 0) {
-        free(text);
-        free(token);
-        return 2;
-    }
-    if (token) {
-        /* Log in first on this connection; its answer comes first (id 0). */
-        json_t *a = json_pack("{s:s, s:i, s:s, s:{s:s}}", "jsonrpc", "2.0", "id", 0, "method",
-                              "auth", "params", "token", token);
-        char *at = json_dumps(a, JSON_COMPACT);
-        size_t alen = strlen(at);
-
-        json_decref(a);
-        at[alen] = '\n';
-        if (write(fd, at, alen + 1) != (ssize_t)(alen + 1)) {
-            fprintf(stderr, "wavemeterctl: send: %s\n", strerror(errno));
-            free(at);
-            goto out;
-        }
-        free(at);
-    }
-    size_t len = strlen(text);
-    text[len] = '\n'; /* json_dumps' NUL becomes the newline; we send len + 1 */
-    if (write(fd, text, len + 1) != (ssize_t)(len + 1)) {
-        fprintf(stderr, "wavemeterctl: send: %s\n", strerror(errno));
+    rc = build_params(cmd, argv[optind], args, nargs, &params);
+    free(args);
+    if (rc != CTL_OK)
+        return rc;
+    /* A write logs in first; so does a method this client does not know, which may be
+     * one. Reads never send the token. */
+    if ((cmd == NULL || cmd->writes) && (rc = find_token(token_file, &token)) != CTL_OK)
         goto out;
-    }
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        char *nl;
-        ssize_t n;
-
-        if (have + 4096 > cap) {
-            /* Answers grow with history depth: no fixed limit here. */
-            size_t want = cap ? cap * 2 : 65536;
-            char *bigger = realloc(buf, want);
-            if (bigger == NULL) {
-                fprintf(stderr, "wavemeterctl: out of memory for the answer\n");
-                goto out;
-            }
-            buf = bigger;
-            cap = want;
-        }
-        if (poll(&p, 1, timeout_ms) <= 0) {
-            fprintf(stderr, "wavemeterctl: no answer within %d ms\n", timeout_ms);
-            goto out;
-        }
-        n = read(fd, buf + have, cap - 1 - have);
-        if (n <= 0) {
-            fprintf(stderr, "wavemeterctl: connection closed before an answer\n");
-            goto out;
-        }
-        have += (size_t)n;
-        while ((nl = memchr(buf, '\n', have)) != NULL) {
-            *nl = '\0';
-            json_t *line = json_loads(buf, 0, NULL);
-            json_t *id = json_object_get(line, "id");
-            bool ours = !(token && json_is_integer(id) && json_integer_value(id) == 0);
-
-            if (!ours && json_object_get(line, "error"))
-                fprintf(
-                    stderr, "wavemeterctl: auth refused: %s\n",
-                    json_string_value(json_object_get(json_object_get(line, "error"), "message")));
-            json_decref(line);
-            if (ours)
-                goto answered;
-            have -= (size_t)(nl + 1 - buf);
-            memmove(buf, nl + 1, have);
-        }
-    }
-answered:
-    ans = json_loads(buf, 0, NULL);
-    if (raw || ans == NULL) {
-        puts(buf);
-    } else {
-        json_t *r = json_object_get(ans, "result");
-        json_dumpf(r ? r : json_object_get(ans, "error"), stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);
-        putchar('\n');
-    }
-    rc = ans && json_object_get(ans, "result") ? 0 : 1;
-    json_decref(ans);
+    if ((rc = dial(addr, ctl.s.timeout_ms, &ctl.s.fd)) != CTL_OK)
+        goto out;
+    if (token && (rc = login(&ctl.s, token)) != CTL_OK)
+        goto out;
+    if ((rc = resolve_target(&ctl.s, cmd, params)) != CTL_OK)
+        goto out;
+    if (cmd && cmd->run)
+        rc = cmd->run(&ctl, cmd, params);
+    else
+        rc = run_call(&ctl, cmd, method, params);
 out:
+    json_decref(params);
     free(token);
-    free(buf);
-    free(text);
-    close(fd);
+    free(ctl.s.buf);
+    if (ctl.s.fd >= 0)
+        close(ctl.s.fd);
     return rc;
 }

@@ -64,6 +64,8 @@ static void laser_set_state(struct laser *l, enum lock_state s, const char *fmt,
     l->state = s;
     memcpy(l->reason, reason, sizeof(reason));
     l->since_unix = l->owner->clk->wall_s(l->owner->clk->ctx);
+    if (l->owner->on_state)
+        l->owner->on_state(l, l->owner->state_ctx);
 }
 
 /* The user's wish, and the schedule's hint: a channel a lock uses is read

@@ -70,6 +70,11 @@ static const struct cfg_key limits_keys[] = {
                 "a client that reads nothing for this long while output waits is dropped, in s"),
     CFG_ROW_INT("line_timeout_s", C, line_timeout_s, 1, 3600,
                 "a request line once begun must end (newline) within this, in s"),
+    CFG_ROW_INT("push_soft_bytes", C, push_soft_bytes, 4096, 1073741824,
+                "unread output above which a client's notifications are coalesced: the newest "
+                "per subscription and laser waits, the rest are counted as missed, in bytes"),
+    CFG_ROW_INT("max_subscriptions", C, max_subscriptions, 1, 256,
+                "subscriptions one connection may hold"),
     CFG_ROW_END,
 };
 
@@ -878,6 +883,8 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
     RUNTIME(answer_memory_max_bytes);
     RUNTIME(write_stall_timeout_s);
     RUNTIME(line_timeout_s);
+    RUNTIME(push_soft_bytes);
+    RUNTIME(max_subscriptions);
 #undef RUNTIME
     if (cur->write_from.n != next->write_from.n ||
         memcmp(cur->write_from.nets, next->write_from.nets,
@@ -939,6 +946,8 @@ static void config_base(struct config *cfg) {
     cfg->write_queue_max_bytes = 1048576;
     cfg->write_stall_timeout_s = 10;
     cfg->line_timeout_s = 10;
+    cfg->push_soft_bytes = 256 * 1024;
+    cfg->max_subscriptions = 16;
     cfg->answer_memory_max_bytes = 32 * 1024 * 1024;
     cfg->max_clients_per_address = 16;
     copy_string(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/wavemeterd");

@@ -21,6 +21,16 @@
 
 static void meter_queue_next(struct meter *m);
 
+/* Every change of the meter's state goes through here, so a listener
+ * (status notifications) hears of each. */
+static void meter_set_state(struct meter *m, enum meter_state st) {
+    if (m->state == st)
+        return;
+    m->state = st;
+    if (m->on_state)
+        m->on_state(m, m->state_ctx);
+}
+
 int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const struct clock *clk,
                char *err, size_t errlen) {
     int rc;
@@ -56,7 +66,7 @@ int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const
         return rc;
     }
     m->backoff.data = m;
-    m->state = METER_IDLE;
+    meter_set_state(m, METER_IDLE);
     return 0;
 }
 
@@ -198,7 +208,7 @@ static void meter_backoff_cb(uv_timer_t *t) {
     struct meter *m = t->data;
 
     if (m->state == METER_BACKOFF) {
-        m->state = METER_RUNNING;
+        meter_set_state(m, METER_RUNNING);
         meter_queue_next(m);
     }
 }
@@ -206,7 +216,7 @@ static void meter_backoff_cb(uv_timer_t *t) {
 static void meter_backoff_closed(uv_handle_t *h) {
     struct meter *m = h->data;
 
-    m->state = METER_STOPPED;
+    meter_set_state(m, METER_STOPPED);
     if (m->on_stopped)
         m->on_stopped(m);
 }
@@ -309,7 +319,7 @@ static void meter_after_work(uv_work_t *w, int status) {
         m->backoff_ms = m->backoff_ms == 0 ? BACKOFF_MIN_MS : m->backoff_ms * 2;
         if (m->backoff_ms > BACKOFF_MAX_MS)
             m->backoff_ms = BACKOFF_MAX_MS;
-        m->state = METER_BACKOFF;
+        meter_set_state(m, METER_BACKOFF);
         uv_timer_start(&m->backoff, meter_backoff_cb, m->backoff_ms, 0);
         return;
     }
@@ -322,7 +332,7 @@ static void meter_queue_next(struct meter *m) {
     int rc;
 
     if (next < 0) {
-        m->state = METER_IDLE; /* every channel disabled */
+        meter_set_state(m, METER_IDLE); /* every channel disabled */
         return;
     }
     lc = m->ch[next].cfg;
@@ -339,7 +349,7 @@ static void meter_queue_next(struct meter *m) {
     if (rc < 0) {
         /* uv_queue_work fails only on bad arguments; nothing to retry. */
         log_error("wavemeter: cannot queue read: %s", uv_strerror(rc));
-        m->state = METER_IDLE;
+        meter_set_state(m, METER_IDLE);
         return;
     }
     m->busy = true;
@@ -385,7 +395,7 @@ static void meter_check_schedule(const struct meter *m) {
 void meter_start(struct meter *m, meter_reading_cb cb, void *ctx) {
     m->on_reading = cb;
     m->cb_ctx = ctx;
-    m->state = METER_RUNNING;
+    meter_set_state(m, METER_RUNNING);
     m->cycle_start_ns = clock_now_ns(m->clk);
     meter_check_schedule(m);
     meter_queue_next(m);
@@ -395,7 +405,7 @@ void meter_stop(struct meter *m, meter_stopped_cb cb) {
     m->on_stopped = cb;
     if (m->state == METER_STOPPING || m->state == METER_STOPPED)
         return;
-    m->state = METER_STOPPING;
+    meter_set_state(m, METER_STOPPING);
     uv_timer_stop(&m->backoff);
     /* A job not yet started is cancelled; one running finishes its read
      * (bounded by read_timeout_ms) and its callback completes the stop. */

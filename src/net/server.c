@@ -11,11 +11,13 @@
 #include "server.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "linebuf.h"
 #include "log.h"
@@ -518,6 +520,8 @@ static void write_cb(uv_write_t *req, int status) {
     if (c->stalled_since_ns != 0)
         c->stalled_since_ns = c->last_active_ns; /* it is taking answers */
     client_maybe_resume(c);
+    if (!c->closing)
+        rpc_session_drained(c->session);
 }
 
 /* Takes ownership of text (NUL-terminated, no newline). */
@@ -563,6 +567,42 @@ static void client_write(struct client *c, char *text) {
         c->stalled_since_ns = uv_hrtime();
 }
 
+/* The session's sink for notifications: what it has not taken, whether
+ * answers are still owed, and a write like an answer's. */
+static size_t sink_backlog(void *conn, bool *answers_owed) {
+    struct client *c = conn;
+    uv_os_fd_t fd;
+    int unsent = 0;
+
+    *answers_owed = c->head != NULL;
+    /* With what the kernel still holds for the peer (SIOCOUTQ): its socket
+     * buffer grows to megabytes, and a reader that stopped must be noticed
+     * long before that. */
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || ioctl(fd, SIOCOUTQ, &unsent) != 0 ||
+        unsent < 0)
+        unsent = 0;
+    return backlog(c) + (size_t)unsent;
+}
+
+static void sink_close(void *conn, const char *why) {
+    struct client *c = conn;
+
+    if (c->closing)
+        return;
+    log_warnx("client %s: %s, closing", c->name, why);
+    client_close(c);
+}
+
+static void sink_write(void *conn, char *text) {
+    struct client *c = conn;
+
+    if (c->closing || c->shutting) {
+        free(text);
+        return;
+    }
+    client_write(c, text);
+}
+
 /* Write every answer at the head of the queue that is ready, in order. */
 static void client_flush(struct client *c) {
     struct pending *p;
@@ -583,6 +623,9 @@ static void client_flush(struct client *c) {
     client_maybe_finish(c);
     if (!c->in_process)
         client_maybe_resume(c);
+    /* Answers written: notifications held behind them may follow. */
+    if (c->head == NULL && !c->closing && c->session != NULL)
+        rpc_session_drained(c->session);
 }
 
 /* p has its answer (out may be NULL: nothing to write). */
@@ -839,6 +882,10 @@ static void accept_one(struct server *s) {
         client_close(c);
         return;
     }
+    rpc_session_set_sink(c->session, &(struct rpc_sink){.conn = c,
+                                                        .backlog = sink_backlog,
+                                                        .write = sink_write,
+                                                        .close = sink_close});
     log_debug("client %s: connected", c->name);
     if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
         client_close(c);

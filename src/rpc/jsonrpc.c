@@ -46,6 +46,8 @@ struct rpc_session {
     void *owner;
     unsigned failed_logins; /* wrong tokens in a row */
     bool logged_in;         /* gave the write token (access.token_ok) */
+    struct rpc_sink sink;   /* conn NULL: no notifications */
+    void *push;             /* the notifications' state (push.c) */
 };
 
 /* One request of a line (a single request is a batch of one). */
@@ -741,7 +743,26 @@ struct rpc_session *rpc_session_create(const struct rpc_server *srv, const struc
 }
 
 void rpc_session_destroy(struct rpc_session *s) {
+    if (s != NULL && s->srv->session_closed != NULL)
+        s->srv->session_closed(s->srv->ctx, s);
     free(s);
+}
+
+void rpc_session_set_sink(struct rpc_session *s, const struct rpc_sink *sink) {
+    s->sink = *sink;
+}
+
+const struct rpc_sink *rpc_session_sink(const struct rpc_session *s) {
+    return s->sink.conn != NULL ? &s->sink : NULL;
+}
+
+void **rpc_session_push_slot(struct rpc_session *s) {
+    return &s->push;
+}
+
+void rpc_session_drained(struct rpc_session *s) {
+    if (s != NULL && s->push != NULL && s->srv->session_drained != NULL)
+        s->srv->session_drained(s->srv->ctx, s);
 }
 
 const char *rpc_session_name(const struct rpc_session *s) {

@@ -22,7 +22,7 @@
 
 /* Protocol version: the major changes only for incompatible changes. */
 #define PROTOCOL_MAJOR 1
-#define PROTOCOL_MINOR 0
+#define PROTOCOL_MINOR 1 /* 1.1: subscribe, unsubscribe and notifications */
 
 /* Speed of light, for vacuum wavelengths: lambda_nm = C_NM_THZ / f_thz. */
 #define C_NM_THZ 299792.458
@@ -885,6 +885,193 @@ static void m_sim_connect(struct rpc_call *call, json_t *params, void *ctx) {
     sim_connect(call, params, ctx, true);
 }
 
+/* ---- subscriptions: pushes of readings, lock changes and status ---- */
+
+static const char *const topic_names[PUSH_NTOPICS] = {
+    [PUSH_READINGS] = "readings",
+    [PUSH_LOCKS] = "locks",
+    [PUSH_STATUS] = "status",
+};
+
+static const char *const subscribe_params[] = {"topics", "lasers", "channels", "max_rate_hz", NULL};
+
+/* A laser's index in the config for a name or channel given by a client;
+ * -1 if none. */
+static int laser_index(struct daemon *d, json_t *v, bool by_channel) {
+    char buf[32];
+    const char *name;
+
+    for (int i = 0; i < d->cfg.nlasers; i++) {
+        if (by_channel ? json_is_integer(v) && json_integer_value(v) == d->cfg.lasers[i].channel
+                       : (name = laser_name_param(v, buf, sizeof(buf))) != NULL &&
+                             strcmp(name, d->cfg.lasers[i].name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static void m_subscribe(struct rpc_call *call, json_t *params, void *ctx) {
+    struct daemon *d = ctx;
+    struct push_filter f = {0};
+    json_t *topics = json_object_get(params, "topics"), *v, *rate, *res, *names;
+    static const char *const lists[] = {"lasers", "channels"};
+    struct rpc_session *s = rpc_call_session(call);
+    uint64_t id;
+    size_t i;
+    int rc;
+
+    if (!params_only(call, params, subscribe_params))
+        return;
+    if (!json_is_array(topics) || json_array_size(topics) == 0) {
+        rpc_call_error(call, RPC_INVALID_PARAMS,
+                       "Invalid params: \"topics\" must be a non-empty array of \"readings\", "
+                       "\"locks\", \"status\"",
+                       NULL);
+        return;
+    }
+    json_array_foreach(topics, i, v) {
+        int t;
+        for (t = 0; t < PUSH_NTOPICS; t++)
+            if (json_is_string(v) && strcmp(json_string_value(v), topic_names[t]) == 0)
+                break;
+        if (t == PUSH_NTOPICS) {
+            rpc_call_error(call, RPC_INVALID_PARAMS,
+                           "Invalid params: unknown topic; topics are \"readings\", \"locks\", "
+                           "\"status\"",
+                           NULL);
+            return;
+        }
+        f.topics |= 1u << t;
+    }
+    for (size_t l = 0; l < 2; l++) {
+        json_t *list = json_object_get(params, lists[l]);
+        if (list == NULL || json_is_null(list))
+            continue;
+        if (!json_is_array(list)) {
+            rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL,
+                            "Invalid params: \"%s\" must be an array", lists[l]);
+            return;
+        }
+        json_array_foreach(list, i, v) {
+            int k = laser_index(d, v, l == 1);
+            if (k < 0) {
+                rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL,
+                                "Invalid params: no laser %s in \"%s\"",
+                                l == 1 ? "on that channel" : "of that name", lists[l]);
+                return;
+            }
+            f.lasers[k] = true;
+        }
+    }
+    rate = json_object_get(params, "max_rate_hz");
+    if (rate != NULL && !json_is_null(rate)) {
+        double hz = json_is_number(rate) ? json_number_value(rate) : -1;
+        if (!(hz > 0 && hz <= 1000)) {
+            rpc_call_error(call, RPC_INVALID_PARAMS,
+                           "Invalid params: \"max_rate_hz\" must be a number in (0, 1000]", NULL);
+            return;
+        }
+        f.max_rate_hz = hz;
+    }
+    rc = s == NULL ? -ENOTSUP : push_subscribe(&d->push, s, &f, &id);
+    if (rc == -EMFILE) {
+        rpc_call_errorf(call, RPC_BUSY, NULL, "Too many subscriptions on this connection (max %d)",
+                        d->cfg.max_subscriptions);
+        return;
+    }
+    if (rc < 0) {
+        rpc_call_errorf(call, RPC_INTERNAL_ERROR, NULL, "Internal error: %s", strerror(-rc));
+        return;
+    }
+    names = json_array();
+    for (int k = 0; k < d->cfg.nlasers; k++) {
+        bool all = true;
+        for (int j = 0; j < CONFIG_MAX_LASERS && all; j++)
+            all = !f.lasers[j];
+        if (all || f.lasers[k])
+            json_array_append_new(names, json_string(d->cfg.lasers[k].name));
+    }
+    res = json_pack("{s:I, s:O, s:o, s:o}", "subscription", (json_int_t)id, "topics", topics,
+                    "lasers", names, "max_rate_hz",
+                    f.max_rate_hz > 0 ? json_real(f.max_rate_hz) : json_null());
+    rpc_call_result(call, res);
+}
+
+static const char *const unsubscribe_params[] = {"subscription", NULL};
+
+static void m_unsubscribe(struct rpc_call *call, json_t *params, void *ctx) {
+    struct daemon *d = ctx;
+    json_t *v = json_object_get(params, "subscription");
+    struct rpc_session *s = rpc_call_session(call);
+
+    if (!params_only(call, params, unsubscribe_params))
+        return;
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || s == NULL ||
+        push_unsubscribe(&d->push, s, (uint64_t)json_integer_value(v)) < 0) {
+        rpc_call_error(call, RPC_INVALID_PARAMS,
+                       "Invalid params: \"subscription\" must be one of this connection's", NULL);
+        return;
+    }
+    rpc_call_result(call, json_true());
+}
+
+/* Send the payload (a new reference, stolen) as topic t's notification. */
+static void push_json(struct daemon *d, enum push_topic t, int laser, const char *method,
+                      json_t *payload) {
+    char *text = payload ? json_dumps(payload, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+
+    json_decref(payload);
+    if (text == NULL)
+        return;
+    push_event(&d->push, t, laser, method, text);
+    free(text);
+}
+
+void methods_on_reading(struct meter *m, const struct reading *r, void *ctx) {
+    struct daemon *d = ctx;
+    struct meter_channel *c;
+
+    lasers_on_reading(m, r, &d->lasers);
+    if (!push_wanted(&d->push, PUSH_READINGS) || (c = meter_channel_find(m, r->channel)) == NULL)
+        return;
+    push_json(d, PUSH_READINGS, (int)(c - m->ch), "reading",
+              methods_reading_json(c, clock_now_ns(d->clk)));
+}
+
+/* A lock changed state: the laser's state, why, and where it stands. */
+static void on_lock_state(struct laser *l, void *ctx) {
+    struct daemon *d = ctx;
+
+    if (!push_wanted(&d->push, PUSH_LOCKS))
+        return;
+    push_json(d, PUSH_LOCKS, (int)(l - d->lasers.l), "lock",
+              json_pack("{s:s, s:i, s:b, s:s, s:s, s:f, s:o, s:f, s:f}", "laser", l->cfg->name,
+                        "channel", l->cfg->channel, "lock", l->lock_on, "state",
+                        laser_state_name(l->state), "reason", l->reason, "since", l->since_unix,
+                        "error_mhz", num_or_null(l->error_mhz), "output_v", l->pid.output_v,
+                        "setpoint_thz", l->pid.setpoint_thz));
+}
+
+static void on_meter_state(struct meter *m, void *ctx) {
+    struct daemon *d = ctx;
+    json_t *o;
+
+    if (!push_wanted(&d->push, PUSH_STATUS))
+        return;
+    o = json_pack("{s:s, s:s}", "driver", m->drv->cfg.name, "state", meter_state_name(m));
+    if (o && m->state == METER_BACKOFF && m->last_error[0])
+        json_object_set_new(o, "error", json_string(m->last_error));
+    push_json(d, PUSH_STATUS, -1, "status", o);
+}
+
+static void hook_drained(void *ctx, struct rpc_session *s) {
+    push_session_drained(&((struct daemon *)ctx)->push, s);
+}
+
+static void hook_closed(void *ctx, struct rpc_session *s) {
+    push_session_closed(&((struct daemon *)ctx)->push, s);
+}
+
 static const struct rpc_method methods[] = {
     {.name = "ping", .fn = m_ping},
     {.name = "version", .fn = m_version},
@@ -900,6 +1087,8 @@ static const struct rpc_method methods[] = {
     {.name = "laser.set_gains", .fn = m_set_gains, .params = gains_params},
     {.name = "laser.set_output", .fn = m_set_output, .params = output_params},
     {.name = "history", .fn = m_history, .params = history_params},
+    {.name = "subscribe", .fn = m_subscribe, .params = subscribe_params},
+    {.name = "unsubscribe", .fn = m_unsubscribe, .params = unsubscribe_params},
 };
 
 static const struct rpc_method sim_methods[] = {
@@ -935,4 +1124,13 @@ void methods_init(struct rpc_server *rpc, struct daemon *d) {
         .login_blocked = access_login_blocked,
         .login_failed = access_login_failed,
     };
+    rpc->session_drained = hook_drained;
+    rpc->session_closed = hook_closed;
+}
+
+void methods_listen(struct daemon *d) {
+    d->lasers.on_state = on_lock_state;
+    d->lasers.state_ctx = d;
+    d->meter.on_state = on_meter_state;
+    d->meter.state_ctx = d;
 }

@@ -158,6 +158,7 @@ class Client:
     def __init__(self, port, host="127.0.0.1"):
         self.sock = socket.create_connection((host, port), timeout=10)
         self.buf = b""
+        self.notes = []  # notifications that came while waiting for an answer
         self.next_id = 1
 
     def __enter__(self):
@@ -201,6 +202,9 @@ class Client:
             req["params"] = params
         self.send(json.dumps(req) + "\n")
         ans = self.recv_json(timeout)
+        while "id" not in ans and "method" in ans:
+            self.notes.append(ans)  # a notification (subscriptions): kept for the test
+            ans = self.recv_json(timeout)
         if ans.get("id") != req["id"]:
             fail("answer id %r for request id %r" % (ans.get("id"), req["id"]))
         return ans
