@@ -44,7 +44,9 @@ struct meter_channel {
     uint64_t last_end_ns;                /* when its last read finished, 0 = never */
     uint64_t revisit_ns[METER_REVISITS]; /* ring of times between reads */
     size_t nrevisit, revisit_head;
-    char last_problem[96]; /* its last status or error, for one log line per change */
+    char last_problem[96];  /* its last status or error, for one log line per change */
+    unsigned err_streak;    /* channel errors in a row */
+    uint64_t hold_until_ns; /* not read again before (a channel error); 0 = free */
 };
 
 struct meter;
@@ -79,7 +81,9 @@ struct meter {
     int cycle_reads;
     uint64_t consecutive_errors;
     char last_error[128];
-    uv_timer_t backoff; /* retry after device errors */
+    uv_timer_t backoff;    /* retry after device errors; also the wait when all are held */
+    bool waiting;          /* every channel held back by its error: the timer resumes */
+    uint64_t job_start_ns; /* when the read in flight was queued */
     unsigned backoff_ms;
 
     meter_reading_cb on_reading;

@@ -9,12 +9,15 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -171,13 +174,20 @@ static void put_json(FILE *f, json_t *v, int indent, int depth) {
 static const struct unit {
     const char *suffix, *unit;
 } units[] = {
-    {"_thz", "THz"},          {"_nm", "nm"},
-    {"_mhz", "MHz"},          {"_mhz_per_s", "MHz/s"},
-    {"_mhz_per_v", "MHz/V"},  {"_v_per_mhz", "V/MHz"},
-    {"_v_per_mhz_s", "V/(MHz s)"}, {"_v_s_per_mhz", "V s/MHz"},
-    {"_v_per_s", "V/s"},      {"_v", "V"},
-    {"_s", "s"},              {"_ms", "ms"},
-    {"_ns", "ns"},            {"_bytes", "bytes"},
+    {"_thz", "THz"},
+    {"_nm", "nm"},
+    {"_mhz", "MHz"},
+    {"_mhz_per_s", "MHz/s"},
+    {"_mhz_per_v", "MHz/V"},
+    {"_v_per_mhz", "V/MHz"},
+    {"_v_per_mhz_s", "V/(MHz s)"},
+    {"_v_s_per_mhz", "V s/MHz"},
+    {"_v_per_s", "V/s"},
+    {"_v", "V"},
+    {"_s", "s"},
+    {"_ms", "ms"},
+    {"_ns", "ns"},
+    {"_bytes", "bytes"},
 };
 
 /* The unit of a member named key (the longest suffix that matches), or NULL. */
@@ -242,7 +252,10 @@ static void put_human(FILE *f, json_t *v, const char *key, const char *unit) {
 
     switch (json_typeof(v)) {
     case JSON_STRING:
-        fputs(json_string_value(v), f);
+        /* Control characters would move a terminal's cursor: a reason quoting a device's
+         * garbage must not redraw the screen. */
+        for (const char *p = json_string_value(v); *p; p++)
+            putc((unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p, f);
         return;
     case JSON_INTEGER:
     case JSON_REAL:
@@ -251,7 +264,9 @@ static void put_human(FILE *f, json_t *v, const char *key, const char *unit) {
             return;
         }
         number_text(num, v);
-        fprintf(f, unit ? "%s %s" : "%s", num, unit);
+        fputs(num, f);
+        if (unit)
+            fprintf(f, " %s", unit);
         return;
     case JSON_TRUE:
         fputs("yes", f);
@@ -378,13 +393,14 @@ static json_t *column_head(const struct column *c) {
 
 /*
  * rows (borrowed: an array of objects, or one object) as a table with a heading, at
- * indent spaces: two spaces between columns, numbers right-aligned, no trailing blanks.
+ * indent spaces: two spaces between columns, numbers aligned on their decimal points, no
+ * trailing blanks.
  * Units go in the heading, so the cells hold numbers as they came.
  */
 static void print_table(json_t *rows, const struct column *cols, size_t ncols, int indent) {
     json_t *lines = json_array(), *one = NULL, *row, *line;
     const struct column *shown[MAX_COLUMNS];
-    size_t width[MAX_COLUMNS], n = 0, i;
+    size_t int_w[MAX_COLUMNS], frac_w[MAX_COLUMNS], n = 0, i;
     bool numeric[MAX_COLUMNS];
 
     if (json_is_object(rows)) {
@@ -416,30 +432,48 @@ static void print_table(json_t *rows, const struct column *cols, size_t ncols, i
                 v = json_null();
             else
                 json_incref(v);
-            numeric[c] = numeric[c] && (json_is_null(v) || (json_is_number(v) && !is_time_key(key)));
+            numeric[c] =
+                numeric[c] && (json_is_null(v) || (json_is_number(v) && !is_time_key(key)));
             json_array_append_new(line, human_cell(v, key, NULL));
             json_decref(v);
         }
         json_array_append_new(lines, line);
     }
+    /* A number column lines its cells up on the decimal point: int_w the widest part
+     * before it, frac_w the widest from it on. */
     for (size_t c = 0; c < n; c++) {
-        width[c] = 0;
+        size_t head_w = text_width(json_string_value(json_array_get(json_array_get(lines, 0), c)));
+        int_w[c] = frac_w[c] = 0;
         json_array_foreach(lines, i, line) {
-            size_t w = text_width(json_string_value(json_array_get(line, c)));
-            width[c] = w > width[c] ? w : width[c];
+            const char *s = json_string_value(json_array_get(line, c));
+            size_t before = numeric[c] ? strcspn(s, ".") : text_width(s);
+            size_t after = numeric[c] ? strlen(s) - before : 0;
+            if (i == 0)
+                continue;
+            int_w[c] = before > int_w[c] ? before : int_w[c];
+            frac_w[c] = after > frac_w[c] ? after : frac_w[c];
         }
+        if (head_w > int_w[c] + frac_w[c])
+            int_w[c] = head_w - frac_w[c];
     }
     json_array_foreach(lines, i, line) {
         printf("%*s", indent, "");
         for (size_t c = 0; c < n; c++) {
             const char *s = json_string_value(json_array_get(line, c));
-            int pad = (int)(width[c] - text_width(s));
-            if (numeric[c])
-                printf("%s%*s%s", c ? "  " : "", pad, "", s);
-            else if (c + 1 < n)
-                printf("%s%s%*s", c ? "  " : "", s, pad, "");
-            else
-                printf("%s%s", c ? "  " : "", s);
+            size_t w = text_width(s), width = int_w[c] + frac_w[c];
+            bool last = c + 1 == n;
+            int left = 0, right = 0;
+
+            if (numeric[c] && i > 0) {
+                size_t before = strcspn(s, ".");
+                left = (int)(width - frac_w[c] - before);
+                right = (int)(frac_w[c] - (strlen(s) - before));
+            } else if (numeric[c]) {
+                left = (int)(width > w ? width - w : 0);
+            } else {
+                right = (int)(width > w ? width - w : 0);
+            }
+            printf("%s%*s%s%*s", c ? "  " : "", left, "", s, last ? 0 : right, "");
         }
         putchar('\n');
     }
@@ -625,9 +659,8 @@ static void show_lasers(json_t *result) {
 
 static void show_history(json_t *result) {
     static const struct column cols[] = {
-        {.path = "time"},         {.path = "seq"},      {.path = "status"},
-        {.path = "frequency_thz"}, {.path = "error_mhz"}, {.path = "output_v"},
-        {.path = "state"},
+        {.path = "time"},      {.path = "seq"},      {.path = "status"}, {.path = "frequency_thz"},
+        {.path = "error_mhz"}, {.path = "output_v"}, {.path = "state"},
     };
     json_t *samples = json_object_get(result, "samples");
     json_t *stats = json_object_get(result, "error_mhz");
@@ -678,9 +711,9 @@ static void show_version(json_t *result) {
 /* One connection to the daemon and the lines received on it. */
 struct session {
     int fd;
-    int timeout_ms;        /* for each answer */
-    json_int_t next_id;    /* of the next request */
-    char *buf;             /* received bytes; the line last returned starts it */
+    int timeout_ms;         /* for each answer */
+    json_int_t next_id;     /* of the next request */
+    char *buf;              /* received bytes; the line last returned starts it */
     size_t have, cap, used; /* used: the bytes of that line and its newline */
 };
 
@@ -739,8 +772,8 @@ static int64_t now_ms(void) {
 
 /* Sends one request; *id gets its id. 0 or CTL_CONNECT (said why). */
 static int session_send(struct session *s, const char *method, json_t *params, json_int_t *id) {
-    json_t *req = json_pack("{s:s, s:I, s:s}", "jsonrpc", "2.0", "id", s->next_id, "method",
-                            method);
+    json_t *req =
+        json_pack("{s:s, s:I, s:s}", "jsonrpc", "2.0", "id", s->next_id, "method", method);
     char *text = NULL;
     size_t len = 0, off = 0;
     FILE *f = open_memstream(&text, &len);
@@ -780,12 +813,14 @@ static int session_line(struct session *s, int timeout_ms, char **line) {
     int64_t deadline = now_ms() + timeout_ms;
     char *nl;
 
-    s->have -= s->used;
-    memmove(s->buf, s->buf + s->used, s->have);
-    s->used = 0;
-    while ((nl = memchr(s->buf, '\n', s->have)) == NULL) {
+    if (s->used > 0) {
+        s->have -= s->used;
+        memmove(s->buf, s->buf + s->used, s->have);
+        s->used = 0;
+    }
+    while (s->have == 0 || (nl = memchr(s->buf, '\n', s->have)) == NULL) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
-        int left = timeout_ms < 0 ? -1 : (int)(deadline - now_ms());
+        int left = timeout_ms < 0 ? -1 : (int)(deadline - now_ms()), ready = 1;
         ssize_t n;
 
         if (s->have + 4096 > s->cap) {
@@ -799,8 +834,14 @@ static int session_line(struct session *s, int timeout_ms, char **line) {
             s->buf = bigger;
             s->cap = want;
         }
-        if (timeout_ms >= 0 && (left <= 0 || poll(&p, 1, left) == 0)) {
+        if (timeout_ms >= 0 && (left <= 0 || (ready = poll(&p, 1, left)) == 0)) {
             fprintf(stderr, "wavemeterctl: no answer within %d ms\n", timeout_ms);
+            return CTL_CONNECT;
+        }
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready < 0) {
+            fprintf(stderr, "wavemeterctl: poll: %s\n", strerror(errno));
             return CTL_CONNECT;
         }
         n = read(s->fd, s->buf + s->have, s->cap - s->have);
@@ -923,7 +964,8 @@ struct command;
 /* What a command needs once it runs: the connection and how to print. */
 struct ctl {
     struct session s;
-    bool raw, json;
+    bool raw;   /* print the answer line as it came */
+    bool human; /* print the result for people; else as JSON */
 };
 
 /*
@@ -937,46 +979,113 @@ struct command {
     const char *synopsis; /* its arguments, for --help */
     const char *help;
     struct arg args[MAX_ARGS];
-    bool writes;                 /* a write method: log in first when a token is found */
+    bool writes;                  /* a write method: log in first when a token is found */
     void (*show)(json_t *result); /* the result for people; NULL: show_generic() */
     int (*run)(struct ctl *ctl, const struct command *cmd, json_t *params);
 };
 
 static const struct command commands[] = {
-    {"ping", "ping", "", "check that the daemon answers"},
-    {"version", "version", "", "the daemon's version and protocol", .show = show_version},
-    {"status", "status", "", "wavemeter, actuators, channels, clients, loop health"},
-    {"channels", "channels", "", "every channel: laser, exposure, settle time"},
-    {"read", "read", "[LASER|CHANNEL]", "the latest reading of every channel, or of one",
-     {{"laser", ARG_TARGET}}, .show = show_readings},
-    {"lasers", "lasers", "", "every laser: lock state, setpoint, frequency, error, output",
+    {.name = "ping", .method = "ping", .synopsis = "", .help = "check that the daemon answers"},
+    {.name = "version",
+     .method = "version",
+     .synopsis = "",
+     .help = "the daemon's version and protocol",
+     .show = show_version},
+    {.name = "status",
+     .method = "status",
+     .synopsis = "",
+     .help = "the daemon, wavemeter, actuators, clients"},
+    {.name = "channels",
+     .method = "channels",
+     .synopsis = "",
+     .help = "every channel: laser, exposure, settle"},
+    {.name = "read",
+     .method = "read",
+     .synopsis = "[LASER|CHANNEL]",
+     .help = "latest reading of every channel or one",
+     .args = {{.param = "laser", .kind = ARG_TARGET}},
+     .show = show_readings},
+    {.name = "lasers",
+     .method = "lasers",
+     .synopsis = "",
+     .help = "every laser: state, setpoint, error",
      .show = show_lasers},
-    {"get", "laser.get", "LASER", "one laser in full", {{"laser", ARG_LASER}}},
-    {"setpoint", "laser.set_setpoint", "LASER VALUE{THz|nm} [RAMP]",
-     "move the setpoint to a frequency or vacuum wavelength, at RAMP MHz/s",
-     {{"laser", ARG_LASER}, {"frequency_thz", ARG_SETPOINT}, {"ramp_mhz_per_s", ARG_NUMBER, "MHz/s"}},
-     true},
-    {"lock", "laser.lock", "LASER", "lock, bumpless from the present output",
-     {{"laser", ARG_LASER}}, true},
-    {"unlock", "laser.unlock", "LASER", "stop the lock; the output stays", {{"laser", ARG_LASER}},
-     true},
-    {"gains", "laser.set_gains", "LASER [KP [KI [KD]]]",
-     "set gains in V/MHz, V/(MHz s), V s/MHz (or kp= ki= kd=)",
-     {{"laser", ARG_LASER}, {"kp", ARG_NUMBER}, {"ki", ARG_NUMBER}, {"kd", ARG_NUMBER}}, true},
-    {"output", "laser.set_output", "LASER VOLTS", "set an unlocked laser's output",
-     {{"laser", ARG_LASER}, {"output_v", ARG_NUMBER, "V"}}, true},
-    {"history", "history", "LASER|CHANNEL [SECONDS]",
-     "recent readings (the last SECONDS) and error statistics",
-     {{"laser", ARG_TARGET}, {"seconds", ARG_NUMBER, "s"}}, .show = show_history},
-    {"auth", "auth", "TOKEN", "log in (done by itself for writes, see -k)",
-     {{"token", ARG_STRING}}},
-    {"sim.fault", "sim.fault", "LASER|CHANNEL FAULT",
-     "simulator: none, no_signal, underexposed, overexposed",
-     {{"laser", ARG_TARGET}, {"fault", ARG_STRING}}, true},
-    {"sim.mode_hop", "sim.mode_hop", "LASER|CHANNEL MHZ", "simulator: the laser jumps",
-     {{"laser", ARG_TARGET}, {"jump_mhz", ARG_NUMBER, "MHz"}}, true},
-    {"sim.disconnect", "sim.disconnect", "", "simulator: every read fails", .writes = true},
-    {"sim.connect", "sim.connect", "", "simulator: reads work again", .writes = true},
+    {.name = "get",
+     .method = "laser.get",
+     .synopsis = "LASER",
+     .help = "one laser in full",
+     .args = {{.param = "laser", .kind = ARG_LASER}}},
+    {.name = "setpoint",
+     .method = "laser.set_setpoint",
+     .synopsis = "LASER VALUE{THz|nm} [RAMP]",
+     .help = "move the setpoint (RAMP in MHz/s)",
+     .args = {{.param = "laser", .kind = ARG_LASER},
+              {.param = "frequency_thz", .kind = ARG_SETPOINT},
+              {.param = "ramp_mhz_per_s", .kind = ARG_NUMBER, .unit = "MHz/s"}},
+     .writes = true},
+    {.name = "lock",
+     .method = "laser.lock",
+     .synopsis = "LASER",
+     .help = "lock, bumpless from the present output",
+     .args = {{.param = "laser", .kind = ARG_LASER}},
+     .writes = true},
+    {.name = "unlock",
+     .method = "laser.unlock",
+     .synopsis = "LASER",
+     .help = "stop the lock; the output stays",
+     .args = {{.param = "laser", .kind = ARG_LASER}},
+     .writes = true},
+    {.name = "gains",
+     .method = "laser.set_gains",
+     .synopsis = "LASER [KP [KI [KD]]]",
+     .help = "set gains: V/MHz, V/(MHz s), V s/MHz",
+     .args = {{.param = "laser", .kind = ARG_LASER},
+              {.param = "kp", .kind = ARG_NUMBER},
+              {.param = "ki", .kind = ARG_NUMBER},
+              {.param = "kd", .kind = ARG_NUMBER}},
+     .writes = true},
+    {.name = "output",
+     .method = "laser.set_output",
+     .synopsis = "LASER VOLTS",
+     .help = "set an unlocked laser's output",
+     .args = {{.param = "laser", .kind = ARG_LASER},
+              {.param = "output_v", .kind = ARG_NUMBER, .unit = "V"}},
+     .writes = true},
+    {.name = "history",
+     .method = "history",
+     .synopsis = "LASER|CHANNEL [SECONDS]",
+     .help = "readings of the last SECONDS, statistics",
+     .args = {{.param = "laser", .kind = ARG_TARGET},
+              {.param = "seconds", .kind = ARG_NUMBER, .unit = "s"}},
+     .show = show_history},
+    {.name = "auth",
+     .method = "auth",
+     .synopsis = "TOKEN",
+     .help = "log in (writes do it by themselves)",
+     .args = {{.param = "token", .kind = ARG_STRING}}},
+    {.name = "sim.fault",
+     .method = "sim.fault",
+     .synopsis = "LASER|CHANNEL FAULT",
+     .help = "simulator: none, no_signal, ...",
+     .args = {{.param = "laser", .kind = ARG_TARGET}, {.param = "fault", .kind = ARG_STRING}},
+     .writes = true},
+    {.name = "sim.mode_hop",
+     .method = "sim.mode_hop",
+     .synopsis = "LASER|CHANNEL MHZ",
+     .help = "simulator: the laser jumps by MHZ",
+     .args = {{.param = "laser", .kind = ARG_TARGET},
+              {.param = "jump_mhz", .kind = ARG_NUMBER, .unit = "MHz"}},
+     .writes = true},
+    {.name = "sim.disconnect",
+     .method = "sim.disconnect",
+     .synopsis = "",
+     .help = "simulator: every read fails",
+     .writes = true},
+    {.name = "sim.connect",
+     .method = "sim.connect",
+     .synopsis = "",
+     .help = "simulator: reads work again",
+     .writes = true},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -990,13 +1099,14 @@ static const struct command *find_command(const char *name) {
 static void usage(FILE *f) {
     fprintf(f, "usage: wavemeterctl [OPTIONS] COMMAND [ARGS...] [KEY=VALUE...]\n"
                "       wavemeterctl [OPTIONS] METHOD [KEY=VALUE... | JSON]\n"
-               "Options (also --json and --raw after the command):\n"
-               "  -c, --connect HOST:PORT  daemon address (default $WAVEMETERD_ADDR or "
-               "127.0.0.1:7420)\n"
-               "  -j, --json               print the result as JSON, numbers as received\n"
+               "Options (--json, --human and --raw also after the command):\n"
+               "  -c, --connect HOST:PORT  the daemon (default $WAVEMETERD_ADDR, 127.0.0.1:7420)\n"
+               "  -H, --human              print the result for people: tables, units (the\n"
+               "                           default when the output is a terminal)\n"
+               "  -j, --json               print the result as JSON, numbers as received (the\n"
+               "                           default when the output is a pipe or file)\n"
                "  -r, --raw                print the answer line as received\n"
-               "  -t, --timeout MS         wait at most MS milliseconds for each answer "
-               "(default 10000)\n"
+               "  -t, --timeout MS         wait at most MS ms for each answer (default 10000)\n"
                "  -k, --token-file FILE    log in for writes with this token (default\n"
                "                           $WAVEMETERD_TOKEN_FILE, else the daemon's cookie in\n"
                "                           $STATE_DIRECTORY, /var/lib/wavemeterd or "
@@ -1006,20 +1116,19 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < NCOMMANDS; i++) {
         char head[64];
         snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].synopsis);
-        fprintf(f, "  %-40s %s\n", head, commands[i].help);
+        fprintf(f, "  %-36s %s\n", head, commands[i].help);
     }
-    fprintf(f,
-            "A LASER|CHANNEL number is a channel unless a laser has that name. Units may\n"
-            "follow a number, attached or not: 751.52686THz, 398.911 nm, 1.5V, 60s, 20MHz/s.\n"
-            "KEY=VALUE names a param (VALUE is JSON, else a string); one JSON object or array\n"
-            "is the params as they are; any other METHOD is sent as typed.\n"
-            "Exit status: 0 ok, 1 the daemon answered with an error, 2 usage (or an\n"
-            "unreadable token file), 3 cannot connect (or no answer in time).\n"
-            "Examples: wavemeterctl read\n"
-            "          wavemeterctl setpoint 399 751.52686THz\n"
-            "          wavemeterctl setpoint 399 398.911nm 20\n"
-            "          wavemeterctl --json laser.get 397\n"
-            "Docs: wavemeterctl(1), docs/PROTOCOL.md\n");
+    fprintf(f, "A LASER|CHANNEL number is a channel unless a laser has that name. Units may\n"
+               "follow a number, attached or not: 751.52686THz, 398.911 nm, 1.5V, 60s, 20MHz/s.\n"
+               "KEY=VALUE names a param (VALUE is JSON, else a string); one JSON object or array\n"
+               "is the params as they are; any other METHOD is sent as typed.\n"
+               "Exit status: 0 ok, 1 the daemon answered with an error, 2 usage (or an\n"
+               "unreadable token file), 3 cannot connect (or no answer in time).\n"
+               "Examples: wavemeterctl read\n"
+               "          wavemeterctl setpoint 399 751.52686THz\n"
+               "          wavemeterctl setpoint 399 398.911nm 20\n"
+               "          wavemeterctl --json laser.get 397\n"
+               "Docs: wavemeterctl(1), docs/PROTOCOL.md\n");
 }
 
 /* Case-insensitive: does text equal unit? */
@@ -1066,7 +1175,7 @@ static json_t *scan_number(const char *text, const char **rest) {
             return json_integer(i);
     }
     double x = strtod(text, &end);
-    if (end != p || x - x != 0) /* not finite */
+    if (end != p || !isfinite(x))
         return NULL;
     return json_real(x);
 }
@@ -1112,7 +1221,8 @@ static int put_arg(json_t *params, const struct command *cmd, const struct arg *
         rest++;
     if (a->kind == ARG_SETPOINT && is_unit(rest, "nm")) {
         param = "wavelength_nm";
-    } else if (*rest != '\0' && !(a->kind == ARG_SETPOINT ? is_unit(rest, "THz") : is_unit(rest, a->unit))) {
+    } else if (*rest != '\0' &&
+               !(a->kind == ARG_SETPOINT ? is_unit(rest, "THz") : is_unit(rest, a->unit))) {
         fprintf(stderr, "wavemeterctl: %s: \"%s\": %s takes %s\n", cmd->name, text, param,
                 a->kind == ARG_SETPOINT ? "THz or nm"
                 : a->unit               ? a->unit
@@ -1264,7 +1374,7 @@ static int run_call(struct ctl *ctl, const struct command *cmd, const char *meth
     rc = result ? CTL_OK : CTL_ANSWER;
     if (ctl->raw || ans == NULL) {
         puts(line);
-    } else if (ctl->json) {
+    } else if (!ctl->human) {
         put_json(stdout, result ? result : error ? error : ans, 2, 0);
         putchar('\n');
     } else if (result) {
@@ -1272,8 +1382,7 @@ static int run_call(struct ctl *ctl, const struct command *cmd, const char *meth
     } else if (error) {
         print_error(method, error);
     } else {
-        fprintf(stderr, "wavemeterctl: %s: an answer without result or error: %s\n", method,
-                line);
+        fprintf(stderr, "wavemeterctl: %s: an answer without result or error: %s\n", method, line);
     }
     if (json_is_string(json_object_get(error, "message")))
         suggest_names(&ctl->s, json_string_value(json_object_get(error, "message")));
@@ -1296,10 +1405,10 @@ static int login(struct session *s, const char *token) {
 
 int main(int argc, char **argv) {
     static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'},    {"json", no_argument, NULL, 'j'},
-        {"raw", no_argument, NULL, 'r'},              {"timeout", required_argument, NULL, 't'},
-        {"token-file", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"connect", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'j'},
+        {"human", no_argument, NULL, 'H'},         {"raw", no_argument, NULL, 'r'},
+        {"timeout", required_argument, NULL, 't'}, {"token-file", required_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *addr = getenv("WAVEMETERD_ADDR");
     const char *token_file = getenv("WAVEMETERD_TOKEN_FILE");
@@ -1308,35 +1417,40 @@ int main(int argc, char **argv) {
     const char *method;
     char *token = NULL, *end, **args;
     json_t *params = NULL;
-    int opt, rc, nargs = 0;
+    int opt, rc, nargs = 0, human = -1; /* -1: for people when stdout is a terminal */
 
     if (addr == NULL || *addr == '\0')
         addr = "127.0.0.1:7420";
     if (token_file && *token_file == '\0')
         token_file = NULL; /* WAVEMETERD_TOKEN_FILE= means none */
     /* '+': options end at the command, so "output 399 -2.5" is a number, not an option. */
-    while ((opt = getopt_long(argc, argv, "+c:jrt:k:h", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+c:jHrt:k:h", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             addr = optarg;
             break;
         case 'j':
-            ctl.json = true;
+            human = 0;
+            break;
+        case 'H':
+            human = 1;
             break;
         case 'r':
             ctl.raw = true;
             break;
-        case 't':
+        case 't': {
             errno = 0;
             long ms = strtol(optarg, &end, 10);
             if (errno || *end || end == optarg || ms <= 0 || ms > 86400000) {
-                fprintf(stderr, "wavemeterctl: --timeout \"%s\": expected milliseconds, 1 to "
-                                "86400000\n",
+                fprintf(stderr,
+                        "wavemeterctl: --timeout \"%s\": expected milliseconds, 1 to "
+                        "86400000\n",
                         optarg);
                 return CTL_USAGE;
             }
             ctl.s.timeout_ms = (int)ms;
             break;
+        }
         case 'k':
             token_file = optarg;
             break;
@@ -1344,25 +1458,28 @@ int main(int argc, char **argv) {
             usage(stdout);
             return CTL_OK;
         default:
-            usage(stderr);
+            fprintf(stderr, "Try 'wavemeterctl --help'.\n");
             return CTL_USAGE;
         }
     }
     if (optind >= argc) {
-        usage(stderr);
+        fprintf(stderr, "usage: wavemeterctl [OPTIONS] COMMAND [ARGS...]\n"
+                        "Try 'wavemeterctl --help' for the commands.\n");
         return CTL_USAGE;
     }
     method = argv[optind];
     cmd = find_command(method);
     if (cmd)
         method = cmd->method;
-    /* --json and --raw may follow the command too; "--" ends them. */
+    /* --json, --human and --raw may follow the command too; "--" ends them. */
     args = calloc((size_t)argc, sizeof(*args));
     if (args == NULL)
         return CTL_USAGE;
     for (int i = optind + 1, more = 1; i < argc; i++) {
         if (more && strcmp(argv[i], "--json") == 0)
-            ctl.json = true;
+            human = 0;
+        else if (more && strcmp(argv[i], "--human") == 0)
+            human = 1;
         else if (more && strcmp(argv[i], "--raw") == 0)
             ctl.raw = true;
         else if (more && strcmp(argv[i], "--") == 0)
@@ -1370,6 +1487,8 @@ int main(int argc, char **argv) {
         else
             args[nargs++] = argv[i];
     }
+    /* A pipe gets JSON, as it always did: scripts that read it keep working. */
+    ctl.human = human < 0 ? isatty(STDOUT_FILENO) : human;
     rc = build_params(cmd, argv[optind], args, nargs, &params);
     free(args);
     if (rc != CTL_OK)

@@ -18,8 +18,12 @@
  * log or the vendor's network server while it is gone. */
 #define BACKOFF_MIN_MS 250u
 #define BACKOFF_MAX_MS 10000u
+/* A channel's own error holds it back (see meter_store). */
+#define METER_HOLD_MIN_MS 250u
+#define METER_HOLD_MAX_MS 5000u
 
 static void meter_queue_next(struct meter *m);
+static void meter_backoff_cb(uv_timer_t *t);
 
 /* Every change of the meter's state goes through here, so a listener
  * (status notifications) hears of each. */
@@ -48,12 +52,12 @@ int meter_init(struct meter *m, uv_loop_t *loop, const struct config *cfg, const
         snprintf(err, errlen, "unknown switch driver \"%s\"", cfg->sw.drv.driver);
         return -EINVAL;
     }
+    m->nch = cfg->nlasers;
     for (int i = 0; i < cfg->nlasers; i++) {
         m->ch[i].cfg = &cfg->lasers[i];
         m->ch[i].last.channel = cfg->lasers[i].channel;
         meter_set_locked(m, cfg->lasers[i].channel, false);
     }
-    m->nch = cfg->nlasers;
     m->cur = -1;
     struct wm_open_args args = {.settings = cfg->wavemeter.u.bytes, .cfg = cfg, .clk = clk};
     rc = m->drv->open(&args, &m->dev, err, errlen);
@@ -113,6 +117,8 @@ static int meter_pick_next(const struct meter *m) {
 
         if (!c->cfg->enabled)
             continue;
+        if (c->hold_until_ns > now)
+            continue; /* its error holds it back */
         if (first < 0)
             first = i;
         if (deadline > now + read_cost_ns(m, i))
@@ -124,9 +130,21 @@ static int meter_pick_next(const struct meter *m) {
     }
     if (best >= 0)
         return best;
-    if (m->cur >= 0 && m->ch[m->cur].cfg->enabled)
+    if (m->cur >= 0 && m->ch[m->cur].cfg->enabled && m->ch[m->cur].hold_until_ns <= now)
         return m->cur;
     return first;
+}
+
+/* The earliest time a held channel may be read again, 0 if none is held. */
+static uint64_t meter_next_hold_end(const struct meter *m) {
+    uint64_t end = 0;
+
+    for (int i = 0; i < m->nch; i++) {
+        const struct meter_channel *c = &m->ch[i];
+        if (c->cfg->enabled && c->hold_until_ns != 0 && (end == 0 || c->hold_until_ns < end))
+            end = c->hold_until_ns;
+    }
+    return end;
 }
 
 void meter_revisit_ms(const struct meter_channel *c, double *mean_ms, double *max_ms) {
@@ -210,6 +228,9 @@ static void meter_backoff_cb(uv_timer_t *t) {
     if (m->state == METER_BACKOFF) {
         meter_set_state(m, METER_RUNNING);
         meter_queue_next(m);
+    } else if (m->waiting && m->state == METER_RUNNING) {
+        m->waiting = false;
+        meter_queue_next(m);
     }
 }
 
@@ -250,6 +271,21 @@ static void meter_store(struct meter *m, struct meter_channel *c) {
             c->nrevisit++;
     }
     c->last_end_ns = end_ns;
+    /* A channel error that comes back at once, quicker than an exposure
+     * (a channel the instrument does not have), holds that channel back,
+     * 250 ms doubling to 5 s, or a meter with nothing else due would ask
+     * again and again. Errors that are measurements (out of range) come at
+     * the measurement's own pace and hold nothing back. */
+    if (r->status == WM_ERROR && m->rc >= 0 &&
+        end_ns - m->job_start_ns < (uint64_t)c->cfg->exposure_ms * 1000000u) {
+        uint64_t hold_ms = METER_HOLD_MIN_MS << (c->err_streak < 5 ? c->err_streak : 5);
+        c->err_streak++;
+        c->hold_until_ns =
+            end_ns + (hold_ms < METER_HOLD_MAX_MS ? hold_ms : METER_HOLD_MAX_MS) * 1000000u;
+    } else {
+        c->err_streak = 0;
+        c->hold_until_ns = 0;
+    }
 }
 
 /* One log line per change of a channel's condition, not one per cycle:
@@ -332,11 +368,22 @@ static void meter_queue_next(struct meter *m) {
     int rc;
 
     if (next < 0) {
-        meter_set_state(m, METER_IDLE); /* every channel disabled */
+        uint64_t hold_end = meter_next_hold_end(m), now = clock_now_ns(m->clk);
+
+        if (hold_end == 0) {
+            meter_set_state(m, METER_IDLE); /* every channel disabled */
+            return;
+        }
+        /* Every enabled channel is held back by its error: wait for the
+         * first to be free (the back-off timer, the meter still running). */
+        m->waiting = true;
+        uv_timer_start(&m->backoff, meter_backoff_cb,
+                       hold_end > now ? (hold_end - now + 999999u) / 1000000u : 1, 0);
         return;
     }
     lc = m->ch[next].cfg;
     m->cur = next;
+    m->job_start_ns = clock_now_ns(m->clk);
     m->req.channel = lc->channel;
     m->req.exposure_ms = lc->exposure_ms;
     m->req.settle_ms = lc->settle_ms;

@@ -57,6 +57,10 @@
  * keep most of theirs. */
 #define HF_RESERVE_MAX_MS 50
 
+/* hf_apply_exposure's answer for a refusal that is the channel's own: the
+ * reading is that channel's error, the meter goes on. */
+#define HF_CHANNEL_ERROR 2
+
 /* Beyond the periods a result should take: network and a busy Windows PC. */
 #define HF_RESULT_SLACK_MS 100
 
@@ -85,6 +89,7 @@ typedef int32_t (*wlm_set_signal_num_fn)(int32_t port, double mv);
 typedef int32_t (*wlm_get_exposure_num_fn)(int32_t num, int32_t ccd, int32_t ignored);
 typedef int32_t (*wlm_exposure_mode_num_fn)(int32_t num, unsigned char automatic);
 typedef int32_t (*wlm_signal_states_fn)(int32_t signal, int32_t use, int32_t show);
+typedef int32_t (*wlm_get_signal_states_fn)(int32_t signal, int32_t *use, int32_t *show);
 typedef intptr_t (*wlm_instantiate_fn)(int32_t rfc, int32_t mode, intptr_t p1, int32_t p2);
 typedef void (*wlm_callback_ex_fn)(int32_t ver, int32_t mode, int32_t intval, double dblval,
                                    int32_t res1);
@@ -110,6 +115,7 @@ struct wlm_api {
     wlm_i32_fn GetChannelsCount;
     wlm_i32_fn GetSwitcherMode;
     wlm_signal_states_fn SetSwitcherSignalStates; /* needed by the cycling mode */
+    wlm_get_signal_states_fn GetSwitcherSignalStates;
 };
 
 /* dlsym hands out object pointers; they are copied into the function
@@ -141,6 +147,7 @@ static const struct {
     {"GetChannelsCount", offsetof(struct wlm_api, GetChannelsCount)},
     {"GetSwitcherMode", offsetof(struct wlm_api, GetSwitcherMode)},
     {"SetSwitcherSignalStates", offsetof(struct wlm_api, SetSwitcherSignalStates)},
+    {"GetSwitcherSignalStates", offsetof(struct wlm_api, GetSwitcherSignalStates)},
 };
 
 /* Constants of the vendor's wlmData.h. */
@@ -215,9 +222,18 @@ struct hf_dev {
     /* Return mode "new values only" is on: each result comes once. */
     bool read_once;
     /* The instrument cycles its switch through the lasers by itself; a
-     * cycle (every enabled laser once) takes about cycle_ms. */
+     * cycle (every enabled laser once) takes about cycle_ms (the plan at
+     * open), or what the gaps between one channel's results show. */
     bool cycling;
-    uint64_t cycle_ms;
+    bool cycling_lost; /* a device error: set the cycling up again */
+    uint64_t cycle_ms, cycle_seen_ms;
+    uint64_t last_seen_ns[CONFIG_MAX_LASERS + 1]; /* cycling: a channel's last result */
+    const struct config *cfg; /* the lasers (borrowed from the daemon, lives longer) */
+    /* The switch's own use/show flags found at open, put back at close. */
+    bool have_signal_states;
+    int32_t signal_use[CONFIG_MAX_LASERS + 1], signal_show[CONFIG_MAX_LASERS + 1];
+    /* The exposure the instrument last said it used, per channel (auto). */
+    int used_exposure_ms[CONFIG_MAX_LASERS + 1];
     /* The notification callback is installed (for the measurement period). */
     bool notified;
     /* The switch mode found at open, put back at close (-1: unknown). */
@@ -324,6 +340,12 @@ static const struct {
     {-29, "ResERR_StringTooLong", -EINVAL},
     {-30, "ResERR_InterruptedByUser", -EINTR},
 };
+
+/* A set function's refusal that concerns only that channel (a parameter,
+ * a channel or an option it lacks), not the device. */
+static bool set_error_is_channel(int32_t code) {
+    return code == -3 || code == -6 || code == -10 || code == -11 || code == -15;
+}
 
 /* Name and errno-style code of a ResERR value; buf holds unknown ones. */
 static const char *set_error_name(int32_t code, int *err, char *buf, size_t len) {
@@ -474,7 +496,7 @@ static int32_t hf_call_set_exposure(struct hf_dev *d, int32_t num, int32_t ccd, 
 #define WLM_U16(d, fn, a) hf_call_u16((d), #fn, (d)->api.fn, (a))
 #define WLM_GET_NUM(d, fn, num) hf_call_get_num((d), #fn, (d)->api.fn, (num))
 
-static uint64_t hf_period_ms(const struct hf_dev *d, int exposure_ms, int exposure2_ms);
+static uint64_t hf_period_ms(const struct hf_dev *d, int32_t ch, int exposure_ms, int exposure2_ms);
 static int hf_apply_exposure(struct hf_dev *d, int32_t ch, int exposure_ms,
                              const struct hf_chan *hc, struct wm_sample *out);
 
@@ -538,16 +560,16 @@ static int hf_probe_channels(struct hf_dev *d, struct hf_job *j) {
  * after a switch. Every channel's exposure is set first (the cycle uses
  * each channel's own), then exactly the lasers' channels are put in use.
  */
-static int hf_probe_cycling(struct hf_dev *d, struct hf_job *j) {
-    const struct config *cfg = j->cfg;
+static int hf_setup_cycling(struct hf_dev *d, char *err, size_t errlen) {
+    const struct config *cfg = d->cfg;
     bool used[CONFIG_MAX_LASERS + 1] = {false};
     struct wm_sample scratch;
     char buf[24];
     int32_t res;
-    int rc;
+    int rc, nused = 0;
 
     if (d->api.SetSwitcherSignalStates == NULL) {
-        snprintf(j->err, sizeof(j->err),
+        snprintf(err, errlen,
                  "wavemeter.switch_mode \"cycling\" needs SetSwitcherSignalStates, which this "
                  "libwlmData lacks");
         return -ENOTSUP;
@@ -561,11 +583,25 @@ static int hf_probe_cycling(struct hf_dev *d, struct hf_job *j) {
             continue;
         used[lc->channel] = true;
         memset(&scratch, 0, sizeof(scratch));
-        if (hf_apply_exposure(d, lc->channel, lc->exposure_ms, hc, &scratch) < 0) {
-            snprintf(j->err, sizeof(j->err), "laser \"%s\": %s", lc->name, scratch.detail);
-            return scratch.err;
+        if (hf_apply_exposure(d, lc->channel, lc->exposure_ms, hc, &scratch) != 0 &&
+            scratch.status == WM_ERROR) {
+            snprintf(err, errlen, "laser \"%s\": %s", lc->name, scratch.detail);
+            return scratch.err < 0 ? scratch.err : -EIO;
         }
-        d->cycle_ms += hf_period_ms(d, lc->exposure_ms, hc->exposure2_ms);
+        d->cycle_ms += hf_period_ms(d, lc->channel, lc->exposure_ms, hc->exposure2_ms);
+        nused++;
+    }
+    /* The lab's own settings, put back at close (once: a re-setup after a
+     * server restart must not save ours). */
+    if (!d->have_signal_states && d->api.GetSwitcherSignalStates != NULL) {
+        for (int ch = 1; ch <= CONFIG_MAX_LASERS; ch++) {
+            hf_call_begin(d, "GetSwitcherSignalStates");
+            res = d->api.GetSwitcherSignalStates(ch, &d->signal_use[ch], &d->signal_show[ch]);
+            hf_call_end(d);
+            if (res != 0)
+                d->signal_use[ch] = -1; /* beyond the switch: leave it */
+        }
+        d->have_signal_states = true;
     }
     for (int ch = 1; ch <= CONFIG_MAX_LASERS; ch++) {
         hf_call_begin(d, "SetSwitcherSignalStates");
@@ -574,17 +610,17 @@ static int hf_probe_cycling(struct hf_dev *d, struct hf_job *j) {
         /* Channels beyond the switch's are refused; only ours matter. */
         if (res != 0 && used[ch]) {
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
-            snprintf(j->err, sizeof(j->err), "SetSwitcherSignalStates(%d, 1, 1): %s", ch, name);
+            snprintf(err, errlen, "SetSwitcherSignalStates(%d, 1, 1): %s", ch, name);
             return rc;
         }
     }
     if ((res = WLM_I32(d, SetSwitcherMode, 1)) != 0) {
         const char *name = set_error_name(res, &rc, buf, sizeof(buf));
-        snprintf(j->err, sizeof(j->err), "cannot start the switch cycling: SetSwitcherMode(1) = %s",
-                 name);
+        snprintf(err, errlen, "cannot start the switch cycling: SetSwitcherMode(1) = %s", name);
         return rc;
     }
-    log_info("wavemeter: switch cycling through %d channels, about %llu ms a cycle", j->nenabled,
+    d->cycling_lost = false;
+    log_info("wavemeter: switch cycling through %d channels, about %llu ms a cycle", nused,
              (unsigned long long)d->cycle_ms);
     return 0;
 }
@@ -621,9 +657,13 @@ static struct {
     unsigned head[HF_CHANNELS_MAX + 1];
     int64_t offsets_ns[HF_NOTE_OFFSETS]; /* our ns minus tick ns, bounds */
     unsigned noffsets, offsets_head;
-    int64_t tick_ms; /* the last tick, unwrapped (the vendor's is 32 bits) */
-    bool have_tick;
+    /* The last tick of each kind, unwrapped (the vendor's are 32 bits);
+     * apart, so a kind that carries something else cannot spoil the other. */
+    int64_t tick_ms[2];
+    bool have_tick[2];
 } hf_notes = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+enum { HF_TICK_RESULT, HF_TICK_SWITCH };
 
 /* Which channel a cmiWavelengthN mode is, 0 if none (wlmData.h). */
 static int hf_wavelength_mode_channel(int32_t mode) {
@@ -639,14 +679,14 @@ static int hf_wavelength_mode_channel(int32_t mode) {
 }
 
 /* Under hf_notes.mu: the vendor's 32-bit ms tick, unwrapped. */
-static int64_t hf_unwrap_tick(int32_t tick) {
-    if (!hf_notes.have_tick) {
-        hf_notes.tick_ms = tick;
-        hf_notes.have_tick = true;
+static int64_t hf_unwrap_tick(int kind, int32_t tick) {
+    if (!hf_notes.have_tick[kind]) {
+        hf_notes.tick_ms[kind] = tick;
+        hf_notes.have_tick[kind] = true;
     } else {
-        hf_notes.tick_ms += (int32_t)((uint32_t)tick - (uint32_t)hf_notes.tick_ms);
+        hf_notes.tick_ms[kind] += (int32_t)((uint32_t)tick - (uint32_t)hf_notes.tick_ms[kind]);
     }
-    return hf_notes.tick_ms;
+    return hf_notes.tick_ms[kind];
 }
 
 #define WLM_CMI_SWITCHER_CHANNEL 203
@@ -664,7 +704,8 @@ static void hf_notify(int32_t ver, int32_t mode, int32_t intval, double dblval, 
         int64_t now_ns = (int64_t)clock_now_ns(hf_notes.clk);
 
         pthread_mutex_lock(&hf_notes.mu);
-        hf_notes.offsets_ns[hf_notes.offsets_head] = now_ns - hf_unwrap_tick(res1) * 1000000;
+        hf_notes.offsets_ns[hf_notes.offsets_head] =
+            now_ns - hf_unwrap_tick(HF_TICK_SWITCH, res1) * 1000000;
         hf_notes.offsets_head = (hf_notes.offsets_head + 1) % HF_NOTE_OFFSETS;
         if (hf_notes.noffsets < HF_NOTE_OFFSETS)
             hf_notes.noffsets++;
@@ -675,7 +716,7 @@ static void hf_notify(int32_t ver, int32_t mode, int32_t intval, double dblval, 
         return;
     pthread_mutex_lock(&hf_notes.mu);
     hf_notes.results[ch][hf_notes.head[ch]].nm = dblval;
-    hf_notes.results[ch][hf_notes.head[ch]].tick_ms = hf_unwrap_tick(intval);
+    hf_notes.results[ch][hf_notes.head[ch]].tick_ms = hf_unwrap_tick(HF_TICK_RESULT, intval);
     hf_notes.head[ch] = (hf_notes.head[ch] + 1) % HF_NOTE_RESULTS;
     pthread_mutex_unlock(&hf_notes.mu);
 }
@@ -697,7 +738,9 @@ static bool hf_measured_at(int32_t ch, double thz, uint64_t *end_ns) {
         unsigned i = (hf_notes.head[ch] + HF_NOTE_RESULTS - k) % HF_NOTE_RESULTS;
         double x = hf_notes.results[ch][i].nm;
 
-        if (x > 0 && fabs(x - nm) <= 1e-9 * nm) {
+        /* The same measurement gives the same number both ways, to a few
+         * ulp of the conversion: 1e-12 tells neighbours apart (0.4 kHz). */
+        if (x > 0 && fabs(x - nm) <= 1e-12 * nm) {
             found = true;
             tick_ms = hf_notes.results[ch][i].tick_ms;
         }
@@ -818,7 +861,7 @@ static int hf_probe(struct hf_dev *d, struct hf_job *j) {
     if (d->owns_switch && d->cycling) {
         d->saved_switch_mode =
             d->api.GetSwitcherMode != NULL ? WLM_I32(d, GetSwitcherMode, 0) : (int32_t)-1;
-        if ((rc = hf_probe_cycling(d, j)) < 0)
+        if ((rc = hf_setup_cycling(d, j->err, sizeof(j->err))) < 0)
             return rc;
     } else if (d->owns_switch) {
         d->saved_switch_mode =
@@ -904,13 +947,19 @@ static int hf_map(double v, struct wm_sample *out) {
 /* The measurement period: what the instrument last notified, else the
  * exposures plus the readout. */
 
-static uint64_t hf_period_ms(const struct hf_dev *d, int exposure_ms, int exposure2_ms) {
-    int p = d->notified ? atomic_load(&hf_notified_period_ms) : 0;
+static uint64_t hf_period_ms(const struct hf_dev *d, int32_t ch, int exposure_ms,
+                             int exposure2_ms) {
+    int notified = d->notified ? atomic_load(&hf_notified_period_ms) : 0;
+    int used = ch >= 0 && ch <= CONFIG_MAX_LASERS ? d->used_exposure_ms[ch] : 0;
+    /* The notification tells the period of the measurement under way,
+     * which may be another channel's: never plan with less than this
+     * channel's own exposure (the one it last used, under auto-exposure). */
+    uint64_t own = (uint64_t)(used > exposure_ms ? used
+                              : exposure_ms > 0  ? exposure_ms
+                                                 : 0) +
+                   (uint64_t)(exposure2_ms > 0 ? exposure2_ms : 0) + WLM_READOUT_MS;
 
-    if (p > 0)
-        return (uint64_t)p;
-    return (uint64_t)(exposure_ms > 0 ? exposure_ms : 0) +
-           (uint64_t)(exposure2_ms > 0 ? exposure2_ms : 0) + WLM_READOUT_MS;
+    return (uint64_t)notified > own ? (uint64_t)notified : own;
 }
 
 /*
@@ -935,20 +984,22 @@ static int hf_apply_exposure(struct hf_dev *d, int32_t ch, int exposure_ms,
         hf_call_end(d);
         if (res != 0) {
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
-            return hf_fail(out, rc, "SetExposureModeNum(%d, %d): %s", (int)ch,
-                           hc && hc->auto_exposure, name);
+            hf_fail(out, rc, "SetExposureModeNum(%d, %d): %s", (int)ch, hc && hc->auto_exposure,
+                    name);
+            return set_error_is_channel(res) ? HF_CHANNEL_ERROR : rc;
         }
     }
     if (!(hc && hc->auto_exposure)) {
         if ((res = hf_call_set_exposure(d, ch, 1, exposure_ms)) != 0) {
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
-            return hf_fail(out, rc, "SetExposureNum(%d, 1, %d): %s", (int)ch, exposure_ms, name);
+            hf_fail(out, rc, "SetExposureNum(%d, 1, %d): %s", (int)ch, exposure_ms, name);
+            return set_error_is_channel(res) ? HF_CHANNEL_ERROR : rc;
         }
         if (hc && hc->exposure2_ms > 0 &&
             (res = hf_call_set_exposure(d, ch, 2, hc->exposure2_ms)) != 0) {
             const char *name = set_error_name(res, &rc, buf, sizeof(buf));
-            return hf_fail(out, rc, "SetExposureNum(%d, 2, %d): %s", (int)ch, hc->exposure2_ms,
-                           name);
+            hf_fail(out, rc, "SetExposureNum(%d, 2, %d): %s", (int)ch, hc->exposure2_ms, name);
+            return set_error_is_channel(res) ? HF_CHANNEL_ERROR : rc;
         }
     }
     d->exposure_ms[ch] = want;
@@ -965,7 +1016,7 @@ static int hf_apply_exposure(struct hf_dev *d, int32_t ch, int exposure_ms,
  * polling a few times per period. 0, or -ETIMEDOUT at the deadline.
  */
 static int hf_next_result(struct hf_dev *d, int32_t ch, uint64_t period_ms, uint64_t deadline_ns,
-                          double *v, struct wm_sample *out) {
+                          uint64_t errors_from_ns, double *v, struct wm_sample *out) {
     /* A quarter period, 1 to 5 ms: a result is seen within a few ms of its
      * arrival, at a few calls per measurement. */
     uint64_t poll_ms = period_ms / 4 < 1 ? 1 : period_ms / 4 > 5 ? 5 : period_ms / 4;
@@ -979,7 +1030,11 @@ static int hf_next_result(struct hf_dev *d, int32_t ch, uint64_t period_ms, uint
 
         if (code != 0 && code != WLM_ERR_NO_VALUE_YET && code != WLM_ERR_NO_NEW_VALUE_YET) {
             memcpy(&bits, &x, sizeof(bits));
-            if (d->read_once || !d->have_last[ch] || bits != d->last_bits[ch]) {
+            /* Without read-once, an error value repeats for as long as it
+             * lasts: it counts once a measurement period has gone by. */
+            bool fresh_error = x <= 0 && clock_now_ns(d->clk) >= errors_from_ns;
+            if (d->read_once || !d->have_last[ch] || (x > 0 && bits != d->last_bits[ch]) ||
+                fresh_error) {
                 d->last_bits[ch] = bits;
                 d->have_last[ch] = true;
                 hf_stamp(d, out);
@@ -1035,7 +1090,15 @@ static void hf_unlag(const struct hf_dev *d, int32_t ch, double v, struct wm_sam
     uint64_t half_ns = (uint64_t)(exposure_ms > 0 ? exposure_ms : 0) * 500000u;
     uint64_t lag_ns, end_ns;
 
-    if (d->notified && v > 0 && hf_measured_at(ch, v, &end_ns) && end_ns <= out->t_ns) {
+    /* A notified time further back than the pipeline and a few periods
+     * is not this result's (an old identical value, or a tick that means
+     * something else): the estimate below is then better. */
+    uint64_t bound_ns =
+        ((uint64_t)(WLM_FLUSH_READS + 2) * period_ms + WLM_READOUT_MS + HF_RESULT_SLACK_MS) *
+        1000000u;
+
+    if (d->notified && v > 0 && hf_measured_at(ch, v, &end_ns) && end_ns <= out->t_ns &&
+        out->t_ns - end_ns <= bound_ns) {
         lag_ns = out->t_ns - end_ns + half_ns;
     } else {
         lag_ns =
@@ -1056,8 +1119,10 @@ static void hf_exposure_used(struct hf_dev *d, int32_t ch, struct wm_sample *out
     hf_call_begin(d, "GetExposureNum");
     used = d->api.GetExposureNum(ch, 1, 0);
     hf_call_end(d);
-    if (used > 0)
+    if (used > 0) {
         out->exposure_ms = (int)used;
+        d->used_exposure_ms[ch] = (int)used;
+    }
 }
 
 /*
@@ -1069,30 +1134,50 @@ static int hf_read_cycling(struct hf_dev *d, const struct wm_read_req *req, stru
                            uint64_t deadline_ns) {
     const struct hf_chan *hc = req->chan;
     int32_t ch = req->channel;
-    uint64_t period_ms = hf_period_ms(d, req->exposure_ms, hc ? hc->exposure2_ms : 0);
-    uint64_t wait_ms = 2 * d->cycle_ms + HF_RESULT_SLACK_MS, chan_deadline_ns;
+    uint64_t period_ms = hf_period_ms(d, req->channel, req->exposure_ms, hc ? hc->exposure2_ms : 0);
+    uint64_t cycle_ms = d->cycle_seen_ms > d->cycle_ms ? d->cycle_seen_ms : d->cycle_ms;
+    uint64_t wait_ms = 2 * cycle_ms + HF_RESULT_SLACK_MS, chan_deadline_ns;
     const struct wlm_get_error *e;
     int flush = 0, rc;
     double v = 0;
+    char why[sizeof(out->detail)];
 
+    /* After a device error (a server restart) the cycling is set up again. */
+    if (d->cycling_lost && (rc = hf_setup_cycling(d, why, sizeof(why))) < 0) {
+        hf_stamp(d, out);
+        return hf_fail(out, rc, "%s", why);
+    }
     if ((rc = hf_apply_exposure(d, ch, req->exposure_ms, hc, out)) < 0)
         return rc;
+    if (rc == HF_CHANNEL_ERROR) {
+        hf_stamp(d, out);
+        return 0;
+    }
     if (rc > 0) {
         /* A result of the old exposure may be on its way: one more cycle. */
         flush = WLM_FLUSH_READS;
-        wait_ms += (uint64_t)flush * d->cycle_ms;
+        wait_ms += (uint64_t)flush * cycle_ms;
     }
     chan_deadline_ns = clock_now_ns(d->clk) + wait_ms * 1000000u;
     if (chan_deadline_ns > deadline_ns)
         chan_deadline_ns = deadline_ns;
     for (int taken = 0; taken <= flush; taken++) {
-        if (hf_next_result(d, ch, d->cycle_ms, chan_deadline_ns, &v, out) < 0)
+        if (hf_next_result(d, ch, period_ms, chan_deadline_ns,
+                           clock_now_ns(d->clk) + period_ms * 1000000u, &v, out) < 0)
             return hf_no_result(d, ch, v, taken, flush, wait_ms, out);
         if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
             break;
     }
-    hf_unlag(d, ch, v, out, period_ms, req->exposure_ms);
+    /* What a cycle really takes (auto-exposure, a slow PC): the time
+     * between two results of this channel, smoothed. */
+    if (d->last_seen_ns[ch] != 0 && out->t_ns > d->last_seen_ns[ch]) {
+        uint64_t gap_ms = (out->t_ns - d->last_seen_ns[ch]) / 1000000u;
+        if (gap_ms < 60000)
+            d->cycle_seen_ms = d->cycle_seen_ms ? (3 * d->cycle_seen_ms + gap_ms) / 4 : gap_ms;
+    }
+    d->last_seen_ns[ch] = out->t_ns;
     hf_exposure_used(d, ch, out);
+    hf_unlag(d, ch, v, out, period_ms, out->exposure_ms);
     return hf_map(v, out);
 }
 
@@ -1102,7 +1187,7 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
     const struct hf_chan *hc = req->chan;
     int32_t ch = req->channel, res, sw_before = ch, sw_after;
     int flush = 0, taken, rc;
-    uint64_t period_ms = hf_period_ms(d, req->exposure_ms, hc ? hc->exposure2_ms : 0);
+    uint64_t period_ms = hf_period_ms(d, req->channel, req->exposure_ms, hc ? hc->exposure2_ms : 0);
     const struct wlm_get_error *e;
     char buf[24];
     double v = 0;
@@ -1123,7 +1208,10 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
             if ((res = WLM_I32(d, SetSwitcherChannel, ch)) != 0) {
                 const char *name = set_error_name(res, &rc, buf, sizeof(buf));
 
-                return hf_fail(out, rc, "SetSwitcherChannel(%d): %s", (int)ch, name);
+                hf_stamp(d, out);
+                hf_fail(out, rc, "SetSwitcherChannel(%d): %s", (int)ch, name);
+                /* A channel the switch lacks is that laser's error. */
+                return set_error_is_channel(res) ? 0 : rc;
             }
             if (!hf_wait(d, deadline_ns, (uint64_t)(req->settle_ms > 0 ? req->settle_ms : 0)))
                 return hf_fail(out, -ETIMEDOUT, "read timed out after %d ms (settle %d ms)",
@@ -1139,6 +1227,10 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
         flush = WLM_FLUSH_READS;
     if ((rc = hf_apply_exposure(d, ch, req->exposure_ms, hc, out)) < 0)
         return rc;
+    if (rc == HF_CHANNEL_ERROR) {
+        hf_stamp(d, out);
+        return 0;
+    }
     if (rc > 0)
         flush = WLM_FLUSH_READS;
 
@@ -1161,9 +1253,15 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
     if (chan_deadline_ns > deadline_ns)
         chan_deadline_ns = deadline_ns;
     for (taken = 0; taken <= flush; taken++) {
-        if (hf_next_result(d, ch, period_ms, chan_deadline_ns, &v, out) < 0) {
+        if (hf_next_result(d, ch, period_ms, chan_deadline_ns,
+                           clock_now_ns(d->clk) + period_ms * 1000000u, &v, out) < 0) {
             /* Results went to another channel: someone moved the switch. */
             if (d->owns_switch && (sw_after = WLM_I32(d, GetSwitcherChannel, 0)) != ch) {
+                if (sw_after < 0 && (e = get_error_find(sw_after)) != NULL && e->hopeless) {
+                    hf_stamp(d, out);
+                    return hf_fail(out, e->err, "GetSwitcherChannel: %s (%d): %s", e->name, e->code,
+                                   e->why);
+                }
                 log_debug("wavemeter: channel %d: switch on %d before and %d after the "
                           "measurement: reading straddles a switch",
                           (int)ch, (int)sw_before, (int)sw_after);
@@ -1178,8 +1276,8 @@ static int hf_read_calls(struct hf_dev *d, const struct wm_read_req *req, struct
         if (v <= 0 && (e = get_error_find(reading_code(v))) != NULL && e->hopeless)
             break; /* the server is gone: no use waiting out the pipeline */
     }
-    hf_unlag(d, ch, v, out, period_ms, req->exposure_ms);
     hf_exposure_used(d, ch, out);
+    hf_unlag(d, ch, v, out, period_ms, out->exposure_ms);
 
     if (d->owns_switch) {
         sw_after = WLM_I32(d, GetSwitcherChannel, 0);
@@ -1199,8 +1297,10 @@ static int hf_read_job(struct hf_dev *d, struct hf_job *j) {
 
     if (rc < 0) {
         /* The server may have restarted with its own settings: set the
-         * exposures again (the switch position is checked on every read). */
+         * exposures again (the switch position is checked on every read),
+         * and the cycling. */
         memset(d->exposure_ms, 0, sizeof(d->exposure_ms));
+        d->cycling_lost = d->cycling;
         if (j->out.t_ns == 0)
             hf_stamp(d, &j->out);
     }
@@ -1359,9 +1459,19 @@ static int hf_run(struct hf_dev *d, struct hf_job *j, int timeout_ms, char *why,
  * its switch mode, "always the latest" results, no callback of ours. */
 static int hf_restore_job(struct hf_dev *d, struct hf_job *j) {
     (void)j;
-    /* Back to the mode it had, whichever of ours it is in now. */
+    /* Back to the mode it had, whichever of ours it is in now, with the
+     * channels the lab had in use. */
     if (d->owns_switch && d->saved_switch_mode >= 0)
         (void)WLM_I32(d, SetSwitcherMode, d->saved_switch_mode);
+    if (d->have_signal_states && d->api.SetSwitcherSignalStates != NULL) {
+        for (int ch = 1; ch <= CONFIG_MAX_LASERS; ch++) {
+            if (d->signal_use[ch] < 0)
+                continue;
+            hf_call_begin(d, "SetSwitcherSignalStates");
+            (void)d->api.SetSwitcherSignalStates(ch, d->signal_use[ch], d->signal_show[ch]);
+            hf_call_end(d);
+        }
+    }
     if (d->api.Instantiate != NULL && d->notified) {
         hf_call_begin(d, "Instantiate");
         (void)d->api.Instantiate(WLM_INST_NOTIFICATION, WLM_NOTIFY_REMOVE, 0, 0);
@@ -1442,6 +1552,7 @@ static int hf_open(const struct wm_open_args *a, void **devp, char *err, size_t 
         return -ENOMEM;
     }
     d->clk = a->clk;
+    d->cfg = cfg;
     d->saved_switch_mode = -1;
     d->owns_switch = nenabled > 1 || (nenabled == 1 && only_channel != 1);
     /* Cycling needs a switch of ours with lasers on it; behind an external

@@ -565,6 +565,26 @@ def test_cycling_switch_mode():
           (["%.1f" % rates[k] for k in ("L1", "L2", "L4")], cycle_s * 1e3))
 
 
+def test_instant_channel_error_not_hammered():
+    # The instrument answers at once, every call, that the channel is not
+    # there (it lost channels at run time): the meter holds that laser back
+    # (250 ms doubling to 5 s) instead of asking thousands of times a second.
+    fake = Fake(freqs="2:384.1")
+    with Daemon(hf_config([2]), env=fake.env) as d:
+        wait_status(d, "L2", "ok")
+        fake.set(freqs="2:384.1", channels=1)
+        wait_status(d, "L2", "error", detail="ErrChannelNotAvailable (-10)")
+        n0 = len(fake.calls())
+        rate = reads_per_s(d)["L2"]
+        calls = len(fake.calls()) - n0
+        if rate > 5 or calls > 100:
+            fail("%.1f reads/s, %d vendor calls in 2 s for a missing channel" % (rate, calls))
+        if d.result("status")["driver"]["state"] == "error":
+            fail("a channel error backed the meter off")
+        fake.set(freqs="2:384.1")
+        wait_status(d, "L2", "ok", timeout=15)
+
+
 run_tests([
     ("reading", test_reading),
     ("statuses", test_statuses),
@@ -587,4 +607,5 @@ run_tests([
     ("auto_exposure_read_back", test_auto_exposure_read_back),
     ("start_checks_against_the_instrument", test_start_checks_against_the_instrument),
     ("cycling_switch_mode", test_cycling_switch_mode),
+    ("instant_channel_error_not_hammered", test_instant_channel_error_not_hammered),
 ])
