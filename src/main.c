@@ -198,8 +198,8 @@ static void reload(struct runtime *rt) {
     if (restart[0])
         log_warnx("reload: %s changed in %s; that takes a restart, the running values stay",
                   restart, rt->config_path);
-    log_notice("reload: %s applied: %d run-time keys and the gains of %d lasers changed",
-               rt->config_path, rc, gains);
+    log_notice("reload: %s applied: %d run-time key%s and the gains of %d laser%s changed",
+               rt->config_path, rc, rc == 1 ? "" : "s", gains, gains == 1 ? "" : "s");
     free(next);
     sd_notify(0, "READY=1");
 }
@@ -327,8 +327,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (check_only) {
-        printf("%s: ok (%d lasers, driver %s)\n", config_path ? config_path : "built-in defaults",
-               d->cfg.nlasers, d->cfg.wavemeter.driver);
+        printf("%s: ok (%d laser%s, driver %s)\n", config_path ? config_path : "built-in defaults",
+               d->cfg.nlasers, d->cfg.nlasers == 1 ? "" : "s", d->cfg.wavemeter.driver);
         return 0;
     }
     log_set_level(level);

@@ -79,6 +79,11 @@ static bool param_channel(struct rpc_call *call, json_t *params, struct daemon *
     json_t *ch = json_object_get(params, "channel");
     json_t *name = json_object_get(params, "laser");
 
+    /* A positional null is a parameter not given: ["399", null, 60]. */
+    if (json_is_null(ch))
+        ch = NULL;
+    if (json_is_null(name))
+        name = NULL;
     *out = NULL;
     if (ch && name) {
         rpc_call_error(call, RPC_INVALID_PARAMS,

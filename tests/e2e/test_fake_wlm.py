@@ -14,6 +14,20 @@ from wmd import fail, run_tests
 
 LIB = os.environ.get("FAKE_WLM_LIB", "build/tests/libwlmData.so")
 
+# In the ASan build the fake library is instrumented, and the ASan runtime
+# must be the first library in the process: Python itself is not built with
+# it, so the test runs again with the runtime preloaded (leak checks off:
+# the interpreter keeps memory to the end).
+if os.environ.get("WMD_SANITIZED") == "1" and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+    import subprocess
+    import sys
+    runtime = subprocess.run([os.environ.get("CC", "gcc"), "-print-file-name=libasan.so"],
+                             capture_output=True, text=True).stdout.strip()
+    if runtime and os.path.exists(runtime):
+        env = dict(os.environ, LD_PRELOAD=runtime,
+                   ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0")
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
 C = 299792.458  # nm * THz
 ErrWlmMissing, ErrChannelNotAvailable, ErrParameterOutOfRange = -5, -10, -28
 ErrNoValueYet, ErrNoNewValueYet = -32, -33
