@@ -111,8 +111,10 @@ struct config {
     int answer_memory_max_bytes;
     int write_stall_timeout_s;
     int line_timeout_s;
-    int push_soft_bytes;    /* above this backlog, notifications are coalesced */
-    int max_subscriptions;  /* per connection */
+    int push_soft_bytes;     /* above this backlog, notifications are coalesced */
+    int max_subscriptions;   /* per connection */
+    double write_rate_per_s; /* writes one connection may make, on average */
+    double write_burst;      /* ... and at once */
 
     struct acl write_from;            /* peers allowed to use write methods */
     bool require_token;               /* writes also need the auth method first */

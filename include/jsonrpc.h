@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct peers;
 struct sockaddr;
@@ -51,6 +52,9 @@ struct rpc_method {
     rpc_handler fn;
     /* Names for positional params, in order, NULL-terminated; NULL = none. */
     const char *const *params;
+    /* A write method: its calls are counted against the connection's write
+     * rate and every answer, accepted or refused, is audited. */
+    bool write;
 };
 
 /*
@@ -76,6 +80,15 @@ struct rpc_access {
     bool (*login_blocked)(void *ctx, struct peers *peers, const struct sockaddr *addr,
                           double *wait_s);
     void (*login_failed)(void *ctx, struct peers *peers, const struct sockaddr *addr);
+    /* Writes one connection may make: write_rate_per_s on average, up to
+     * write_burst at once (a token bucket). 0: no limit. now_ns: a monotonic
+     * clock for it (NULL: no limit). */
+    double write_rate_per_s, write_burst;
+    uint64_t (*now_ns)(void *ctx);
+    /* Every answer to a write method: who, what, with what, and how it
+     * ended (outcome: "ok" or the error's code and message). NULL: none. */
+    void (*audit)(void *ctx, const char *peer, const char *method, json_t *params,
+                  const char *outcome);
 };
 
 /* What the server gives the envelope: the method table, limits and access

@@ -195,6 +195,8 @@ static void reload(struct runtime *rt) {
     rc = config_update_runtime(&d->cfg, next, restart, sizeof(restart));
     log_set_level(level);
     d->rpc.max_batch = (size_t)d->cfg.max_batch;
+    d->rpc.access.write_rate_per_s = d->cfg.write_rate_per_s;
+    d->rpc.access.write_burst = d->cfg.write_burst;
     if (restart[0])
         log_warnx("reload: %s changed in %s; that takes a restart, the running values stay",
                   restart, rt->config_path);

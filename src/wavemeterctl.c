@@ -392,6 +392,51 @@ static json_t *column_head(const struct column *c) {
 }
 
 /*
+ * Widens a column (*int_w characters before the decimal point, *frac_w from it on) to hold
+ * cell s: a number column lines its cells up on the point, a heading (head) or a text
+ * cell only needs its whole width. Measure the heading after the cells.
+ */
+static void widen_column(const char *s, bool numeric, bool head, size_t *int_w, size_t *frac_w) {
+    size_t before = numeric && !head ? strcspn(s, ".") : text_width(s);
+    size_t after = numeric && !head ? strlen(s) - before : 0;
+
+    if (head) {
+        if (before > *int_w + *frac_w)
+            *int_w = before - *frac_w;
+        return;
+    }
+    *int_w = before > *int_w ? before : *int_w;
+    *frac_w = after > *frac_w ? after : *frac_w;
+}
+
+/*
+ * One line of a table (line, borrowed: n strings) to f, without its newline: two spaces
+ * between columns as widen_column() measured them, numbers aligned on their decimal
+ * points, a number column's heading (head) to the right, text to the left, no trailing
+ * blanks.
+ */
+static void put_table_line(FILE *f, json_t *line, size_t n, const size_t *int_w,
+                           const size_t *frac_w, const bool *numeric, bool head) {
+    for (size_t c = 0; c < n; c++) {
+        const char *s = json_string_value(json_array_get(line, c));
+        size_t w = text_width(s), width = int_w[c] + frac_w[c];
+        bool last = c + 1 == n;
+        int left = 0, right = 0;
+
+        if (numeric[c] && !head) {
+            size_t before = strcspn(s, ".");
+            left = (int)(width - frac_w[c] - before);
+            right = (int)(frac_w[c] - (strlen(s) - before));
+        } else if (numeric[c]) {
+            left = (int)(width > w ? width - w : 0);
+        } else {
+            right = (int)(width > w ? width - w : 0);
+        }
+        fprintf(f, "%s%*s%s%*s", c ? "  " : "", left, "", s, last ? 0 : right, "");
+    }
+}
+
+/*
  * rows (borrowed: an array of objects, or one object) as a table with a heading, at
  * indent spaces: two spaces between columns, numbers aligned on their decimal points, no
  * trailing blanks.
@@ -442,39 +487,18 @@ static void print_table(json_t *rows, const struct column *cols, size_t ncols, i
     /* A number column lines its cells up on the decimal point: int_w the widest part
      * before it, frac_w the widest from it on. */
     for (size_t c = 0; c < n; c++) {
-        size_t head_w = text_width(json_string_value(json_array_get(json_array_get(lines, 0), c)));
         int_w[c] = frac_w[c] = 0;
         json_array_foreach(lines, i, line) {
-            const char *s = json_string_value(json_array_get(line, c));
-            size_t before = numeric[c] ? strcspn(s, ".") : text_width(s);
-            size_t after = numeric[c] ? strlen(s) - before : 0;
-            if (i == 0)
-                continue;
-            int_w[c] = before > int_w[c] ? before : int_w[c];
-            frac_w[c] = after > frac_w[c] ? after : frac_w[c];
+            if (i > 0)
+                widen_column(json_string_value(json_array_get(line, c)), numeric[c], false,
+                             &int_w[c], &frac_w[c]);
         }
-        if (head_w > int_w[c] + frac_w[c])
-            int_w[c] = head_w - frac_w[c];
+        widen_column(json_string_value(json_array_get(json_array_get(lines, 0), c)), numeric[c],
+                     true, &int_w[c], &frac_w[c]);
     }
     json_array_foreach(lines, i, line) {
         printf("%*s", indent, "");
-        for (size_t c = 0; c < n; c++) {
-            const char *s = json_string_value(json_array_get(line, c));
-            size_t w = text_width(s), width = int_w[c] + frac_w[c];
-            bool last = c + 1 == n;
-            int left = 0, right = 0;
-
-            if (numeric[c] && i > 0) {
-                size_t before = strcspn(s, ".");
-                left = (int)(width - frac_w[c] - before);
-                right = (int)(frac_w[c] - (strlen(s) - before));
-            } else if (numeric[c]) {
-                left = (int)(width > w ? width - w : 0);
-            } else {
-                right = (int)(width > w ? width - w : 0);
-            }
-            printf("%s%*s%s%*s", c ? "  " : "", left, "", s, last ? 0 : right, "");
-        }
+        put_table_line(stdout, line, n, int_w, frac_w, numeric, i == 0);
         putchar('\n');
     }
     json_decref(lines);

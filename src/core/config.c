@@ -75,6 +75,10 @@ static const struct cfg_key limits_keys[] = {
                 "per subscription and laser waits, the rest are counted as missed, in bytes"),
     CFG_ROW_INT("max_subscriptions", C, max_subscriptions, 1, 256,
                 "subscriptions one connection may hold"),
+    CFG_ROW_DBL("write_rate_per_s", C, write_rate_per_s, 0.01, 100000,
+                "write methods one connection may call per second, on average (-32004 beyond)"),
+    CFG_ROW_DBL("write_burst", C, write_burst, 1, 1000000,
+                "write methods one connection may call at once before write_rate_per_s applies"),
     CFG_ROW_END,
 };
 
@@ -885,6 +889,8 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
     RUNTIME(line_timeout_s);
     RUNTIME(push_soft_bytes);
     RUNTIME(max_subscriptions);
+    RUNTIME(write_rate_per_s);
+    RUNTIME(write_burst);
 #undef RUNTIME
     if (cur->write_from.n != next->write_from.n ||
         memcmp(cur->write_from.nets, next->write_from.nets,
@@ -948,6 +954,8 @@ static void config_base(struct config *cfg) {
     cfg->line_timeout_s = 10;
     cfg->push_soft_bytes = 256 * 1024;
     cfg->max_subscriptions = 16;
+    cfg->write_rate_per_s = 20;
+    cfg->write_burst = 40;
     cfg->answer_memory_max_bytes = 32 * 1024 * 1024;
     cfg->max_clients_per_address = 16;
     copy_string(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/wavemeterd");

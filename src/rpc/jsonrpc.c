@@ -46,6 +46,8 @@ struct rpc_session {
     void *owner;
     unsigned failed_logins; /* wrong tokens in a row */
     bool logged_in;         /* gave the write token (access.token_ok) */
+    double write_tokens;    /* the write rate's bucket */
+    uint64_t write_at_ns;   /* when it was last filled; 0 = never (full) */
     struct rpc_sink sink;   /* conn NULL: no notifications */
     void *push;             /* the notifications' state (push.c) */
 };
@@ -53,14 +55,15 @@ struct rpc_session {
 /* One request of a line (a single request is a batch of one). */
 struct rpc_call {
     struct rpc_line *line;
-    json_t *id;     /* new reference; NULL for a notification */
-    char *id_raw;   /* a number id as the client wrote it (malloc'd), or NULL */
-    char *idt;      /* the id as answers write it (malloc'd), while running */
-    json_t *method; /* the method name string, new reference, while running */
-    json_t *params; /* new reference, while running */
-    char *out;      /* the answer, NULL when there is nothing to write */
-    bool running;   /* handed to a handler and not answered yet */
-    bool counted;   /* out is in line->out_bytes */
+    json_t *id;                 /* new reference; NULL for a notification */
+    char *id_raw;               /* a number id as the client wrote it (malloc'd), or NULL */
+    char *idt;                  /* the id as answers write it (malloc'd), while running */
+    json_t *method;             /* the method name string, new reference, while running */
+    json_t *params;             /* new reference, while running */
+    char *out;                  /* the answer, NULL when there is nothing to write */
+    bool running;               /* handed to a handler and not answered yet */
+    bool counted;               /* out is in line->out_bytes */
+    const struct rpc_method *m; /* while running */
 };
 
 struct rpc_line {
@@ -523,6 +526,7 @@ static void dispatch(struct rpc_line *line, struct rpc_call *call, json_t *req) 
     call->idt = idt;
     call->method = json_incref(name);
     call->params = params;
+    call->m = m;
     call->running = true;
     line->pending++;
     m->fn(call, params, line->srv->ctx);
@@ -630,6 +634,25 @@ void rpc_line_abandon(struct rpc_line *line) {
     }
 }
 
+/* One audit line for a write method's answer (value: the error object for
+ * an error, borrowed). */
+static void call_audit(struct rpc_call *call, const char *member, json_t *value, const char *raw) {
+    const struct rpc_line *line = call->line;
+    char outcome[256];
+
+    (void)raw;
+    if (strcmp(member, "result") == 0) {
+        snprintf(outcome, sizeof(outcome), "ok");
+    } else {
+        json_t *msg = json_object_get(value, "message");
+        snprintf(outcome, sizeof(outcome), "error %lld: %s",
+                 (long long)json_integer_value(json_object_get(value, "code")),
+                 json_is_string(msg) ? json_string_value(msg) : "?");
+    }
+    line->srv->access.audit(line->srv->ctx, line->o.session ? line->o.session->name : "?",
+                            json_string_value(call->method), call->params, outcome);
+}
+
 /* value: steals. */
 /* value, or raw when value is NULL: steals. */
 static void call_answer(struct rpc_call *call, const char *member, json_t *value, char *raw) {
@@ -638,6 +661,8 @@ static void call_answer(struct rpc_call *call, const char *member, json_t *value
     assert(call->running);
     struct rpc_line *line = call->line;
     call->running = false;
+    if (call->m && call->m->write && line->srv->access.audit)
+        call_audit(call, member, value, raw);
     if (call->id && !line->abandoned) {
         call->out =
             value ? response_text(call->idt, member, value) : response_raw(call->idt, member, raw);
@@ -783,8 +808,42 @@ static bool session_write_from(const struct rpc_session *s) {
            a->write_from(s->srv->ctx, (const struct sockaddr *)&s->addr);
 }
 
+/*
+ * The connection's write rate, a token bucket: access.write_rate_per_s on
+ * average, up to access.write_burst at once. A write beyond it gets -32004
+ * with the wait in data.retry_after_s, and is not done. Reads are never
+ * limited here.
+ */
+static bool session_write_rate(struct rpc_call *call, struct rpc_session *s) {
+    const struct rpc_access *a = &s->srv->access;
+    uint64_t now;
+    double wait_s;
+
+    if (a->now_ns == NULL || !(a->write_rate_per_s > 0) || !(a->write_burst >= 1))
+        return true;
+    now = a->now_ns(s->srv->ctx);
+    if (s->write_at_ns == 0) {
+        s->write_tokens = a->write_burst;
+    } else {
+        s->write_tokens += (double)(now - s->write_at_ns) * 1e-9 * a->write_rate_per_s;
+        if (s->write_tokens > a->write_burst)
+            s->write_tokens = a->write_burst;
+    }
+    s->write_at_ns = now;
+    if (s->write_tokens >= 1.0) {
+        s->write_tokens -= 1.0;
+        return true;
+    }
+    wait_s = (1.0 - s->write_tokens) / a->write_rate_per_s;
+    rpc_call_errorf(call, RPC_RATE_LIMITED, json_pack("{s:f}", "retry_after_s", wait_s),
+                    "Too many writes: at most %g a second from one connection (%g at once); "
+                    "try again in %.2f s",
+                    a->write_rate_per_s, a->write_burst, wait_s);
+    return false;
+}
+
 bool rpc_call_may_write(struct rpc_call *call) {
-    const struct rpc_session *s = rpc_call_session(call);
+    struct rpc_session *s = rpc_call_session(call);
 
     if (s == NULL || !session_write_from(s)) {
         rpc_call_errorf(call, RPC_UNAUTHORIZED, NULL,
@@ -799,7 +858,7 @@ bool rpc_call_may_write(struct rpc_call *call) {
                         s->srv->access.token_path ? s->srv->access.token_path : "the daemon");
         return false;
     }
-    return true;
+    return session_write_rate(call, s);
 }
 
 void rpc_call_login(struct rpc_call *call, const char *token, size_t len) {

@@ -457,13 +457,19 @@ static void write_done(void *arg, int rc, enum laser_stage stage) {
     free(w);
 }
 
-static void audit(struct rpc_call *call, json_t *params) {
-    const struct rpc_session *s = rpc_call_session(call);
-    char *p = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
+/* access.audit: one line per answer to a write method, accepted or
+ * refused, with who asked, what, with which params and how it ended. */
+static void access_audit(void *ctx, const char *peer, const char *method, json_t *params,
+                         const char *outcome) {
+    char *p = params ? json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 
-    log_notice("audit: %s %s %s", s ? rpc_session_name(s) : "?", rpc_call_method(call),
-               p ? p : "{}");
+    (void)ctx;
+    log_notice("audit: %s %s %s -> %s", peer, method ? method : "?", p ? p : "{}", outcome);
     free(p);
+}
+
+static uint64_t access_now_ns(void *ctx) {
+    return clock_now_ns(((struct daemon *)ctx)->clk);
 }
 
 /* Answer a refused change (rc < 0 from a laser_* call) with the right code. */
@@ -506,7 +512,7 @@ static bool write_begin(struct rpc_call *call, json_t *params, struct daemon *d,
     w->d = d;
     w->l = l;
     *out = w;
-    audit(call, params);
+    (void)params; /* audited by the rpc layer with the answer */
     return true;
 }
 
@@ -1086,21 +1092,21 @@ static const struct rpc_method methods[] = {
     {.name = "auth", .fn = m_auth, .params = auth_params},
     {.name = "lasers", .fn = m_lasers},
     {.name = "laser.get", .fn = m_laser_get, .params = laser_params},
-    {.name = "laser.set_setpoint", .fn = m_set_setpoint, .params = setpoint_params},
-    {.name = "laser.lock", .fn = m_lock, .params = laser_params},
-    {.name = "laser.unlock", .fn = m_unlock, .params = laser_params},
-    {.name = "laser.set_gains", .fn = m_set_gains, .params = gains_params},
-    {.name = "laser.set_output", .fn = m_set_output, .params = output_params},
+    {.name = "laser.set_setpoint", .fn = m_set_setpoint, .params = setpoint_params, .write = true},
+    {.name = "laser.lock", .fn = m_lock, .params = laser_params, .write = true},
+    {.name = "laser.unlock", .fn = m_unlock, .params = laser_params, .write = true},
+    {.name = "laser.set_gains", .fn = m_set_gains, .params = gains_params, .write = true},
+    {.name = "laser.set_output", .fn = m_set_output, .params = output_params, .write = true},
     {.name = "history", .fn = m_history, .params = history_params},
     {.name = "subscribe", .fn = m_subscribe, .params = subscribe_params},
     {.name = "unsubscribe", .fn = m_unsubscribe, .params = unsubscribe_params},
 };
 
 static const struct rpc_method sim_methods[] = {
-    {.name = "sim.fault", .fn = m_sim_fault, .params = sim_fault_params},
-    {.name = "sim.mode_hop", .fn = m_sim_mode_hop, .params = sim_hop_params},
-    {.name = "sim.disconnect", .fn = m_sim_disconnect},
-    {.name = "sim.connect", .fn = m_sim_connect},
+    {.name = "sim.fault", .fn = m_sim_fault, .params = sim_fault_params, .write = true},
+    {.name = "sim.mode_hop", .fn = m_sim_mode_hop, .params = sim_hop_params, .write = true},
+    {.name = "sim.disconnect", .fn = m_sim_disconnect, .write = true},
+    {.name = "sim.connect", .fn = m_sim_connect, .write = true},
 };
 
 static const struct rpc_method *find_extra(void *ctx, const char *name) {
@@ -1128,6 +1134,10 @@ void methods_init(struct rpc_server *rpc, struct daemon *d) {
         .token_path = d->token.path,
         .login_blocked = access_login_blocked,
         .login_failed = access_login_failed,
+        .write_rate_per_s = d->cfg.write_rate_per_s,
+        .write_burst = d->cfg.write_burst,
+        .now_ns = access_now_ns,
+        .audit = access_audit,
     };
     rpc->session_drained = hook_drained;
     rpc->session_closed = hook_closed;

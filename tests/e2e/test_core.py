@@ -378,7 +378,11 @@ def test_write_access():
                     fail("refused write changed %s: %r -> %r" % (k, before[k], after[k]))
             if c.result("read", {"laser": "399"})["status"] != "ok":
                 fail("reading refused to a reader")
-            if "audit" in d.log():
+            # Every write is audited, refused ones with their outcome.
+            audits = [l for l in d.log().splitlines() if "audit:" in l]
+            if len(audits) != 5 or any("-> error -32001" not in l for l in audits):
+                fail("refused writes not audited as refused:\n" + "\n".join(audits))
+            if any("-> ok" in l for l in audits):
                 fail("a refused write was audited as accepted")
 
 
@@ -573,6 +577,31 @@ def test_write_token():
         fail("short token file: %r" % bad.log())
 
 
+def test_write_rate_limit_and_audit():
+    # Writes per connection are limited (a token bucket): the burst goes
+    # through, the next gets -32004 with the wait, a later one goes through
+    # again; reads are never limited; every write is one audit line with
+    # peer, method, params and outcome.
+    cfg = sim_config([{}], limits={"write_rate_per_s": 2, "write_burst": 3})
+    with Daemon(cfg) as d, d.client() as c:
+        for _ in range(3):
+            c.result("laser.set_gains", {"laser": "L1", "kp": 0.001})
+        e = c.call("laser.set_gains", {"laser": "L1", "kp": 0.001})
+        err = e.get("error", {})
+        if err.get("code") != -32004 or not (0 < err.get("data", {}).get("retry_after_s", 0) <= 0.5):
+            fail("fourth write: %r" % e)
+        for _ in range(20):
+            c.result("read", {"laser": "L1"})
+        time.sleep(err["data"]["retry_after_s"])  # the wait the daemon asked for
+        c.result("laser.set_gains", {"laser": "L1", "kp": 0.002})
+        lines = [l for l in d.log().splitlines() if "audit:" in l]
+        if len(lines) != 5:
+            fail("%d audit lines for 5 writes:\n%s" % (len(lines), "\n".join(lines)))
+        if not all("laser.set_gains" in l and '"laser":"L1"' in l for l in lines) or \
+                sum("-> ok" in l for l in lines) != 4 or "-> error -32004" not in lines[3]:
+            fail("audit lines:\n" + "\n".join(lines))
+
+
 def test_schedule_warning_and_status():
     # Four lasers that each want a read every 20 ms, at 10 ms a read (5 ms
     # exposure, 5 ms settle): twice what the wavemeter can give. One warning
@@ -617,4 +646,5 @@ run_tests([
     ("journald", test_journald_prefixes),
     ("write_token", test_write_token),
     ("schedule_warning_and_status", test_schedule_warning_and_status),
+    ("write_rate_limit_and_audit", test_write_rate_limit_and_audit),
 ])

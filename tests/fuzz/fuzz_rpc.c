@@ -182,24 +182,24 @@ static const char *const text_params[] = {"value", "size", NULL};
 static const char *const big_params[] = {"size", NULL};
 
 static const struct rpc_method methods[] = {
-    {"ok", m_ok, NULL},
-    {"fail", m_fail, fail_params},
-    {"echo", m_echo, echo_params},
-    {"null", m_null, NULL},
-    {"later", m_later, later_params},
-    {"flush", m_flush, NULL},
-    {"drop", m_drop, NULL},
-    {"nofn", NULL, NULL},
-    {"text", m_text, text_params},
-    {"big", m_big, big_params},
+    {"ok", m_ok, NULL, false},
+    {"fail", m_fail, fail_params, false},
+    {"echo", m_echo, echo_params, false},
+    {"null", m_null, NULL, false},
+    {"later", m_later, later_params, false},
+    {"flush", m_flush, NULL, false},
+    {"drop", m_drop, NULL, false},
+    {"nofn", NULL, NULL, false},
+    {"text", m_text, text_params, false},
+    {"big", m_big, big_params, false},
 };
 
 /* The second lookup. "ok" is also in the table, which must win. */
 static const struct rpc_method extra_methods[] = {
-    {"x.later", m_later, NULL},
-    {"x.echo", m_echo, NULL},
-    {"x.nofn", NULL, NULL},
-    {"ok", m_shadowed, NULL},
+    {"x.later", m_later, NULL, false},
+    {"x.echo", m_echo, NULL, false},
+    {"x.nofn", NULL, NULL, false},
+    {"ok", m_shadowed, NULL, false},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))

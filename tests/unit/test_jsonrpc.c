@@ -72,14 +72,14 @@ static const char *const sum_params[] = {"a", "b", NULL};
 static const char *const later_params[] = {"tag", NULL};
 
 static const struct rpc_method methods[] = {
-    {"echo", m_echo, NULL},
-    {"sum", m_sum, sum_params},
-    {"fail", m_fail, NULL},
-    {"failf", m_failf, NULL},
-    {"default_message", m_default_message, NULL},
-    {"null", m_null, NULL},
-    {"whoami", m_whoami, NULL},
-    {"later", m_later, later_params},
+    {"echo", m_echo, NULL, false},
+    {"sum", m_sum, sum_params, false},
+    {"fail", m_fail, NULL, false},
+    {"failf", m_failf, NULL, false},
+    {"default_message", m_default_message, NULL, false},
+    {"null", m_null, NULL, false},
+    {"whoami", m_whoami, NULL, false},
+    {"later", m_later, later_params, false},
 };
 
 static void m_pong(struct rpc_call *call, json_t *params, void *ctx) {
@@ -87,7 +87,7 @@ static void m_pong(struct rpc_call *call, json_t *params, void *ctx) {
     rpc_call_result(call, json_string("pong"));
 }
 
-static const struct rpc_method sim_ping = {"sim.ping", m_pong, NULL};
+static const struct rpc_method sim_ping = {"sim.ping", m_pong, NULL, false};
 
 static const struct rpc_method *find_sim(void *ctx, const char *name) {
     (void)ctx;
@@ -619,7 +619,8 @@ static void m_huge(struct rpc_call *call, json_t *params, void *ctx) {
     rpc_call_result(call, json_string(buf)); /* cannot tell in advance */
 }
 
-static const struct rpc_method big_methods[] = {{"big", m_big, NULL}, {"huge", m_huge, NULL}};
+static const struct rpc_method big_methods[] = {{"big", m_big, NULL, false},
+                                                {"huge", m_huge, NULL, false}};
 static const struct rpc_server big_server = {
     .methods = big_methods, .nmethods = 2, .max_batch = 10};
 
@@ -752,8 +753,9 @@ static void m_auth(struct rpc_call *call, json_t *params, void *ctx) {
 }
 
 static const char *const auth_params[] = {"token", NULL};
-static const struct rpc_method access_methods[] = {
-    {"write", m_write, NULL}, {"auth", m_auth, auth_params}, {"later", m_later, later_params}};
+static const struct rpc_method access_methods[] = {{"write", m_write, NULL, false},
+                                                   {"auth", m_auth, auth_params, false},
+                                                   {"later", m_later, later_params, false}};
 
 #define ACCESS_SERVER(token)                                                                       \
     {                                                                                              \
