@@ -226,7 +226,8 @@ static void meter_backoff_cb(uv_timer_t *t) {
     struct meter *m = t->data;
 
     if (m->state == METER_BACKOFF) {
-        meter_set_state(m, METER_RUNNING);
+        /* Retry; the state stays "error" until a read works, so status
+         * does not flap at every retry. */
         meter_queue_next(m);
     } else if (m->waiting && m->state == METER_RUNNING) {
         m->waiting = false;
@@ -337,6 +338,8 @@ static void meter_after_work(uv_work_t *w, int status) {
         m->consecutive_errors = 0;
         m->backoff_ms = 0;
         m->last_error[0] = '\0';
+        if (m->state == METER_BACKOFF)
+            meter_set_state(m, METER_RUNNING);
     }
     if (++m->cycle_reads >= m->nch) {
         if (m->cycle_start_ns != 0)
