@@ -12,6 +12,7 @@
 #include <math.h>
 #include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -739,6 +740,7 @@ struct session {
     json_int_t next_id;     /* of the next request */
     char *buf;              /* received bytes; the line last returned starts it */
     size_t have, cap, used; /* used: the bytes of that line and its newline */
+    bool closed;            /* the daemon closed the connection */
 };
 
 static int dial(const char *hostport, int timeout_ms, int *fd_out) {
@@ -830,13 +832,16 @@ static int session_send(struct session *s, const char *method, json_t *params, j
 }
 
 /*
- * The next line received, NUL-terminated in s->buf and valid until the next call, within
- * timeout_ms (negative: no limit). 0 or CTL_CONNECT (said why).
+ * The next line received, NUL-terminated in s->buf and valid until the next call, waiting
+ * at most wait_ms (negative: no limit); *line is NULL when none came in that time or a
+ * signal cut the wait short. 0, or CTL_CONNECT: s->closed when the daemon closed the
+ * connection (not said: the caller knows what it was waiting for), else said why.
  */
-static int session_line(struct session *s, int timeout_ms, char **line) {
-    int64_t deadline = now_ms() + timeout_ms;
+static int session_wait_line(struct session *s, int wait_ms, char **line) {
+    int64_t deadline = now_ms() + wait_ms;
     char *nl;
 
+    *line = NULL;
     if (s->used > 0) {
         s->have -= s->used;
         memmove(s->buf, s->buf + s->used, s->have);
@@ -844,7 +849,7 @@ static int session_line(struct session *s, int timeout_ms, char **line) {
     }
     while (s->have == 0 || (nl = memchr(s->buf, '\n', s->have)) == NULL) {
         struct pollfd p = {.fd = s->fd, .events = POLLIN};
-        int left = timeout_ms < 0 ? -1 : (int)(deadline - now_ms()), ready = 1;
+        int left = wait_ms < 0 ? -1 : (int)(deadline - now_ms()), ready;
         ssize_t n;
 
         if (s->have + 4096 > s->cap) {
@@ -858,12 +863,9 @@ static int session_line(struct session *s, int timeout_ms, char **line) {
             s->buf = bigger;
             s->cap = want;
         }
-        if (timeout_ms >= 0 && (left <= 0 || (ready = poll(&p, 1, left)) == 0)) {
-            fprintf(stderr, "wavemeterctl: no answer within %d ms\n", timeout_ms);
-            return CTL_CONNECT;
-        }
-        if (ready < 0 && errno == EINTR)
-            continue;
+        ready = poll(&p, 1, wait_ms < 0 ? -1 : left < 0 ? 0 : left);
+        if (ready == 0 || (ready < 0 && errno == EINTR))
+            return CTL_OK;
         if (ready < 0) {
             fprintf(stderr, "wavemeterctl: poll: %s\n", strerror(errno));
             return CTL_CONNECT;
@@ -871,8 +873,12 @@ static int session_line(struct session *s, int timeout_ms, char **line) {
         n = read(s->fd, s->buf + s->have, s->cap - s->have);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            fprintf(stderr, "wavemeterctl: connection closed before an answer\n");
+        if (n < 0) {
+            fprintf(stderr, "wavemeterctl: read: %s\n", strerror(errno));
+            return CTL_CONNECT;
+        }
+        if (n == 0) {
+            s->closed = true;
             return CTL_CONNECT;
         }
         s->have += (size_t)n;
@@ -883,6 +889,34 @@ static int session_line(struct session *s, int timeout_ms, char **line) {
     s->used = (size_t)(nl - s->buf) + 1;
     *line = s->buf;
     return CTL_OK;
+}
+
+/*
+ * The next line received, as session_wait_line() gives it, within timeout_ms (negative: no
+ * limit); a signal does not cut this wait short. 0 or CTL_CONNECT (said why).
+ */
+static int session_line(struct session *s, int timeout_ms, char **line) {
+    int64_t deadline = now_ms() + timeout_ms;
+
+    for (;;) {
+        int left = (int)(deadline - now_ms()), rc;
+
+        if (timeout_ms < 0)
+            left = -1;
+        else if (left < 0)
+            left = 0;
+        if ((rc = session_wait_line(s, left, line)) != CTL_OK) {
+            if (s->closed)
+                fprintf(stderr, "wavemeterctl: connection closed before an answer\n");
+            return rc;
+        }
+        if (*line)
+            return CTL_OK;
+        if (timeout_ms >= 0 && now_ms() >= deadline) {
+            fprintf(stderr, "wavemeterctl: no answer within %d ms\n", timeout_ms);
+            return CTL_CONNECT;
+        }
+    }
 }
 
 /*
@@ -974,6 +1008,7 @@ enum arg_kind {
     ARG_NUMBER,   /* a number, optionally followed by the unit (attached or next) */
     ARG_SETPOINT, /* a number then THz (frequency_thz, also without unit) or nm (wavelength_nm) */
     ARG_STRING,   /* sent as typed */
+    ARG_LASERS,   /* this and every further positional argument: an array of laser names */
 };
 
 /* A positional argument: the param it fills, in the protocol's order. */
@@ -990,12 +1025,14 @@ struct ctl {
     struct session s;
     bool raw;   /* print the answer line as it came */
     bool human; /* print the result for people; else as JSON */
+    bool json;  /* --json was asked for (not only a pipe's default) */
+    long count; /* watch: stop after this many pushes; 0: until interrupted */
 };
 
 /*
  * One command. A command is one call (run NULL) whose answer show prints for people, or
- * runs by itself: a `watch` built on `subscribe` is a run that calls once, then prints the
- * notifications session_line() returns until interrupted.
+ * runs by itself: `watch` subscribes, then prints the notifications it receives until
+ * interrupted.
  */
 struct command {
     const char *name;     /* what people type (the method's name works as well) */
@@ -1007,6 +1044,8 @@ struct command {
     void (*show)(json_t *result); /* the result for people; NULL: show_generic() */
     int (*run)(struct ctl *ctl, const struct command *cmd, json_t *params);
 };
+
+static int run_watch(struct ctl *ctl, const struct command *cmd, json_t *params);
 
 static const struct command commands[] = {
     {.name = "ping", .method = "ping", .synopsis = "", .help = "check that the daemon answers"},
@@ -1082,6 +1121,12 @@ static const struct command commands[] = {
      .args = {{.param = "laser", .kind = ARG_TARGET},
               {.param = "seconds", .kind = ARG_NUMBER, .unit = "s"}},
      .show = show_history},
+    {.name = "watch",
+     .method = "subscribe",
+     .synopsis = "[LASER...]",
+     .help = "live table of readings and locks (--count N)",
+     .args = {{.param = "lasers", .kind = ARG_LASERS}},
+     .run = run_watch},
     {.name = "auth",
      .method = "auth",
      .synopsis = "TOKEN",
@@ -1123,7 +1168,7 @@ static const struct command *find_command(const char *name) {
 static void usage(FILE *f) {
     fprintf(f, "usage: wavemeterctl [OPTIONS] COMMAND [ARGS...] [KEY=VALUE...]\n"
                "       wavemeterctl [OPTIONS] METHOD [KEY=VALUE... | JSON]\n"
-               "Options (--json, --human and --raw also after the command):\n"
+               "Options (--json, --human, --raw and --count also after the command):\n"
                "  -c, --connect HOST:PORT  the daemon (default $WAVEMETERD_ADDR, 127.0.0.1:7420)\n"
                "  -H, --human              print the result for people: tables, units (the\n"
                "                           default when the output is a terminal)\n"
@@ -1135,6 +1180,7 @@ static void usage(FILE *f) {
                "                           $WAVEMETERD_TOKEN_FILE, else the daemon's cookie in\n"
                "                           $STATE_DIRECTORY, /var/lib/wavemeterd or "
                "build/state)\n"
+               "      --count N            watch: stop after N pushes\n"
                "  -h, --help               this text\n"
                "Commands (each also by its method's name):\n");
     for (size_t i = 0; i < NCOMMANDS; i++) {
@@ -1146,12 +1192,16 @@ static void usage(FILE *f) {
                "follow a number, attached or not: 751.52686THz, 398.911 nm, 1.5V, 60s, 20MHz/s.\n"
                "KEY=VALUE names a param (VALUE is JSON, else a string); one JSON object or array\n"
                "is the params as they are; any other METHOD is sent as typed.\n"
+               "watch redraws its table in place on a terminal until Ctrl-C; into a pipe it\n"
+               "prints a line per push (--json or --raw: each push as received).\n"
                "Exit status: 0 ok, 1 the daemon answered with an error, 2 usage (or an\n"
-               "unreadable token file), 3 cannot connect (or no answer in time).\n"
+               "unreadable token file), 3 cannot connect (or no answer in time, or the\n"
+               "connection closed: how watch ends when the daemon stops).\n"
                "Examples: wavemeterctl read\n"
                "          wavemeterctl setpoint 399 751.52686THz\n"
                "          wavemeterctl setpoint 399 398.911nm 20\n"
                "          wavemeterctl --json laser.get 397\n"
+               "          wavemeterctl watch 399 397\n"
                "Docs: wavemeterctl(1), docs/PROTOCOL.md\n");
 }
 
@@ -1228,6 +1278,15 @@ static int put_arg(json_t *params, const struct command *cmd, const struct arg *
     case ARG_STRING:
         json_object_set_new(params, param, json_string(text));
         return CTL_OK;
+    case ARG_LASERS: {
+        json_t *list = json_object_get(params, param);
+        if (!json_is_array(list)) {
+            list = json_array();
+            json_object_set_new(params, param, list);
+        }
+        json_array_append_new(list, json_string(text));
+        return CTL_OK;
+    }
     case ARG_NUMBER:
     case ARG_SETPOINT:
         break;
@@ -1300,8 +1359,10 @@ static int build_params(const struct command *cmd, const char *name, char **args
                     args[i], cmd->name, cmd->synopsis);
             goto fail;
         }
-        if (put_arg(*params, cmd, &cmd->args[pos++], args, n, &i) != CTL_OK)
+        if (put_arg(*params, cmd, &cmd->args[pos], args, n, &i) != CTL_OK)
             goto fail;
+        if (cmd->args[pos].kind != ARG_LASERS)
+            pos++;
     }
     return CTL_OK;
 fail:
@@ -1427,12 +1488,475 @@ static int login(struct session *s, const char *token) {
     return rc;
 }
 
+/* ---- watch: a live table from subscribe ---- */
+
+/*
+ * A terminal's table is drawn again at least every WATCH_TICK_MS, so the ages grow in
+ * front of the reader (5 times a second: smooth enough, and cheap), and at most every
+ * WATCH_REDRAW_MS while pushes pour in (16 lasers at 50 readings a second would otherwise
+ * redraw 800 times a second).
+ */
+#define WATCH_TICK_MS 200
+#define WATCH_REDRAW_MS 50
+/* A ping after a minute without a line: the daemon closes a connection that has been idle
+ * for limits.idle_timeout_s (15 minutes by default), as it is while its wavemeter is
+ * unplugged and no reading comes. */
+#define WATCH_KEEPALIVE_MS 60000
+
+/* The columns: what a row holds under these names, age_ms computed as it is drawn. */
+static const struct column watch_cols[] = {
+    {.path = "laser"},         {.path = "channel"},       {.path = "status"},
+    {.path = "frequency_thz"}, {.path = "wavelength_nm"}, {.path = "error_mhz"},
+    {.path = "state"},         {.path = "output_v"},      {.path = "age_ms"},
+};
+#define WATCH_NCOLS (sizeof(watch_cols) / sizeof(watch_cols[0]))
+
+/* One laser of the table. */
+struct watch_row {
+    json_t *cells;  /* owned: the members above as received (age_ms as the reading came) */
+    json_int_t seq; /* the reading's own per-channel seq, so an older one never replaces it */
+    int64_t got_ms; /* when that reading came, on our monotonic clock */
+};
+
+struct watch {
+    struct watch_row *rows; /* owned, nrows of them, in the subscription's order */
+    size_t nrows;
+    size_t int_w[WATCH_NCOLS], frac_w[WATCH_NCOLS]; /* only ever widen: the table stays put */
+    bool numeric[WATCH_NCOLS];
+    bool tty;          /* redraw in place; else a line per push */
+    int drawn;         /* lines of the frame last drawn on the terminal */
+    json_int_t missed; /* pushes the daemon dropped for us, in all */
+    json_int_t sub;    /* our subscription's number */
+};
+
+/* Set by SIGINT and SIGTERM, read by the watch loop: a signal handler can reach no other
+ * state, hence this one global. */
+static volatile sig_atomic_t watch_stop;
+
+static void watch_on_signal(int sig) {
+    (void)sig;
+    watch_stop = 1;
+}
+
+/* The row of laser name, or NULL. */
+static struct watch_row *watch_row(struct watch *w, const char *name) {
+    for (size_t i = 0; name && i < w->nrows; i++)
+        if (strcmp(json_string_value(json_object_get(w->rows[i].cells, "laser")), name) == 0)
+            return &w->rows[i];
+    return NULL;
+}
+
+/* r takes reading (borrowed) unless it has a newer one: status, frequency, wavelength,
+ * age. */
+static void watch_take_reading(struct watch_row *r, json_t *reading) {
+    static const char *const keys[] = {"status", "frequency_thz", "wavelength_nm", "age_ms"};
+    json_t *seq = json_object_get(reading, "seq");
+
+    if (json_integer_value(seq) < r->seq)
+        return;
+    r->seq = json_integer_value(seq);
+    r->got_ms = now_ms();
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        json_t *v = json_object_get(reading, keys[i]);
+        json_object_set(r->cells, keys[i], v ? v : json_null());
+    }
+}
+
+/* r takes lock (borrowed: a `lock` push or a laser.get answer): state, output, error. */
+static void watch_take_lock(struct watch_row *r, json_t *lock) {
+    static const char *const keys[] = {"state", "output_v", "error_mhz"};
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        json_t *v = json_object_get(lock, keys[i]);
+        json_object_set(r->cells, keys[i], v ? v : json_null());
+    }
+}
+
+/* New reference: the cells of r as text, its age grown by the time since it came. */
+static json_t *watch_line(const struct watch_row *r) {
+    json_t *line = json_array(), *age = json_object_get(r->cells, "age_ms");
+
+    for (size_t c = 0; c + 1 < WATCH_NCOLS; c++) {
+        json_t *v = json_object_get(r->cells, watch_cols[c].path);
+        json_array_append_new(line, human_cell(v ? v : json_null(), watch_cols[c].path, NULL));
+    }
+    /* Whole milliseconds: the age is ours, not a number from the wire, and tenths would
+     * only flicker. */
+    if (json_is_number(age))
+        json_array_append_new(
+            line, json_sprintf("%.0f", json_number_value(age) + (double)(now_ms() - r->got_ms)));
+    else
+        json_array_append_new(line, json_string("-"));
+    return line;
+}
+
+/* New reference: the heading line. */
+static json_t *watch_head(void) {
+    json_t *line = json_array();
+
+    for (size_t c = 0; c < WATCH_NCOLS; c++)
+        json_array_append_new(line, column_head(&watch_cols[c]));
+    return line;
+}
+
+/* Widens w's columns for lines (borrowed: rows of cells), then for head, as widen_column()
+ * wants. */
+static void watch_widen(struct watch *w, json_t *lines, json_t *head) {
+    json_t *line;
+    size_t i;
+
+    json_array_foreach(lines, i, line) {
+        for (size_t c = 0; c < WATCH_NCOLS; c++)
+            widen_column(json_string_value(json_array_get(line, c)), w->numeric[c], false,
+                         &w->int_w[c], &w->frac_w[c]);
+    }
+    for (size_t c = 0; c < WATCH_NCOLS; c++)
+        widen_column(json_string_value(json_array_get(head, c)), w->numeric[c], true, &w->int_w[c],
+                     &w->frac_w[c]);
+}
+
+/* New reference: the lines of every row. */
+static json_t *watch_lines(const struct watch *w) {
+    json_t *lines = json_array();
+
+    for (size_t i = 0; i < w->nrows; i++)
+        json_array_append_new(lines, watch_line(&w->rows[i]));
+    return lines;
+}
+
+/*
+ * The whole table on the terminal, over the one drawn before: up as many lines as that
+ * had, then each line rewritten and the rest of it erased. One write, so the terminal
+ * never shows half a frame; lines wider than the terminal are cut (autowrap is off),
+ * so the count of lines to go up stays true.
+ */
+static void watch_draw(struct watch *w) {
+    json_t *lines = watch_lines(w), *head = watch_head(), *line;
+    char *text = NULL;
+    size_t len = 0, i;
+    FILE *f = open_memstream(&text, &len);
+
+    if (f == NULL)
+        goto out;
+    watch_widen(w, lines, head);
+    if (w->drawn > 0)
+        fprintf(f, "\x1b[%dA", w->drawn);
+    fputs("\r", f);
+    put_table_line(f, head, WATCH_NCOLS, w->int_w, w->frac_w, w->numeric, true);
+    fputs("\x1b[K\n", f);
+    w->drawn = 1;
+    json_array_foreach(lines, i, line) {
+        put_table_line(f, line, WATCH_NCOLS, w->int_w, w->frac_w, w->numeric, false);
+        fputs("\x1b[K\n", f);
+        w->drawn++;
+    }
+    if (w->missed > 0) {
+        fprintf(f, "missed %" JSON_INTEGER_FORMAT " push%s\x1b[K\n", w->missed,
+                w->missed == 1 ? "" : "es");
+        w->drawn++;
+    }
+    fputs("\x1b[J", f);
+    fclose(f);
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    free(text);
+out:
+    json_decref(lines);
+    json_decref(head);
+}
+
+/* A terminal as it was: cursor shown, autowrap on, the line under the table (where the
+ * terminal echoed ^C) blank. */
+static void watch_restore(void) {
+    fputs("\r\x1b[K\x1b[?7h\x1b[?25h", stdout);
+    fflush(stdout);
+}
+
+/* One line for r in a pipe: the same columns as the table (wider if r needs it). */
+static void watch_print_row(struct watch *w, struct watch_row *r) {
+    json_t *lines = json_pack("[o]", watch_line(r)), *head = watch_head();
+
+    watch_widen(w, lines, head);
+    put_table_line(stdout, json_array_get(lines, 0), WATCH_NCOLS, w->int_w, w->frac_w, w->numeric,
+                   false);
+    putchar('\n');
+    fflush(stdout);
+    json_decref(lines);
+    json_decref(head);
+}
+
+/*
+ * A push (borrowed, a parsed notification line). Returns whether it was one of ours:
+ * a reading or a lock of our subscription, which has updated its row.
+ */
+static bool watch_take(struct watch *w, json_t *note, struct watch_row **row) {
+    const char *method = json_string_value(json_object_get(note, "method"));
+    json_t *params = json_object_get(note, "params"), *o;
+    json_t *missed = json_object_get(params, "missed");
+
+    *row = NULL;
+    if (method == NULL || json_object_get(note, "id") ||
+        json_integer_value(json_object_get(params, "subscription")) != w->sub)
+        return false;
+    if (strcmp(method, "reading") == 0 && json_is_object(o = json_object_get(params, "reading"))) {
+        if ((*row = watch_row(w, json_string_value(json_object_get(o, "laser")))) != NULL)
+            watch_take_reading(*row, o);
+    } else if (strcmp(method, "lock") == 0 && json_is_object(o = json_object_get(params, "lock"))) {
+        if ((*row = watch_row(w, json_string_value(json_object_get(o, "laser")))) != NULL)
+            watch_take_lock(*row, o);
+    } else {
+        return false;
+    }
+    if (json_is_integer(missed) && json_integer_value(missed) > 0) {
+        w->missed += json_integer_value(missed);
+        if (!w->tty)
+            printf("missed %" JSON_INTEGER_FORMAT " push%s\n", w->missed,
+                   w->missed == 1 ? "" : "es");
+    }
+    return true;
+}
+
+/*
+ * watch asked for laser names the daemon does not have: say which, and which it has,
+ * from a `lasers` call. False if it found none unknown (the error was something else).
+ */
+static bool watch_unknown(struct session *s, json_t *asked) {
+    json_t *ans, *all, *m, *a;
+    char *line;
+    size_t i, j;
+    bool any = false;
+
+    if (session_call(s, "lasers", NULL, &ans, &line) != CTL_OK)
+        return false;
+    all = json_object_get(ans, "result");
+    json_array_foreach(asked, i, a) {
+        bool found = false;
+        json_array_foreach(all, j, m) {
+            found = found || json_equal(json_object_get(m, "name"), a);
+        }
+        if (!found && json_is_string(a)) {
+            fprintf(stderr, "wavemeterctl: watch: no laser \"");
+            put_human(stderr, a, NULL, NULL);
+            fprintf(stderr, "\"\n");
+            any = true;
+        }
+    }
+    if (any) {
+        fprintf(stderr, "wavemeterctl: lasers here: ");
+        json_array_foreach(all, i, m) {
+            fputs(i ? ", " : "", stderr);
+            put_human(stderr, json_object_get(m, "name"), NULL, NULL);
+        }
+        fputc('\n', stderr);
+    }
+    json_decref(ans);
+    return any;
+}
+
+/* One call of watch's: *result a borrowed member of *ans (a new reference), or the error
+ * said. CTL_OK, CTL_ANSWER or CTL_CONNECT. */
+static int watch_call(struct session *s, const char *method, json_t *params, json_t **ans,
+                      json_t **result) {
+    char *line;
+    int rc = session_call(s, method, params, ans, &line);
+
+    if (rc != CTL_OK)
+        return rc;
+    if ((*result = json_object_get(*ans, "result")) != NULL)
+        return CTL_OK;
+    if (json_object_get(*ans, "error"))
+        print_error(method, json_object_get(*ans, "error"));
+    else
+        fprintf(stderr, "wavemeterctl: %s: an answer without result or error: %s\n", method, line);
+    return CTL_ANSWER;
+}
+
+/*
+ * The table's rows: the subscription's lasers (sub_lasers, borrowed), their lock from
+ * `lasers` and their reading from `read`, both asked after subscribing so that no change
+ * falls between the two; the pushes that came before those answers are older than them.
+ */
+static int watch_rows(struct watch *w, struct session *s, json_t *sub_lasers) {
+    json_t *ans_l = NULL, *ans_r = NULL, *lasers, *reads, *m, *name;
+    size_t i, j;
+    int rc;
+
+    if ((rc = watch_call(s, "lasers", NULL, &ans_l, &lasers)) != CTL_OK ||
+        (rc = watch_call(s, "read", NULL, &ans_r, &reads)) != CTL_OK)
+        goto out;
+    w->rows = calloc(json_array_size(sub_lasers) + 1, sizeof(*w->rows));
+    if (w->rows == NULL) {
+        rc = CTL_CONNECT;
+        goto out;
+    }
+    json_array_foreach(sub_lasers, i, name) {
+        struct watch_row *r = &w->rows[w->nrows++];
+        r->cells = json_pack("{s:O}", "laser", name);
+        r->got_ms = now_ms();
+        json_array_foreach(lasers, j, m) {
+            if (json_equal(json_object_get(m, "name"), name)) {
+                json_object_set(r->cells, "channel", json_object_get(m, "channel"));
+                watch_take_lock(r, m);
+            }
+        }
+        json_array_foreach(reads, j, m) {
+            if (json_equal(json_object_get(m, "laser"), name))
+                watch_take_reading(r, m);
+        }
+    }
+out:
+    json_decref(ans_l);
+    json_decref(ans_r);
+    return rc;
+}
+
+/*
+ * watch: subscribe to readings and locks (of params' lasers, all without), then a table
+ * from `lasers` and `read` that each push updates: redrawn in place on a terminal, a
+ * line per push otherwise, each push's line as received with --json or --raw. Until
+ * SIGINT or SIGTERM (CTL_OK), --count pushes (CTL_OK) or the connection's end
+ * (CTL_CONNECT).
+ */
+static int run_watch(struct ctl *ctl, const struct command *cmd, json_t *params) {
+    struct watch w = {.tty = ctl->human && !ctl->json && !ctl->raw && isatty(STDOUT_FILENO)};
+    struct sigaction sa = {.sa_handler = watch_on_signal, .sa_flags = SA_RESTART};
+    bool lines_as_received = ctl->json || ctl->raw;
+    json_t *sub, *ans = NULL, *result;
+    int64_t next_draw = 0, last_line = now_ms(), last_draw = 0;
+    long pushes = 0;
+    char *line;
+    int rc;
+
+    /* The params are subscribe's: positional lasers, or KEY=VALUE such as max_rate_hz=2. */
+    if (json_is_array(params))
+        sub = json_pack("{s:O}", "lasers", params);
+    else
+        sub = json_is_object(params) ? json_copy(params) : json_object();
+    if (json_object_get(sub, "topics") == NULL)
+        json_object_set_new(sub, "topics", json_pack("[s, s]", "readings", "locks"));
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    rc = session_call(&ctl->s, cmd->method, sub, &ans, &line);
+    if (rc == CTL_OK && (result = json_object_get(ans, "result")) == NULL) {
+        json_t *error = json_object_get(ans, "error");
+        json_int_t code = json_integer_value(json_object_get(error, "code"));
+        if (!(code == -32602 && watch_unknown(&ctl->s, json_object_get(sub, "lasers")))) {
+            if (error)
+                print_error(cmd->method, error);
+            else
+                fprintf(stderr, "wavemeterctl: %s: an answer without result or error: %s\n",
+                        cmd->method, line);
+        }
+        if (code == -32601)
+            fprintf(stderr, "wavemeterctl: watch needs wavemeterd 1.1's subscribe\n");
+        rc = CTL_ANSWER;
+    }
+    json_decref(sub);
+    if (rc != CTL_OK)
+        goto out;
+    w.sub = json_integer_value(json_object_get(result, "subscription"));
+    if (!lines_as_received &&
+        (rc = watch_rows(&w, &ctl->s, json_object_get(result, "lasers"))) != CTL_OK)
+        goto out;
+    for (size_t c = 0; c < WATCH_NCOLS; c++)
+        w.numeric[c] = c != 0 && c != 2 && c != 6; /* laser, status, state: text */
+    if (w.tty) {
+        /* The cursor hidden, so it does not flicker at the table's end. */
+        fputs("\x1b[?25l\x1b[?7l", stdout);
+        watch_draw(&w);
+        last_draw = now_ms();
+        next_draw = last_draw + WATCH_TICK_MS;
+    } else if (!lines_as_received) {
+        json_t *lines = watch_lines(&w), *head = watch_head();
+        watch_widen(&w, lines, head);
+        put_table_line(stdout, head, WATCH_NCOLS, w.int_w, w.frac_w, w.numeric, true);
+        putchar('\n');
+        json_decref(lines);
+        json_decref(head);
+        for (size_t i = 0; i < w.nrows; i++)
+            watch_print_row(&w, &w.rows[i]);
+    }
+    while (!watch_stop && (ctl->count == 0 || pushes < ctl->count)) {
+        int64_t now = now_ms();
+        int wait = WATCH_TICK_MS; /* a bounded wait: a signal just before it costs no more */
+        struct watch_row *row;
+        json_t *note;
+
+        if (w.tty)
+            wait = next_draw > now ? (int)(next_draw - now) : 0;
+        if ((rc = session_wait_line(&ctl->s, wait, &line)) != CTL_OK)
+            break;
+        now = now_ms();
+        if (line == NULL && now - last_line >= WATCH_KEEPALIVE_MS) {
+            json_int_t id;
+            if ((rc = session_send(&ctl->s, "ping", NULL, &id)) != CTL_OK)
+                break;
+            last_line = now;
+        }
+        if (line != NULL) {
+            last_line = now;
+            note = json_loads(line, 0, NULL);
+            if (watch_take(&w, note, &row)) {
+                pushes++;
+                if (lines_as_received) {
+                    puts(line);
+                    fflush(stdout);
+                } else if (w.tty) {
+                    if (next_draw > last_draw + WATCH_REDRAW_MS)
+                        next_draw = last_draw + WATCH_REDRAW_MS;
+                } else if (row) {
+                    watch_print_row(&w, row);
+                }
+            }
+            json_decref(note);
+        }
+        if (w.tty && now_ms() >= next_draw) {
+            watch_draw(&w);
+            last_draw = now_ms();
+            next_draw = last_draw + WATCH_TICK_MS;
+        }
+    }
+    if (w.tty) {
+        if (rc == CTL_OK)
+            watch_draw(&w);
+        watch_restore();
+    }
+    if (rc != CTL_OK && ctl->s.closed)
+        fprintf(stderr, "wavemeterctl: watch: the daemon closed the connection\n");
+out:
+    json_decref(ans);
+    for (size_t i = 0; i < w.nrows; i++)
+        json_decref(w.rows[i].cells);
+    free(w.rows);
+    return rc;
+}
+
+/* --count's N into *count: CTL_OK or CTL_USAGE (said why). */
+static int parse_count(const char *text, long *count) {
+    char *end;
+
+    errno = 0;
+    *count = strtol(text, &end, 10);
+    if (errno || *end || end == text || *count <= 0) {
+        fprintf(stderr, "wavemeterctl: --count \"%s\": expected a number of pushes, 1 or more\n",
+                text);
+        return CTL_USAGE;
+    }
+    return CTL_OK;
+}
+
 int main(int argc, char **argv) {
     static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'j'},
-        {"human", no_argument, NULL, 'H'},         {"raw", no_argument, NULL, 'r'},
-        {"timeout", required_argument, NULL, 't'}, {"token-file", required_argument, NULL, 'k'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"connect", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},
+        {"human", no_argument, NULL, 'H'},
+        {"raw", no_argument, NULL, 'r'},
+        {"timeout", required_argument, NULL, 't'},
+        {"token-file", required_argument, NULL, 'k'},
+        {"count", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *addr = getenv("WAVEMETERD_ADDR");
     const char *token_file = getenv("WAVEMETERD_TOKEN_FILE");
@@ -1455,6 +1979,7 @@ int main(int argc, char **argv) {
             break;
         case 'j':
             human = 0;
+            ctl.json = true;
             break;
         case 'H':
             human = 1;
@@ -1478,6 +2003,10 @@ int main(int argc, char **argv) {
         case 'k':
             token_file = optarg;
             break;
+        case 'n':
+            if ((rc = parse_count(optarg, &ctl.count)) != CTL_OK)
+                return rc;
+            break;
         case 'h':
             usage(stdout);
             return CTL_OK;
@@ -1495,21 +2024,38 @@ int main(int argc, char **argv) {
     cmd = find_command(method);
     if (cmd)
         method = cmd->method;
-    /* --json, --human and --raw may follow the command too; "--" ends them. */
+    /* --json, --human, --raw and --count may follow the command too; "--" ends them. */
     args = calloc((size_t)argc, sizeof(*args));
     if (args == NULL)
         return CTL_USAGE;
     for (int i = optind + 1, more = 1; i < argc; i++) {
-        if (more && strcmp(argv[i], "--json") == 0)
+        const char *count = NULL;
+
+        if (more && strcmp(argv[i], "--json") == 0) {
             human = 0;
-        else if (more && strcmp(argv[i], "--human") == 0)
+            ctl.json = true;
+        } else if (more && strcmp(argv[i], "--human") == 0) {
             human = 1;
-        else if (more && strcmp(argv[i], "--raw") == 0)
+        } else if (more && strcmp(argv[i], "--raw") == 0) {
             ctl.raw = true;
-        else if (more && strcmp(argv[i], "--") == 0)
+        } else if (more && strcmp(argv[i], "--") == 0) {
             more = 0;
-        else
+        } else if (more && strncmp(argv[i], "--count=", 8) == 0) {
+            count = argv[i] + 8;
+        } else if (more && strcmp(argv[i], "--count") == 0) {
+            count = i + 1 < argc ? argv[++i] : "";
+        } else {
             args[nargs++] = argv[i];
+        }
+        if (count && (rc = parse_count(count, &ctl.count)) != CTL_OK) {
+            free(args);
+            return rc;
+        }
+    }
+    if (ctl.count > 0 && (cmd == NULL || cmd->run == NULL)) {
+        fprintf(stderr, "wavemeterctl: --count is for watch\n");
+        free(args);
+        return CTL_USAGE;
     }
     /* A pipe gets JSON, as it always did: scripts that read it keep working. */
     ctl.human = human < 0 ? isatty(STDOUT_FILENO) : human;

@@ -2,15 +2,20 @@
 """End to end: wavemeterctl against the real daemon, as a person at a terminal
 and a script would use it: short commands with positional arguments and units,
 tables for people, JSON for pipes, numbers as the wire has them, exit codes
-0/1/2/3, the valid names after an unknown one, the cookie via $STATE_DIRECTORY.
+0/1/2/3, the valid names after an unknown one, the cookie via $STATE_DIRECTORY,
+and watch: a table redrawn in place on a terminal, a line per push in a pipe.
 """
 import json
 import os
 import pty
 import re
+import select
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 
 from wmd import CTL, Daemon, fail, run_tests, sim_config, wait_for
 
@@ -92,7 +97,7 @@ def test_help_and_usage():
     with Daemon(two_lasers()) as d:
         out = expect(ctl(d, "--help"), 0, "--help")
         for cmd in ("ping", "version", "status", "channels", "read", "lasers", "get", "setpoint",
-                    "lock", "unlock", "gains", "output", "history", "auth", "sim.fault",
+                    "lock", "unlock", "gains", "output", "history", "watch", "auth", "sim.fault",
                     "sim.mode_hop", "sim.disconnect", "sim.connect"):
             if not re.search(r"^  %s\b" % re.escape(cmd), out.stdout, re.M):
                 fail("--help does not list %s:\n%s" % (cmd, out.stdout))
@@ -337,6 +342,228 @@ def test_cookie_from_state_directory():
     os.rmdir(empty)
 
 
+WATCH_HEAD = ["LASER", "CHANNEL", "STATUS", "FREQUENCY (THz)", "WAVELENGTH (nm)", "ERROR (MHz)",
+              "STATE", "OUTPUT (V)", "AGE (ms)"]
+
+
+class Output:
+    """What a child writes to fd, read as it comes, with deadlines."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.data = b""
+        self.eof = False
+
+    def read_for(self, seconds):
+        """Read whatever comes within seconds (less once the writer is gone)."""
+        deadline = time.monotonic() + seconds
+        while not self.eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:  # EIO: a terminal whose other side has closed
+                    chunk = b""
+                self.data += chunk
+                self.eof = not chunk
+
+    def until(self, cond, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not cond(self.text()):
+            if self.eof or time.monotonic() > deadline:
+                fail("%s: not seen within %.0f s; got:\n%s" % (what, timeout, self.text()[-3000:]))
+            self.read_for(0.05)
+
+    def text(self):
+        return self.data.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def watch(d, *args, tty=False):
+    """Start wavemeterctl watch against d: (process, Output of its stdout)."""
+    if tty:
+        master, slave = pty.openpty()
+    else:
+        master, slave = os.pipe()
+    p = subprocess.Popen([CTL, "-c", "127.0.0.1:%d" % d.port, "watch"] + list(args),
+                         stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    return p, Output(master)
+
+
+def finish(p, out, rc, what):
+    """Wait for p to exit rc, read all it wrote; its stderr."""
+    try:
+        got = p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        fail("%s: still running after 10 s" % what)
+    while not out.eof:
+        out.read_for(1)
+    os.close(out.fd)
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    if got != rc:
+        fail("%s: exit %d, wanted %d\nstdout: %s\nstderr: %s" % (what, got, rc, out.text(), err))
+    return err
+
+
+def rows_of(text):
+    """The lines of a watch table after its heading, as cells."""
+    return [re.split(r"\s{2,}", l.strip()) for l in text.splitlines()
+            if l.strip() and not l.startswith("LASER") and not l.startswith("missed")]
+
+
+def test_watch_piped():
+    with Daemon(two_lasers()) as d:
+        wait_readings(d, ("399", "L2"))
+        p, out = watch(d)
+        out.until(lambda t: len(t.splitlines()) >= 3, 10, "the heading and a line per laser")
+        lines = out.text().splitlines()
+        if re.split(r"\s{2,}", lines[0].strip()) != WATCH_HEAD:
+            fail("watch heading %r" % lines[0])
+        first = rows_of("\n".join(lines[1:3]))
+        if sorted(r[0] for r in first) != ["399", "L2"] or any(len(r) != 9 for r in first):
+            fail("watch's first lines %r" % first)
+        for r in first:
+            # No noise, no drift: the frequency as the wire has it (384.123456789012,
+            # 385.0), the lock as `lasers` has it.
+            want = {"399": "384.123456789012", "L2": "385.0"}[r[0]]
+            if r[1:4] != [{"399": "2", "L2": "1"}[r[0]], "ok", want] or r[6] != "off" or \
+                    r[7] != "0.0" or not r[8].isdigit():
+                fail("watch row %r" % r)
+        # Readings keep coming, a line each.
+        out.until(lambda t: len(t.splitlines()) >= 6, 10, "lines for readings")
+        # A lock from another client shows in its line.
+        d.result("laser.lock", ["L2"])
+        out.until(lambda t: any(r[0] == "L2" and r[6] in ("acquiring", "locked")
+                                for r in rows_of(t)), 10, "L2's lock")
+        p.send_signal(signal.SIGINT)
+        finish(p, out, 0, "watch in a pipe, SIGINT")
+        if any(len(r) != 9 for r in rows_of(out.text())):
+            fail("a line without every column:\n%s" % out.text())
+
+        # --count: that many pushes, a line each after the heading and the first lines.
+        o = expect(ctl(d, "watch", "399", "--count", "3"), 0, "watch --count 3")
+        lines = o.stdout.splitlines()
+        if len(lines) != 1 + 1 + 3 or any(r[0] != "399" for r in rows_of(o.stdout)):
+            fail("watch 399 --count 3:\n%s" % o.stdout)
+        # --json: each push as received; the option before the command too.
+        o = expect(ctl(d, "--count", "2", "--json", "watch", "L2"), 0, "watch --json")
+        notes = [json.loads(l) for l in o.stdout.splitlines()]
+        if len(notes) != 2 or [n["params"]["seq"] for n in notes] != [1, 2] or \
+                any("id" in n or n["params"]["reading" if n["method"] == "reading" else "lock"]
+                    ["laser"] != "L2" for n in notes):
+            fail("watch --json: %r" % notes)
+        for bad in (["watch", "--count", "0"], ["watch", "--count", "x"], ["watch", "--count"],
+                    ["read", "--count", "2"]):
+            expect(ctl(d, *bad), 2, "usage %r" % bad)
+
+
+def test_watch_terminal():
+    with Daemon(two_lasers()) as d:
+        wait_readings(d, ("399", "L2"))
+        p, out = watch(d, tty=True)
+        out.until(lambda t: "AGE (ms)" in t, 10, "the table")
+        t0 = time.monotonic()
+        n0 = len(re.findall(r"\x1b\[\d+A", out.text()))
+        out.read_for(1.5)
+        moves = re.findall(r"\x1b\[(\d+)A", out.text())
+        # Redrawn in place at least 4 times a second, readings or not: up over the
+        # heading and both lasers.
+        if (len(moves) - n0) / (time.monotonic() - t0) < 4 or set(moves) != {"3"}:
+            fail("redraws: %r in %.1f s:\n%r" % (moves, time.monotonic() - t0, out.text()[-2000:]))
+        text = out.text()
+        if not text.startswith("\x1b[?25l") or "\x1b[K" not in text:
+            fail("the cursor is not hidden first: %r" % text[:100])
+        frame = text[text.rindex("\x1b[3A"):]
+        if not re.match(r"\x1b\[3A\rLASER +CHANNEL +STATUS +FREQUENCY \(THz\)", frame):
+            fail("no heading in the last frame: %r" % frame)
+        # The ages grow between readings: the frames do not all show the same ones.
+        ages = set(re.findall(r" (\d+)\x1b\[K\n", text))
+        if len(ages) < 3:
+            fail("ages do not change: %r" % ages)
+        p.send_signal(signal.SIGINT)
+        err = finish(p, out, 0, "watch on a terminal, SIGINT")
+        text = out.text()
+        if not text.rstrip("\n").endswith("\x1b[?25h") or \
+                text.rindex("\x1b[?25h") < text.rindex("\x1b[?25l") or err:
+            fail("the cursor is not shown again at the end: %r, stderr %r" % (text[-200:], err))
+
+
+def test_watch_unknown_laser():
+    with Daemon(two_lasers()) as d:
+        out = expect(ctl(d, "watch", "399", "nope"), 1, "watch nope")
+        if 'no laser "nope"' not in out.stderr or "lasers here: 399, L2" not in out.stderr or \
+                out.stdout:
+            fail("watch nope: %r" % (out,))
+
+
+def test_watch_daemon_gone():
+    with Daemon(two_lasers()) as d:
+        p, out = watch(d, "L2")
+        out.until(lambda t: len(t.splitlines()) >= 3, 10, "lines")
+        d.stop()
+        err = finish(p, out, 3, "watch, daemon stopped")
+        if "closed the connection" not in err:
+            fail("daemon gone: %r" % err)
+
+
+def test_watch_missed_and_stale():
+    """A daemon of our own that says pushes were missed and sends a push older than
+    what `read` answered: the footer counts, the old reading is not shown."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    reading = {"channel": 1, "laser": "A", "status": "ok", "frequency_thz": 400.5,
+               "wavelength_nm": 748.5, "time": 1.0, "age_ms": 5.0, "seq": 7}
+
+    def serve():
+        c, _ = srv.accept()
+        f = c.makefile("rw")
+        answers = {
+            "subscribe": {"subscription": 4, "topics": ["readings", "locks"], "lasers": ["A"],
+                          "max_rate_hz": None},
+            "lasers": [{"name": "A", "channel": 1, "state": "off", "output_v": 1.25,
+                        "error_mhz": 0.5, "setpoint_thz": 400.5}],
+            "read": [reading],
+        }
+        for _ in answers:
+            req = json.loads(f.readline())
+            f.write(json.dumps({"jsonrpc": "2.0", "id": req["id"],
+                                "result": answers[req["method"]]}) + "\n")
+            f.flush()
+        old = dict(reading, seq=6, frequency_thz=399.0)
+        new = dict(reading, seq=9, frequency_thz=401.25)
+        lock = {"laser": "A", "channel": 1, "lock": True, "state": "acquiring",
+                "output_v": 1.5, "error_mhz": -2.5}
+        for method, params in (("reading", {"seq": 1, "reading": old}),
+                               ("reading", {"seq": 5, "missed": 3, "reading": new}),
+                               ("lock", {"seq": 6, "lock": lock})):
+            params["subscription"] = 4
+            f.write(json.dumps({"jsonrpc": "2.0", "method": method, "params": params}) + "\n")
+        f.close()
+        c.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    out = subprocess.run([CTL, "-c", "127.0.0.1:%d" % srv.getsockname()[1], "watch"],
+                         capture_output=True, text=True, timeout=10)
+    t.join()
+    srv.close()
+    if out.returncode != 3:
+        fail("exit %d: %r" % (out.returncode, out))
+    rows = [r[:8] for r in rows_of(out.stdout)]
+    want = [["A", "1", "ok", "400.5", "748.5", "0.5", "off", "1.25"],
+            ["A", "1", "ok", "400.5", "748.5", "0.5", "off", "1.25"],  # seq 6 < 7: not shown
+            ["A", "1", "ok", "401.25", "748.5", "0.5", "off", "1.25"],
+            ["A", "1", "ok", "401.25", "748.5", "-2.5", "acquiring", "1.5"]]
+    if rows != want or "missed 3 pushes" not in out.stdout.splitlines():
+        fail("watch of a fake daemon:\n%s\nrows %r" % (out.stdout, rows))
+
+
 run_tests([
     ("help_and_usage", test_help_and_usage),
     ("cannot_connect", test_cannot_connect),
@@ -347,4 +574,9 @@ run_tests([
     ("positional_commands", test_positional_commands),
     ("unknown_names_listed", test_unknown_names_listed),
     ("cookie_from_state_directory", test_cookie_from_state_directory),
+    ("watch_piped", test_watch_piped),
+    ("watch_terminal", test_watch_terminal),
+    ("watch_unknown_laser", test_watch_unknown_laser),
+    ("watch_daemon_gone", test_watch_daemon_gone),
+    ("watch_missed_and_stale", test_watch_missed_and_stale),
 ])
