@@ -32,7 +32,9 @@ def notes(c, n, timeout=10, method=None):
 
 
 def three_lasers():
-    return sim_config([{}, {}, {}])
+    # Always due: the three take turns (a reading each every ~30 ms), rather
+    # than the schedule's once a second for lasers no lock uses.
+    return sim_config([{"max_age_ms": 1}] * 3)
 
 
 def test_answer_first_then_ordered_pushes():
