@@ -954,8 +954,10 @@ static void config_base(struct config *cfg) {
     cfg->line_timeout_s = 10;
     cfg->push_soft_bytes = 256 * 1024;
     cfg->max_subscriptions = 16;
-    cfg->write_rate_per_s = 20;
-    cfg->write_burst = 40;
+    /* Each write is a durable state save: 100 a second is far beyond any
+     * scan script, and far below what a runaway loop would send. */
+    cfg->write_rate_per_s = 100;
+    cfg->write_burst = 200;
     cfg->answer_memory_max_bytes = 32 * 1024 * 1024;
     cfg->max_clients_per_address = 16;
     copy_string(cfg->state_dir, sizeof(cfg->state_dir), "/var/lib/wavemeterd");

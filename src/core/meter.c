@@ -347,6 +347,15 @@ static void meter_after_work(uv_work_t *w, int status) {
         m->cycle_start_ns = now_ns;
         m->cycle_reads = 0;
     }
+    if (m->state != METER_STOPPING && m->rc >= 0) {
+        /* The next read goes to the pool first: the listeners (the locks,
+         * then the subscribers) run while it settles and exposes, and a
+         * hundred subscribers do not slow the readings down. */
+        meter_queue_next(m);
+        if (m->on_reading)
+            m->on_reading(m, &c->last, m->cb_ctx);
+        return;
+    }
     if (m->on_reading)
         m->on_reading(m, &c->last, m->cb_ctx);
 

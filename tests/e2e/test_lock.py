@@ -463,8 +463,10 @@ def test_kill9_during_write_burst():
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
     state_dir = tempfile.mkdtemp(prefix="wmd-e2e-burst-")
-    # Periodic saves every 0.1 s as well, so kills also land in those.
-    cfg = sim_config([fast()], state={"save_interval_s": 0.1})
+    # Periodic saves every 0.1 s as well, so kills also land in those. The
+    # burst is as fast as the writer can go: no write rate limit here.
+    cfg = sim_config([fast()], state={"save_interval_s": 0.1},
+                     limits={"write_rate_per_s": 100000, "write_burst": 1000000})
     d = Daemon(cfg, state_dir=state_dir).start()
     try:
         d.result("laser.lock", ["L1"])
