@@ -351,7 +351,8 @@ static void run_seed(uint64_t seed, bool noise_free, struct seed_result *res) {
         double *m = res->m[i];
         noise_stats(&b->tr[i], &m[M_SD_MEAS], &m[M_SD_TRUE], &m[M_DT_MS], &m[M_NOT_LOCKED],
                     &m[M_FLAPS]);
-        m[M_SD_RATIO] = noise_free ? (double)NAN : m[M_SD_MEAS] / sim_chan(&r->cfg.lasers[i])->noise_mhz;
+        m[M_SD_RATIO] =
+            noise_free ? (double)NAN : m[M_SD_MEAS] / sim_chan(&r->cfg.lasers[i])->noise_mhz;
     }
 
     /* A 100 MHz setpoint step, no ramp. */
@@ -539,9 +540,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < NLASERS; i++) {
         const struct laser_config *c = &cfg.lasers[i];
         printf("  %-5s %7.0f %6.2f %6.2f %6.0f %3d+%-2d %7.4f %7.4f %5.1f %5.1f %5.0f %6.1f\n",
-               c->name, sim_chan_const(c)->sensitivity_mhz_per_v, sim_chan_const(c)->noise_mhz, sim_chan_const(c)->drift_mhz_per_sqrt_s,
-               sim_chan_const(c)->lag_ms, c->exposure_ms, c->settle_ms, c->kp_v_per_mhz, c->ki_v_per_mhz_s,
-               c->slew_v_per_s, c->tolerance_mhz, c->capture_mhz, c->rail_timeout_s);
+               c->name, sim_chan_const(c)->sensitivity_mhz_per_v, sim_chan_const(c)->noise_mhz,
+               sim_chan_const(c)->drift_mhz_per_sqrt_s, sim_chan_const(c)->lag_ms, c->exposure_ms,
+               c->settle_ms, c->kp_v_per_mhz, c->ki_v_per_mhz_s, c->slew_v_per_s, c->tolerance_mhz,
+               c->capture_mhz, c->rail_timeout_s);
     }
     printf("  (noise MHz 1 sigma, drift MHz/sqrt(s), exposure+settle ms, kp V/MHz, ki V/(MHz s), "
            "kd 0,\n   slew V/s, tolerance and capture MHz, output %+.0f..%+.0f V)\n\n",

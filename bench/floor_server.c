@@ -40,7 +40,7 @@
 
 struct conn {
     int fd;
-    char *out;  /* answers not yet written: out[off .. len) */
+    char *out; /* answers not yet written: out[off .. len) */
     size_t off, len, cap;
     unsigned armed; /* the events epoll watches for it */
 };

@@ -23,9 +23,9 @@ const char *wm_status_name(enum wm_status s);
 struct wm_read_req {
     int channel; /* 1-based */
     int exposure_ms;
-    int settle_ms;  /* spent only when switched */
-    bool switched;  /* the switch must move to this channel first */
-    int timeout_ms; /* the whole read finishes or fails by then */
+    int settle_ms;    /* spent only when switched */
+    bool switched;    /* the switch must move to this channel first */
+    int timeout_ms;   /* the whole read finishes or fails by then */
     const void *chan; /* the laser's lasers[].<driver section> settings, or NULL */
 };
 
