@@ -25,7 +25,7 @@ enum push_topic { PUSH_READINGS, PUSH_LOCKS, PUSH_STATUS, PUSH_NTOPICS };
 /* What a subscription wants. */
 struct push_filter {
     unsigned topics;                /* 1u << enum push_topic */
-    bool lasers[CONFIG_MAX_LASERS]; /* by index in the config; all when none set */
+    bool lasers[CONFIG_MAX_LASERS]; /* the lasers wanted, by index in the config */
     double max_rate_hz;             /* per laser and topic; 0 = every one */
 };
 

@@ -911,14 +911,17 @@ static const char *const subscribe_params[] = {"topics", "lasers", "channels", "
 static int laser_index(struct daemon *d, json_t *v, bool by_channel) {
     char buf[32];
     const char *name;
+    struct meter_channel *c;
 
-    for (int i = 0; i < d->cfg.nlasers; i++) {
-        if (by_channel ? json_is_integer(v) && json_integer_value(v) == d->cfg.lasers[i].channel
-                       : (name = laser_name_param(v, buf, sizeof(buf))) != NULL &&
-                             strcmp(name, d->cfg.lasers[i].name) == 0)
-            return i;
+    if (by_channel) {
+        json_int_t n = json_is_integer(v) ? json_integer_value(v) : 0;
+        c = n >= 1 && n <= CONFIG_MAX_LASERS ? meter_channel_find(&d->meter, (int)n) : NULL;
+    } else {
+        name = laser_name_param(v, buf, sizeof(buf));
+        c = name != NULL ? meter_channel_by_name(&d->meter, name) : NULL;
     }
-    return -1;
+    /* The meter's channels are the config's lasers, in order. */
+    return c != NULL ? (int)(c - d->meter.ch) : -1;
 }
 
 static void m_subscribe(struct rpc_call *call, json_t *params, void *ctx) {
@@ -984,6 +987,12 @@ static void m_subscribe(struct rpc_call *call, json_t *params, void *ctx) {
         }
         f.max_rate_hz = hz;
     }
+    /* No lasers named: all of them. */
+    bool any = false;
+    for (int k = 0; k < d->cfg.nlasers; k++)
+        any = any || f.lasers[k];
+    for (int k = 0; k < d->cfg.nlasers && !any; k++)
+        f.lasers[k] = true;
     rc = s == NULL ? -ENOTSUP : push_subscribe(&d->push, s, &f, &id);
     if (rc == -EMFILE) {
         rpc_call_errorf(call, RPC_BUSY, NULL, "Too many subscriptions on this connection (max %d)",
@@ -995,13 +1004,9 @@ static void m_subscribe(struct rpc_call *call, json_t *params, void *ctx) {
         return;
     }
     names = json_array();
-    for (int k = 0; k < d->cfg.nlasers; k++) {
-        bool all = true;
-        for (int j = 0; j < CONFIG_MAX_LASERS && all; j++)
-            all = !f.lasers[j];
-        if (all || f.lasers[k])
+    for (int k = 0; k < d->cfg.nlasers; k++)
+        if (f.lasers[k])
             json_array_append_new(names, json_string(d->cfg.lasers[k].name));
-    }
     res = json_pack("{s:I, s:O, s:o, s:o}", "subscription", (json_int_t)id, "topics", topics,
                     "lasers", names, "max_rate_hz",
                     f.max_rate_hz > 0 ? json_real(f.max_rate_hz) : json_null());

@@ -292,14 +292,9 @@ void push_event(struct push *p, enum push_topic t, int laser, const char *method
         next = ps->next;
         for (struct push_sub *sub = ps->subs; sub; sub = sub->next) {
             struct pending *pe = &sub->pend[t][k];
-            bool all = true;
             char *copy;
 
-            if (!(sub->f.topics & (1u << t)))
-                continue;
-            for (int i = 0; i < CONFIG_MAX_LASERS && all; i++)
-                all = !sub->f.lasers[i];
-            if (laser >= 0 && !all && !sub->f.lasers[laser])
+            if (!(sub->f.topics & (1u << t)) || (laser >= 0 && !sub->f.lasers[laser]))
                 continue;
             if ((copy = strdup(payload)) == NULL)
                 continue; /* this one is lost; counted below as missed */
