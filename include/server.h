@@ -26,7 +26,9 @@ struct server {
     uv_tcp_t listener;
     uv_timer_t sweep;                       /* idle and write-stall checks */
     uv_idle_t idle;                         /* runs the clients that yielded their turn */
-    uv_check_t turn_check;                  /* marks the end of each loop turn */
+    uv_check_t turn_check;                  /* marks the end of each loop turn; writes output */
+    uv_prepare_t flush_prep;                /* writes output made outside poll, before it */
+    struct client *out_head;                /* clients with output not yet written */
     struct client *ready_head, *ready_tail; /* those clients, first come first served */
     struct client *clients;                 /* doubly linked */
     int nclients;

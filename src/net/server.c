@@ -84,6 +84,12 @@ struct client {
     uv_tcp_t tcp;
     struct server *srv;
     struct client *prev, *next;
+    /* Output of this loop turn, answers and notifications in order, written
+     * with one uv_write when the turn's I/O is done (out_flush). */
+    char *out;
+    size_t out_len, out_cap;
+    struct client *out_next; /* on the server's out list while out_len > 0 */
+    size_t kernel_est;       /* at most this much still in the kernel's buffer */
     struct linebuf lb;
     struct pending *head, *tail;
     char name[64];
@@ -124,6 +130,8 @@ static void idle_cb(uv_idle_t *h);
 static void client_read_stop(struct client *c);
 static void client_end_input(struct client *c);
 static void accept_one(struct server *s);
+static void out_flush(struct client *c);
+static void out_flush_all(struct server *s);
 
 int server_clients_paused(const struct server *s) {
     int n = 0;
@@ -176,6 +184,15 @@ static void client_closed_cb(uv_handle_t *h) {
             break;
         }
     }
+    if (c->out_len > 0) { /* closed with output unwritten: off the out list */
+        for (struct client **pp = &s->out_head; *pp; pp = &(*pp)->out_next)
+            if (*pp == c) {
+                *pp = c->out_next;
+                break;
+            }
+        s->answer_bytes -= c->out_len;
+    }
+    free(c->out);
     rpc_session_destroy(c->session); /* its lines are done or abandoned */
     if (c->peer_row)
         c->peer_row->nconn--;
@@ -214,6 +231,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
 static void client_maybe_finish(struct client *c) {
     if (!c->eof || c->head != NULL || c->closing || c->shutting)
         return;
+    out_flush(c); /* uv_shutdown waits for what is handed to libuv */
     c->shutting = true;
     c->shutdown.data = c;
     if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_cb) != 0)
@@ -222,10 +240,16 @@ static void client_maybe_finish(struct client *c) {
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
-/* Bytes of answers this client has not taken yet: queued in libuv, plus
- * answered but waiting behind an earlier answer (a durable write). */
+/* Bytes of output handed to libuv and not yet to the kernel, and of this
+ * turn's output not yet handed to libuv. */
+static size_t queued(struct client *c) {
+    return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->out_len;
+}
+
+/* Bytes of answers this client has not taken yet: queued, plus answered but
+ * waiting behind an earlier answer (a durable write). */
 static size_t backlog(struct client *c) {
-    return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) + c->held_bytes;
+    return queued(c) + c->held_bytes;
 }
 
 /* Flow control: a client that does not take its answers, or keeps many
@@ -261,7 +285,7 @@ static void client_pause(struct client *c) {
     c->lb.stop = true; /* the rest of this read waits in the stash */
     /* The stall clock runs only while written answers wait for the client;
      * a pause for answers still being made durable is the daemon's doing. */
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= pause_mark(c))
+    if (queued(c) >= pause_mark(c))
         c->stalled_since_ns = uv_hrtime();
     client_read_stop(c);
 }
@@ -493,11 +517,12 @@ static void idle_cb(uv_idle_t *h) {
         uv_idle_stop(h);
 }
 
-/* After poll: the loop turn is over, the next one starts with a fresh
- * budget. */
+/* After poll: the turn's output is written, and the loop turn is over; the
+ * next one starts with a fresh budget. */
 static void turn_check_cb(uv_check_t *h) {
     struct server *s = h->data;
 
+    out_flush_all(s);
     s->turn_id++;
     s->turn_ns = 0;
 }
@@ -508,6 +533,7 @@ static void write_cb(uv_write_t *req, int status) {
 
     c->srv->trim_bytes += wr->len;
     c->srv->answer_bytes -= wr->len;
+    c->kernel_est += wr->len; /* taken by the kernel, maybe not yet by the peer */
     free(wr->buf);
     free(wr);
     if (status < 0) {
@@ -524,64 +550,131 @@ static void write_cb(uv_write_t *req, int status) {
         rpc_session_drained(c->session);
 }
 
-/* Takes ownership of text (NUL-terminated, no newline). */
-static void client_write(struct client *c, char *text) {
+/* Hand the turn's output to libuv: one uv_write, so one write(2) for every
+ * answer and notification of the turn (libuv writes at once when it can). */
+static void out_flush(struct client *c) {
     struct write_req *wr;
-    size_t len = strlen(text);
-    char *buf = realloc(text, len + 2);
     uv_buf_t b;
 
-    if (buf == NULL || (wr = malloc(sizeof(*wr))) == NULL) {
-        free(buf ? buf : text);
+    if (c->out_len == 0 || c->closing)
+        return;
+    if ((wr = malloc(sizeof(*wr))) == NULL) {
         log_warnx("client %s: out of memory for an answer, closing", c->name);
         client_close(c);
         return;
     }
-    buf[len] = '\n';
-    buf[len + 1] = '\0';
-    wr->buf = buf;
-    wr->len = len + 1;
-    b = uv_buf_init(buf, (unsigned)(len + 1));
+    wr->buf = c->out;
+    wr->len = c->out_len;
+    c->out = NULL;
+    c->out_len = c->out_cap = 0;
+    b = uv_buf_init(wr->buf, (unsigned)wr->len);
+    if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+        c->srv->answer_bytes -= wr->len;
+        free(wr->buf);
+        free(wr);
+        client_close(c);
+        return;
+    }
+    /* Paused for answers still being made durable, and now they wait for
+     * the client: from here on it is the client that stalls. */
+    if (c->paused && c->stalled_since_ns == 0 && queued(c) >= pause_mark(c))
+        c->stalled_since_ns = uv_hrtime();
+}
+
+/* Every client's output of this turn, in the order the clients made it. */
+static void out_flush_all(struct server *s) {
+    struct client *c = s->out_head;
+
+    s->out_head = NULL;
+    while (c) {
+        struct client *next = c->out_next;
+
+        c->out_next = NULL;
+        out_flush(c);
+        c = next;
+    }
+}
+
+/* Output made in the poll phase (reads, pool completions) is written after
+ * it; output made by timers and idle callbacks, before the next poll. */
+static void flush_prep_cb(uv_prepare_t *h) {
+    out_flush_all(h->data);
+}
+
+/* Takes ownership of text (NUL-terminated, no newline): appended, with its
+ * newline, to the turn's output. */
+static void client_write(struct client *c, char *text) {
+    struct server *s = c->srv;
+    size_t len = strlen(text), need = c->out_len + len + 1;
+
     /* Reading stops at the pause mark, so only answers already owed can pass
      * it; a client that lets them pile up past the cap is dropped. One answer
      * larger than the cap (a long history) still goes to a client that reads. */
-    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-    if (queued > (size_t)c->srv->cfg->write_queue_max_bytes) {
-        log_warnx("client %s: %zu bytes of answers unread, closing", c->name, queued);
-        free(buf);
-        free(wr);
+    if (queued(c) > (size_t)s->cfg->write_queue_max_bytes) {
+        log_warnx("client %s: %zu bytes of answers unread, closing", c->name, queued(c));
+        free(text);
         client_close(c);
         return;
     }
-    if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
-        free(buf);
-        free(wr);
-        client_close(c);
-        return;
+    if (c->out_len == 0 && c->out == NULL) {
+        /* The usual case, one text a turn: it becomes the output buffer. */
+        char *buf = realloc(text, len + 1);
+        if (buf == NULL)
+            goto oom;
+        c->out = buf;
+        c->out_cap = len + 1;
+    } else if (need > c->out_cap) {
+        size_t cap = c->out_cap * 2 > need ? c->out_cap * 2 : need;
+        char *buf = realloc(c->out, cap);
+        if (buf == NULL)
+            goto oom;
+        c->out = buf;
+        c->out_cap = cap;
+        memcpy(c->out + c->out_len, text, len);
+        free(text);
+    } else {
+        memcpy(c->out + c->out_len, text, len);
+        free(text);
     }
-    c->srv->answer_bytes += wr->len; /* until write_cb */
-    /* Paused for answers still being made durable, and now they wait for
-     * the client: from here on it is the client that stalls. */
-    if (c->paused && c->stalled_since_ns == 0 &&
-        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= pause_mark(c))
-        c->stalled_since_ns = uv_hrtime();
+    c->out[c->out_len + len] = '\n';
+    if (c->out_len == 0) {
+        c->out_next = s->out_head; /* order between clients does not matter */
+        s->out_head = c;
+    }
+    c->out_len = need;
+    s->answer_bytes += len + 1; /* until write_cb */
+    /* Stopping, the turn's handles are closed: write now. */
+    if (s->stopping)
+        out_flush(c);
+    return;
+oom:
+    free(text);
+    log_warnx("client %s: out of memory for an answer, closing", c->name);
+    client_close(c);
 }
 
 /* The session's sink for notifications: what it has not taken, whether
  * answers are still owed, and a write like an answer's. */
 static size_t sink_backlog(void *conn, bool *answers_owed) {
     struct client *c = conn;
-    uv_os_fd_t fd;
-    int unsent = 0;
+    size_t mine = backlog(c);
 
     *answers_owed = c->head != NULL;
-    /* With what the kernel still holds for the peer (SIOCOUTQ): its socket
-     * buffer grows to megabytes, and a reader that stopped must be noticed
-     * long before that. */
-    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || ioctl(fd, SIOCOUTQ, &unsent) != 0 ||
-        unsent < 0)
-        unsent = 0;
-    return backlog(c) + (size_t)unsent;
+    /* With what the kernel still holds for the peer: its socket buffer
+     * grows to megabytes, and a reader that stopped must be noticed long
+     * before that. kernel_est is an upper bound (everything written since
+     * the kernel was last asked); only when it could matter, half the soft
+     * cap, is the kernel asked (SIOCOUTQ), not on every notification. */
+    if (mine + c->kernel_est >= (size_t)c->srv->cfg->push_soft_bytes / 2) {
+        uv_os_fd_t fd;
+        int unsent = 0;
+
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || ioctl(fd, SIOCOUTQ, &unsent) != 0 ||
+            unsent < 0)
+            unsent = 0;
+        c->kernel_est = (size_t)unsent;
+    }
+    return mine + c->kernel_est;
 }
 
 static void sink_close(void *conn, const char *why) {
@@ -987,6 +1080,9 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
     uv_check_init(loop, &s->turn_check);
     s->turn_check.data = s;
     uv_check_start(&s->turn_check, turn_check_cb);
+    uv_prepare_init(loop, &s->flush_prep);
+    s->flush_prep.data = s;
+    uv_prepare_start(&s->flush_prep, flush_prep_cb);
     peers_init(&s->peers);
     if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&s->listener, 128, connection_cb)) != 0) {
@@ -996,6 +1092,7 @@ int server_start(struct server *s, uv_loop_t *loop, const struct config *cfg,
         uv_close((uv_handle_t *)&s->sweep, NULL);
         uv_close((uv_handle_t *)&s->idle, NULL);
         uv_close((uv_handle_t *)&s->turn_check, NULL);
+        uv_close((uv_handle_t *)&s->flush_prep, NULL);
         return rc;
     }
     uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
@@ -1030,13 +1127,15 @@ static void drain_deadline_cb(uv_timer_t *t) {
 
 void server_stop(struct server *s, void (*cb)(struct server *s)) {
     s->on_closed = cb;
-    /* The listener, the idle handle, the sweep timer and every client still
-     * in the list (one already closing still gets its close callback). */
-    s->closing = 4 + s->nclients;
+    /* The listener, the idle, check and prepare handles, the sweep timer and
+     * every client still in the list (one already closing still gets its close callback). */
+    s->closing = 5 + s->nclients;
     s->stopping = true;
     uv_close((uv_handle_t *)&s->listener, server_handle_closed);
     uv_close((uv_handle_t *)&s->idle, server_handle_closed); /* nobody reads any more */
     uv_close((uv_handle_t *)&s->turn_check, server_handle_closed);
+    out_flush_all(s); /* from here on, output is written as it is made */
+    uv_close((uv_handle_t *)&s->flush_prep, server_handle_closed);
     s->accept_deferred = false;
     for (struct client *c = s->ready_head, *n; c; c = n) {
         n = c->ready_next;

@@ -128,33 +128,117 @@ static bool param_channel(struct rpc_call *call, json_t *params, struct daemon *
     return true;
 }
 
-/* New reference: one reading as clients see it. */
-json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns) {
-    const struct reading *r = &c->last;
-    json_t *o = json_object();
+/* The answers clients ask for most (read, the reading notifications) and
+ * the biggest (history) are written as text straight into one buffer sized
+ * by an upper bound: building a json_t per value and dumping it costs
+ * several times as much, most of it in printf for the reals. */
+struct text {
+    char *p, *end; /* next byte, end of the buffer */
+};
 
-    json_object_set_new(o, "channel", json_integer(c->cfg->channel));
-    json_object_set_new(o, "laser", json_string(c->cfg->name));
+__attribute__((format(printf, 2, 3))) static void put(struct text *t, const char *fmt, ...) {
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(t->p, (size_t)(t->end - t->p), fmt, ap);
+    va_end(ap);
+    /* The buffer is sized by an upper bound; running out is a bug. */
+    assert(n >= 0 && n < t->end - t->p);
+    t->p += n;
+}
+
+/* A real the way answers write every real (numfmt: as jansson does with 15
+ * digits, without printf's cost); null when not finite. */
+static void put_real(struct text *t, double x) {
+    char buf[NUMFMT_REAL_MAX];
+
+    if (!isfinite(x)) {
+        put(t, "null");
+        return;
+    }
+    size_t n = numfmt_real(buf, x);
+    assert(n < (size_t)(t->end - t->p));
+    memcpy(t->p, buf, n);
+    t->p += n;
+    *t->p = '\0';
+}
+
+/* A string from an instrument (a reading's detail) as a JSON string: every
+ * byte outside printable ASCII, and '"' and '\\', escaped, so the text is
+ * valid whatever the bytes. At most 6 bytes of text per byte. */
+static void put_string(struct text *t, const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    char *p = t->p;
+
+    *p++ = '"';
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+
+        assert(t->end - p > 8);
+        if (ch == '"' || ch == '\\') {
+            *p++ = '\\';
+            *p++ = (char)ch;
+        } else if (ch >= 0x20 && ch < 0x7f) {
+            *p++ = (char)ch;
+        } else {
+            memcpy(p, "\\u00", 4);
+            p[4] = hex[ch >> 4];
+            p[5] = hex[ch & 15];
+            p += 6;
+        }
+    }
+    *p++ = '"';
+    *p = '\0';
+    t->p = p;
+}
+
+/* The most one reading takes as text: the members with every number at its
+ * longest, the name, and the detail with every byte escaped. */
+#define READING_TEXT_MAX (320 + CONFIG_NAME_MAX + 6 * sizeof(((struct reading *)0)->detail))
+
+/* One reading as clients see it (read, the reading notifications), written
+ * at t (READING_TEXT_MAX bytes free). */
+static void reading_text(struct text *t, const struct meter_channel *c, uint64_t now_ns) {
+    const struct reading *r = &c->last;
+
+    /* The name is [A-Za-z0-9_.-] (config): no escaping needed. */
+    put(t, "{\"channel\":%d,\"laser\":\"%s\",", c->cfg->channel, c->cfg->name);
     if (r->seq == 0) {
-        json_object_set_new(o, "status", json_string("error"));
-        json_object_set_new(o, "detail", json_string("no reading yet"));
-        json_object_set_new(o, "seq", json_integer(0));
-        return o;
+        put(t, "\"status\":\"error\",\"detail\":\"no reading yet\",\"seq\":0}");
+        return;
     }
-    json_object_set_new(o, "status", json_string(wm_status_name(r->status)));
+    put(t, "\"status\":\"%s\",", wm_status_name(r->status));
     if (r->status == WM_OK) {
-        json_object_set_new(o, "frequency_thz", json_real(r->frequency_thz));
-        json_object_set_new(o, "wavelength_nm", json_real(C_NM_THZ / r->frequency_thz));
+        put(t, "\"frequency_thz\":");
+        put_real(t, r->frequency_thz);
+        put(t, ",\"wavelength_nm\":");
+        put_real(t, C_NM_THZ / r->frequency_thz);
+        put(t, ",");
     }
-    json_object_set_new(o, "exposure_ms", json_integer(r->exposure_ms));
-    json_object_set_new(o, "time", json_real(r->time_unix));
-    json_object_set_new(o, "age_ms", json_real(round(ns_to_ms(now_ns - r->t_ns) * 1000) / 1000));
-    json_object_set_new(o, "seq", json_integer((json_int_t)r->seq));
+    put(t, "\"exposure_ms\":%d,\"time\":", r->exposure_ms);
+    put_real(t, r->time_unix);
+    put(t, ",\"age_ms\":");
+    put_real(t, round(ns_to_ms(now_ns - r->t_ns) * 1000) / 1000);
+    put(t, ",\"seq\":%" PRIu64, r->seq);
     if (r->straddled) /* never used by a lock; shown so a user sees why */
-        json_object_set_new(o, "straddled", json_true());
-    if (r->status == WM_ERROR && r->detail[0])
-        json_object_set_new(o, "detail", json_string(r->detail));
-    return o;
+        put(t, ",\"straddled\":true");
+    if (r->status == WM_ERROR && r->detail[0]) {
+        put(t, ",\"detail\":");
+        put_string(t, r->detail);
+    }
+    put(t, "}");
+}
+
+/* New reference: one reading as clients see it, for answers that hold it
+ * in a bigger object (laser.get). The same text read back, so there is one
+ * definition of what a reading looks like. */
+json_t *methods_reading_json(const struct meter_channel *c, uint64_t now_ns) {
+    char buf[READING_TEXT_MAX];
+    struct text t = {buf, buf + sizeof(buf)};
+
+    reading_text(&t, c, now_ns);
+    return json_loadb(buf, (size_t)(t.p - buf), 0, NULL);
 }
 
 static void m_ping(struct rpc_call *call, json_t *params, void *ctx) {
@@ -254,18 +338,29 @@ static void m_read(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
     uint64_t now_ns = clock_now_ns(d->clk);
-    json_t *a;
+    int n;
 
     if (!params_only(call, params, read_params) || !param_channel(call, params, d, false, &c))
         return;
-    if (c) {
-        rpc_call_result(call, methods_reading_json(c, now_ns));
+    n = c ? 1 : d->meter.nch;
+    char *buf = malloc((size_t)n * (READING_TEXT_MAX + 1) + 3);
+    if (buf == NULL) {
+        rpc_call_error(call, RPC_INTERNAL_ERROR, "Internal error: out of memory", NULL);
         return;
     }
-    a = json_array();
-    for (int i = 0; i < d->meter.nch; i++)
-        json_array_append_new(a, methods_reading_json(&d->meter.ch[i], now_ns));
-    rpc_call_result(call, a);
+    struct text t = {buf, buf + (size_t)n * (READING_TEXT_MAX + 1) + 3};
+    if (c) {
+        reading_text(&t, c, now_ns);
+    } else {
+        put(&t, "[");
+        for (int i = 0; i < n; i++) {
+            if (i > 0)
+                put(&t, ",");
+            reading_text(&t, &d->meter.ch[i], now_ns);
+        }
+        put(&t, "]");
+    }
+    rpc_call_result_text(call, buf);
 }
 
 /* Write methods are for the networks in access.write_from only (and, with
@@ -681,42 +776,6 @@ static void m_set_output(struct rpc_call *call, json_t *params, void *ctx) {
     }
 }
 
-/* history's answer is written as text straight into one buffer sized by
- * the bound below: building a json_t per sample and dumping it costs about
- * ten times as much, and a history is the biggest answer a client can ask
- * for (it must fit a loop turn's budget). */
-struct text {
-    char *p, *end; /* next byte, end of the buffer */
-};
-
-__attribute__((format(printf, 2, 3))) static void put(struct text *t, const char *fmt, ...) {
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(t->p, (size_t)(t->end - t->p), fmt, ap);
-    va_end(ap);
-    /* The buffer is sized by an upper bound; running out is a bug. */
-    assert(n >= 0 && n < t->end - t->p);
-    t->p += n;
-}
-
-/* A real the way answers write every real (numfmt: as jansson does with 15
- * digits, without printf's cost); null when not finite. */
-static void put_real(struct text *t, double x) {
-    char buf[NUMFMT_REAL_MAX];
-
-    if (!isfinite(x)) {
-        put(t, "null");
-        return;
-    }
-    size_t n = numfmt_real(buf, x);
-    assert(n < (size_t)(t->end - t->p));
-    memcpy(t->p, buf, n);
-    t->p += n;
-    *t->p = '\0';
-}
-
 /* Error statistics by Welford's method: one pass, and no cancellation when
  * the mean is large against the spread (an unlocked laser far off). */
 struct history_acc {
@@ -1046,12 +1105,14 @@ static void push_json(struct daemon *d, enum push_topic t, int laser, const char
 void methods_on_reading(struct meter *m, const struct reading *r, void *ctx) {
     struct daemon *d = ctx;
     struct meter_channel *c;
+    char buf[READING_TEXT_MAX];
+    struct text t = {buf, buf + sizeof(buf)};
 
     lasers_on_reading(m, r, &d->lasers);
     if (!push_wanted(&d->push, PUSH_READINGS) || (c = meter_channel_find(m, r->channel)) == NULL)
         return;
-    push_json(d, PUSH_READINGS, (int)(c - m->ch), "reading",
-              methods_reading_json(c, clock_now_ns(d->clk)));
+    reading_text(&t, c, clock_now_ns(d->clk));
+    push_event(&d->push, PUSH_READINGS, (int)(c - m->ch), "reading", buf);
 }
 
 /* A lock changed state: the laser's state, why, and where it stands. */
