@@ -63,6 +63,10 @@
  * answers the daemon returns to its idle size. */
 #define TRIM_AFTER_BYTES (4u * 1024 * 1024)
 
+/* An output buffer up to this size is kept for the connection's next loop
+ * turn; a bigger one (a long history) is given back. */
+#define OUT_KEEP_BYTES 16384u
+
 /* One input line's answer, in arrival order. */
 struct pending {
     struct pending *next;
@@ -231,8 +235,10 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
 static void client_maybe_finish(struct client *c) {
     if (!c->eof || c->head != NULL || c->closing || c->shutting)
         return;
-    out_flush(c); /* uv_shutdown waits for what is handed to libuv */
-    c->shutting = true;
+    c->shutting = true; /* notifications are dropped from here on */
+    out_flush(c);       /* uv_shutdown waits for what is handed to libuv */
+    if (c->closing)
+        return;
     c->shutdown.data = c;
     if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, shutdown_cb) != 0)
         client_close(c);
@@ -527,13 +533,29 @@ static void turn_check_cb(uv_check_t *h) {
     s->turn_ns = 0;
 }
 
+/* n bytes of c's output went to the kernel. */
+static void client_wrote(struct client *c, size_t n) {
+    c->srv->trim_bytes += n;
+    c->srv->answer_bytes -= n;
+    c->kernel_est += n; /* taken by the kernel, maybe not yet by the peer */
+}
+
+/* The peer is taking c's output: the stall clock restarts, a client paused
+ * for it may read again, notifications held for it may follow. */
+static void client_took(struct client *c) {
+    c->last_active_ns = uv_hrtime();
+    if (c->stalled_since_ns != 0)
+        c->stalled_since_ns = c->last_active_ns;
+    client_maybe_resume(c);
+    if (!c->closing)
+        rpc_session_drained(c->session);
+}
+
 static void write_cb(uv_write_t *req, int status) {
     struct write_req *wr = (struct write_req *)req;
     struct client *c = req->handle->data;
 
-    c->srv->trim_bytes += wr->len;
-    c->srv->answer_bytes -= wr->len;
-    c->kernel_est += wr->len; /* taken by the kernel, maybe not yet by the peer */
+    client_wrote(c, wr->len);
     free(wr->buf);
     free(wr);
     if (status < 0) {
@@ -542,32 +564,51 @@ static void write_cb(uv_write_t *req, int status) {
         client_close(c);
         return;
     }
-    c->last_active_ns = uv_hrtime();
-    if (c->stalled_since_ns != 0)
-        c->stalled_since_ns = c->last_active_ns; /* it is taking answers */
-    client_maybe_resume(c);
-    if (!c->closing)
-        rpc_session_drained(c->session);
+    client_took(c);
 }
 
-/* Hand the turn's output to libuv: one uv_write, so one write(2) for every
- * answer and notification of the turn (libuv writes at once when it can). */
+/* Hand the turn's output to the kernel: one write(2) for every answer and
+ * notification of the turn. Written at once when the kernel takes it all
+ * (uv_try_write: no request, no callback, no change to what the loop
+ * polls for); what it does not take is queued with uv_write. */
 static void out_flush(struct client *c) {
     struct write_req *wr;
     uv_buf_t b;
+    size_t done = 0;
 
     if (c->out_len == 0 || c->closing)
         return;
+    b = uv_buf_init(c->out, (unsigned)c->out_len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+        log_debug("client %s: write failed: %s", c->name, uv_strerror(n));
+        client_close(c);
+        return;
+    }
+    if (n > 0) {
+        done = (size_t)n;
+        client_wrote(c, done);
+    }
+    if (done == c->out_len) {
+        c->out_len = 0; /* a small buffer is kept for the next turn's output */
+        if (c->out_cap > OUT_KEEP_BYTES) {
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+        client_took(c);
+        return;
+    }
     if ((wr = malloc(sizeof(*wr))) == NULL) {
         log_warnx("client %s: out of memory for an answer, closing", c->name);
         client_close(c);
         return;
     }
     wr->buf = c->out;
-    wr->len = c->out_len;
+    wr->len = c->out_len - done;
     c->out = NULL;
     c->out_len = c->out_cap = 0;
-    b = uv_buf_init(wr->buf, (unsigned)wr->len);
+    b = uv_buf_init(wr->buf + done, (unsigned)wr->len);
     if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
         c->srv->answer_bytes -= wr->len;
         free(wr->buf);
@@ -616,8 +657,9 @@ static void client_write(struct client *c, char *text) {
         client_close(c);
         return;
     }
-    if (c->out_len == 0 && c->out == NULL) {
-        /* The usual case, one text a turn: it becomes the output buffer. */
+    if (c->out == NULL) {
+        /* One text a turn, after output that had to wait: it becomes the
+         * output buffer. */
         char *buf = realloc(text, len + 1);
         if (buf == NULL)
             goto oom;
