@@ -1502,6 +1502,9 @@ static int login(struct session *s, const char *token) {
  * for limits.idle_timeout_s (15 minutes by default), as it is while its wavemeter is
  * unplugged and no reading comes. */
 #define WATCH_KEEPALIVE_MS 60000
+/* Error and output change with every controller step, and a `lock` push comes only when
+ * the state changes: the table asks `lasers` for them once a second. */
+#define WATCH_LOCKS_MS 1000
 
 /* The columns: what a row holds under these names, age_ms computed as it is drawn. */
 static const struct column watch_cols[] = {
@@ -1716,6 +1719,19 @@ static bool watch_take(struct watch *w, json_t *note, struct watch_row **row) {
     return true;
 }
 
+/* The answer (borrowed) to watch's `lasers` poll: every row takes its lock's state,
+ * error and output. */
+static void watch_take_lasers(struct watch *w, json_t *ans) {
+    json_t *m;
+    size_t i;
+
+    json_array_foreach(json_object_get(ans, "result"), i, m) {
+        struct watch_row *r = watch_row(w, json_string_value(json_object_get(m, "name")));
+        if (r != NULL)
+            watch_take_lock(r, m);
+    }
+}
+
 /*
  * watch asked for laser names the daemon does not have: say which, and which it has,
  * from a `lasers` call. False if it found none unknown (the error was something else).
@@ -1823,6 +1839,8 @@ static int run_watch(struct ctl *ctl, const struct command *cmd, json_t *params)
     bool lines_as_received = ctl->json || ctl->raw;
     json_t *sub, *ans = NULL, *result;
     int64_t next_draw = 0, last_line = now_ms(), last_draw = 0;
+    int64_t next_poll = now_ms() + WATCH_LOCKS_MS;
+    json_int_t poll_id = -1; /* the `lasers` poll in flight, if any */
     long pushes = 0;
     char *line;
     int rc;
@@ -1894,10 +1912,21 @@ static int run_watch(struct ctl *ctl, const struct command *cmd, json_t *params)
                 break;
             last_line = now;
         }
+        if (!lines_as_received && poll_id < 0 && now >= next_poll) {
+            if ((rc = session_send(&ctl->s, "lasers", NULL, &poll_id)) != CTL_OK)
+                break;
+            next_poll = now + WATCH_LOCKS_MS;
+        }
         if (line != NULL) {
+            json_t *id;
+
             last_line = now;
             note = json_loads(line, 0, NULL);
-            if (watch_take(&w, note, &row)) {
+            if (poll_id >= 0 && json_is_integer(id = json_object_get(note, "id")) &&
+                json_integer_value(id) == poll_id) {
+                watch_take_lasers(&w, note);
+                poll_id = -1;
+            } else if (watch_take(&w, note, &row)) {
                 pushes++;
                 if (lines_as_received) {
                     puts(line);

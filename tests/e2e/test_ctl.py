@@ -462,6 +462,26 @@ def test_watch_piped():
             expect(ctl(d, *bad), 2, "usage %r" % bad)
 
 
+def test_watch_lock_live():
+    # A lock's error and output change with every controller step, while a `lock` push
+    # comes only when its state changes: watch's line must follow them in between. L2 is
+    # 200 MHz from its setpoint with a slow integrator, so it acquires for many seconds.
+    cfg = two_lasers()
+    cfg["lasers"][1].update(setpoint_thz=385.0002, ki_v_per_mhz_s=0.002)
+    with Daemon(cfg) as d:
+        wait_readings(d, ("399", "L2"))
+        p, out = watch(d, "L2")
+        out.until(lambda t: len(rows_of(t)) >= 1, 10, "L2's first line")
+        d.result("laser.lock", ["L2"])
+
+        def outputs(t):
+            return {(r[5], r[7]) for r in rows_of(t) if len(r) == 9 and r[6] == "acquiring"}
+        out.until(lambda t: len(outputs(t)) >= 3, 20,
+                  "three different error/output pairs while L2 acquires")
+        p.send_signal(signal.SIGINT)
+        finish(p, out, 0, "watch L2, SIGINT")
+
+
 def test_watch_terminal():
     with Daemon(two_lasers()) as d:
         wait_readings(d, ("399", "L2"))
@@ -575,6 +595,7 @@ run_tests([
     ("unknown_names_listed", test_unknown_names_listed),
     ("cookie_from_state_directory", test_cookie_from_state_directory),
     ("watch_piped", test_watch_piped),
+    ("watch_lock_live", test_watch_lock_live),
     ("watch_terminal", test_watch_terminal),
     ("watch_unknown_laser", test_watch_unknown_laser),
     ("watch_daemon_gone", test_watch_daemon_gone),
