@@ -464,6 +464,234 @@ static double pid_step_ns(void) {
     return (now_s(CLOCK_PROCESS_CPUTIME_ID) - cpu0) / PID_MICRO_STEPS * 1e9;
 }
 
+/* ---- many lasers on one switch (issue 11) ---- */
+
+/*
+ * --counts: 1, 4, 8 and 16 lasers as the issue's lab has them (the
+ * defaults' lasers in turn, exposure 20 ms + settle 30 ms, default gains, all
+ * locked at start). For each count: the dt each lock sees, locked noise over
+ * COUNT_NOISE_READINGS readings per laser (sd as read against the
+ * simulator's noise and against the floor any lock can read, sqrt(Kalman^2 +
+ * noise^2); sd of the true error against the Kalman bound for the
+ * simulator's noise, drift and that dt), then, without noise or drift, a
+ * 100 MHz step: readings until every laser stays within tolerance, and the
+ * overshoot.
+ */
+#define COUNT_MAX 16
+#define COUNT_NOISE_READINGS 1000
+#define COUNT_TRACE 1200
+
+struct count_trace {
+    int n;
+    double meas[COUNT_TRACE], truth[COUNT_TRACE];
+    uint64_t t_ns[COUNT_TRACE];
+    enum lock_state state[COUNT_TRACE];
+};
+
+struct count_bench {
+    bool on;
+    int nl;
+    struct count_trace tr[COUNT_MAX];
+};
+
+static void count_tap(struct rig *r, const struct reading *rd) {
+    struct count_bench *b = r->tap_arg;
+    struct laser *l = lasers_find_channel(&r->lasers, rd->channel);
+    struct count_trace *tr;
+    double f = (double)NAN;
+
+    if (!b->on || l == NULL || rd->status != WM_OK)
+        return;
+    tr = &b->tr[l - r->lasers.l];
+    if (tr->n >= COUNT_TRACE)
+        return;
+    sim_peek(rig_dev(r), rd->channel, NULL, &f);
+    tr->meas[tr->n] = (rd->frequency_thz - l->pid.setpoint_thz) * 1e6;
+    tr->truth[tr->n] = (f - l->pid.setpoint_thz) * 1e6;
+    tr->t_ns[tr->n] = rd->t_ns;
+    tr->state[tr->n] = l->state;
+    tr->n++;
+}
+
+static bool pred_count_locked(struct rig *r, const void *arg) {
+    (void)arg;
+    for (int i = 0; i < r->cfg.nlasers; i++)
+        if (rig_laser(r, i)->state != LOCK_LOCKED)
+            return false;
+    return true;
+}
+
+static bool pred_count_noise(struct rig *r, const void *arg) {
+    const struct count_bench *b = arg;
+
+    (void)r;
+    for (int i = 0; i < b->nl; i++)
+        if (b->tr[i].n < COUNT_NOISE_READINGS)
+            return false;
+    return true;
+}
+
+struct count_result {
+    double dt_s, sd_read_noise, sd_read_floor, sd_true_kalman, kalman_mhz, sd_true_mhz;
+    double mean_read_noise, mean_read_floor, mean_true_kalman; /* over the lasers */
+    double settle_readings, settle_s, overshoot_mhz, locked_s, gi;
+    int not_locked;
+};
+
+static struct rig *count_rig(int n, uint64_t seed, bool quiet) {
+    struct rig *r = calloc(1, sizeof(*r));
+    struct config d;
+
+    if (r == NULL)
+        die("out of memory");
+    config_defaults(&d);
+    config_defaults(&r->cfg);
+    ((struct sim_settings *)(void *)r->cfg.wavemeter.u.bytes)->seed = seed;
+    r->cfg.nlasers = n;
+    for (int i = 0; i < n; i++) {
+        struct laser_config *l = &r->cfg.lasers[i];
+        *l = d.lasers[i % 4];
+        snprintf(l->name, sizeof(l->name), "L%d", i + 1);
+        l->channel = i + 1;
+        l->exposure_ms = 20;
+        l->settle_ms = 30;
+        l->lock = true;
+        sim_chan(l)->offset_mhz = i % 2 ? 60 : -60;
+        if (quiet) {
+            sim_chan(l)->noise_mhz = 0;
+            sim_chan(l)->drift_mhz_per_sqrt_s = 0;
+        }
+    }
+    return r;
+}
+
+static void run_count(int n, uint64_t seed, struct count_result *res) {
+    struct count_bench *b = calloc(1, sizeof(*b));
+    struct rig *r = count_rig(n, seed, false);
+    char err[512] = "";
+
+    if (b == NULL)
+        die("out of memory");
+    memset(res, 0, sizeof(*res));
+    b->nl = n;
+    r->tap = count_tap;
+    r->tap_arg = b;
+    if (rig_start(r, err, sizeof(err)) != 0)
+        die(err);
+    if (!rig_run_until(r, pred_count_locked, NULL, 120))
+        die("not all lasers locked within 120 s simulated");
+    res->locked_s = rig_now_s(r);
+    rig_run_for(r, 10);
+    b->on = true;
+    if (!rig_run_until(r, pred_count_noise, b, 3600))
+        die("noise readings did not arrive");
+    for (int i = 0; i < n; i++) {
+        const struct count_trace *tr = &b->tr[i];
+        const struct sim_chan *sc = sim_chan_const(&r->cfg.lasers[i]);
+        double m1 = 0, m2 = 0, t1 = 0, t2 = 0, bound, k = COUNT_NOISE_READINGS;
+        for (int j = 0; j < COUNT_NOISE_READINGS; j++) {
+            m1 += tr->meas[j];
+            m2 += tr->meas[j] * tr->meas[j];
+            t1 += tr->truth[j];
+            t2 += tr->truth[j] * tr->truth[j];
+            res->not_locked += tr->state[j] != LOCK_LOCKED;
+        }
+        double sd_m = sqrt((m2 - m1 * m1 / k) / (k - 1)), sd_t = sqrt((t2 - t1 * t1 / k) / (k - 1));
+        double dt = (double)(tr->t_ns[COUNT_NOISE_READINGS - 1] - tr->t_ns[0]) * 1e-9 / (k - 1);
+        pid_kalman(sc->noise_mhz, sc->drift_mhz_per_sqrt_s, dt, &bound, NULL);
+        /* The worst laser of the count. */
+        res->dt_s = fmax(res->dt_s, dt);
+        res->sd_read_noise = fmax(res->sd_read_noise, sd_m / sc->noise_mhz);
+        res->sd_read_floor =
+            fmax(res->sd_read_floor, sd_m / sqrt(bound * bound + sc->noise_mhz * sc->noise_mhz));
+        if (sd_t / bound > res->sd_true_kalman) {
+            res->sd_true_kalman = sd_t / bound;
+            res->sd_true_mhz = sd_t;
+            res->kalman_mhz = bound;
+        }
+        res->gi = fmax(res->gi, rig_laser(r, i)->pid.eff.gi);
+        res->mean_read_noise += sd_m / sc->noise_mhz / n;
+        res->mean_read_floor += sd_m / sqrt(bound * bound + sc->noise_mhz * sc->noise_mhz) / n;
+        res->mean_true_kalman += sd_t / bound / n;
+    }
+    b->on = false;
+    if (rig_stop(r) != 0)
+        die("rig did not stop cleanly");
+    free(r);
+
+    /* The loop's own step response: no noise, no drift. */
+    memset(b, 0, sizeof(*b));
+    b->nl = n;
+    r = count_rig(n, seed, true);
+    r->tap = count_tap;
+    r->tap_arg = b;
+    if (rig_start(r, err, sizeof(err)) != 0)
+        die(err);
+    if (!rig_run_until(r, pred_count_locked, NULL, 120))
+        die("not all lasers locked within 120 s simulated (no noise)");
+    rig_run_for(r, 2);
+    b->on = true;
+    uint64_t t0 = rig_now_ns(r);
+    for (int i = 0; i < n; i++) {
+        struct laser *l = rig_laser(r, i);
+        struct rig_change c = {0};
+        if (laser_set_setpoint(l, l->cfg->setpoint_thz + STEP_MHZ * 1e-6, 0, rig_change_cb, &c) !=
+                0 ||
+            !rig_wait_change(r, &c, 10))
+            die("setpoint step refused");
+    }
+    rig_run_for(r, 20);
+    for (int i = 0; i < n; i++) {
+        const struct count_trace *tr = &b->tr[i];
+        int first = -1, last_out = -1;
+        for (int j = 0; j < tr->n; j++) {
+            if (tr->t_ns[j] <= t0)
+                continue;
+            if (first < 0)
+                first = j;
+            if (fabs(tr->meas[j]) > r->cfg.lasers[i].tolerance_mhz)
+                last_out = j;
+            res->overshoot_mhz = fmax(res->overshoot_mhz, tr->meas[j]);
+        }
+        if (first < 0 || last_out + 1 >= tr->n)
+            die("a laser never settled after the step");
+        double readings = last_out < first ? 0 : last_out - first + 1;
+        res->settle_readings = fmax(res->settle_readings, readings);
+        res->settle_s = fmax(res->settle_s, (double)(tr->t_ns[last_out + 1] - t0) * 1e-9);
+    }
+    b->on = false;
+    if (rig_stop(r) != 0)
+        die("rig did not stop cleanly");
+    free(r);
+    free(b);
+}
+
+static void run_counts(int nseeds, uint64_t first) {
+    static const int counts[] = {1, 4, 8, 16};
+
+    printf("bench_lock --counts: 1-16 lasers (exposure 20 + settle 30 ms, default gains, all "
+           "locked), %d seed(s) from %llu; worst laser of each count, per seed\n",
+           nseeds, (unsigned long long)first);
+    printf("  ratios: mean over the lasers / the worst laser\n");
+    printf("  %5s %4s %6s %5s %11s %11s %11s %8s %7s %7s %6s %8s\n", "count", "seed", "dt s", "gI",
+           "read/sim", "read/floor", "true/Kalman", "true MHz", "Kal MHz", "step rd", "step s",
+           "over MHz");
+    for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+        for (int s = 0; s < nseeds; s++) {
+            struct count_result res;
+            run_count(counts[c], first + (uint64_t)s, &res);
+            printf("  %5d %4llu %6.3f %5.2f %5.2f/%5.2f %5.2f/%5.2f %5.2f/%5.2f %8.3f %7.3f %7.0f "
+                   "%6.2f "
+                   "%8.3f%s\n",
+                   counts[c], (unsigned long long)(first + (uint64_t)s), res.dt_s, res.gi,
+                   res.mean_read_noise, res.sd_read_noise, res.mean_read_floor, res.sd_read_floor,
+                   res.mean_true_kalman, res.sd_true_kalman, res.sd_true_mhz, res.kalman_mhz,
+                   res.settle_readings, res.settle_s, res.overshoot_mhz,
+                   res.not_locked ? "  (some readings not locked)" : "");
+        }
+    }
+}
+
 /* ---- report ---- */
 
 static void print_stat(const char *label, const double *v, int n, const char *fmt) {
@@ -502,7 +730,7 @@ static void print_cells(const char *label, const double *v, int n, const char *f
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_lock [--seeds N] [--first-seed S] [--per-seed]\n");
+    fprintf(stderr, "usage: bench_lock [--seeds N] [--first-seed S] [--per-seed] [--counts]\n");
     exit(2);
 }
 
@@ -511,7 +739,7 @@ int main(int argc, char **argv) {
     struct config cfg;
     int nseeds = 5;
     uint64_t first = 1;
-    bool per_seed = false;
+    bool per_seed = false, counts = false;
     double v[MAX_SEEDS];
 
     for (int i = 1; i < argc; i++) {
@@ -521,6 +749,8 @@ int main(int argc, char **argv) {
             first = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--per-seed") == 0)
             per_seed = true;
+        else if (strcmp(argv[i], "--counts") == 0)
+            counts = true;
         else
             usage();
     }
@@ -530,6 +760,10 @@ int main(int argc, char **argv) {
      * gives them (see tests/inproc/test_lock_inproc.c). */
     setenv("UV_THREADPOOL_SIZE", "1", 1);
     log_set_level(LOG_LVL_ERROR);
+    if (counts) {
+        run_counts(nseeds, first);
+        return 0;
+    }
 
     config_defaults(&cfg);
     printf("bench_lock: the built-in default lasers on the simulator, fake clock, %d seed(s) "

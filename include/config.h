@@ -78,20 +78,51 @@ struct laser_config {
     double output_min_v, output_max_v;
     double output_initial_v;
     double slew_v_per_s;
-    double ramp_mhz_per_s; /* default setpoint ramp, 0 = step */
-    double capture_mhz;    /* |error| beyond this counts toward lost */
-    double tolerance_mhz;  /* |error| within this counts toward locked */
-    int locked_after;      /* readings within tolerance before "locked" */
-    int lost_after;        /* readings outside capture before "lost" */
-    double rail_timeout_s; /* railed this long -> lost */
-    double max_gap_s;      /* longer gap between readings freezes the integrator */
-    double stale_s;        /* reading older than this never reaches the loop */
+    double ramp_mhz_per_s;    /* default setpoint ramp, 0 = step */
+    double capture_mhz;       /* |error| beyond this counts toward lost */
+    double tolerance_mhz;     /* |error| within this counts toward locked */
+    int locked_after;         /* readings within tolerance before "locked" */
+    int lost_after;           /* readings outside capture before "lost" */
+    double rail_timeout_s;    /* railed this long -> lost */
+    double acquire_timeout_s; /* not locked this long: the reason says why */
+    double max_gap_s;         /* longer gap between readings freezes the integrator */
+    double stale_s;           /* reading older than this never reaches the loop */
     enum restart_policy restart;
     bool auto_relock;
     int relock_attempts;
     double relock_delay_s; /* wait after lost before each relock attempt */
     int history_depth;     /* readings kept per channel */
     bool lock;             /* lock at first start (no state file yet) */
+};
+
+/* MQTT publishing (mqtt.h); off unless enabled. Strings "" = not set. */
+struct mqtt_config {
+    bool enabled;
+    char host[256];         /* broker: a name (resolved off the loop) or an address */
+    int port;               /* 1883, or 8883 with tls, when the file gives none */
+    char client_id[128];    /* "" = "wavemeterd-<hostname>" */
+    char topic_prefix[128]; /* valid per mqtt_topic_prefix_check */
+    char username[128];     /* "" = no login */
+    char password_file[CONFIG_PATH_MAX];
+    bool tls;
+    char tls_cafile[CONFIG_PATH_MAX]; /* "" with tls_capath "": the system's CAs */
+    char tls_capath[CONFIG_PATH_MAX];
+    char tls_certfile[CONFIG_PATH_MAX]; /* client certificate, with tls_keyfile */
+    char tls_keyfile[CONFIG_PATH_MAX];
+    int qos;                     /* 0..2 */
+    double readings_max_rate_hz; /* per laser; 0 = every reading */
+    int keepalive_s;
+    int connect_timeout_s; /* TCP, TLS and CONNACK together */
+    int queue_max;         /* readings waiting for the broker */
+};
+
+/* The HTTP and WebSocket listener (http.h); off while listen is "". */
+struct http_config {
+    char listen[80];                    /* as written: "HOST:PORT", "[V6]:PORT", "" = off */
+    char host[64];                      /* from listen, numeric */
+    int port;                           /* from listen; 0 = a free port */
+    char www_dir[CONFIG_PATH_MAX];      /* the page's files (absolute) */
+    char dygraphs_dir[CONFIG_PATH_MAX]; /* what /dygraphs/ serves (absolute) */
 };
 
 struct config {
@@ -128,6 +159,9 @@ struct config {
     int monitor_period_ms; /* how often lasers no lock uses are read */
     struct switch_config sw;
 
+    struct mqtt_config mqtt;
+    struct http_config http;
+
     int nlasers;
     struct laser_config lasers[CONFIG_MAX_LASERS];
 };
@@ -159,6 +193,9 @@ const char *config_restart_name(enum restart_policy p);
  * config's "listen", and --listen). Numeric addresses only. 0 or -EINVAL,
  * with cfg unchanged. */
 int config_set_listen(struct config *cfg, const char *text);
+/* Set http.listen (and its host and port) the same way; "" turns HTTP off
+ * (--http). 0 or -EINVAL, with cfg unchanged. */
+int config_set_http_listen(struct config *cfg, const char *text);
 
 /*
  * A reload (SIGHUP): copy into cur what may change while the daemon runs:

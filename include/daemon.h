@@ -12,9 +12,11 @@
 
 #include "clock.h"
 #include "config.h"
+#include "http.h"
 #include "jsonrpc.h"
 #include "laser.h"
 #include "meter.h"
+#include "mqtt.h"
 #include "push.h"
 #include "server.h"
 #include "token.h"
@@ -29,7 +31,9 @@ struct daemon {
     struct token token; /* when cfg.require_token */
     struct server server;
     struct rpc_server rpc;
-    struct push push; /* subscriptions */
+    struct push push;  /* subscriptions */
+    struct http *http; /* the page, /ws and /metrics; NULL while http.listen is off */
+    struct mqtt mqtt;  /* publishing to a broker (off unless configured) */
 
     uint64_t start_ns;
 
@@ -48,7 +52,8 @@ struct daemon {
 /* The method table (methods.c). Fills rpc for the daemon d. */
 void methods_init(struct rpc_server *rpc, struct daemon *d);
 
-/* After meter_init and lasers_init: their state changes reach subscribers. */
+/* After meter_init, lasers_init and mqtt_start: their state changes reach
+ * subscribers and MQTT. */
 void methods_listen(struct daemon *d);
 
 /* The meter's reading callback: the locks, then the subscribers. */

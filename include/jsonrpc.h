@@ -240,6 +240,13 @@ struct rpc_session *rpc_call_session(const struct rpc_call *call);
  * and, when writes need a token, its connection has logged in. If not, the
  * call is answered -32001 saying which, and false is returned. */
 bool rpc_call_may_write(struct rpc_call *call);
+/* What the call's connection may do now, answering nothing (status tells a
+ * client, e.g. the web page, whether to offer its controls): write_from, its
+ * peer is in the write networks; token_required, writes need auth;
+ * logged_in, the connection gave the right token. All false when the line
+ * was abandoned or has no session. */
+void rpc_call_access(const struct rpc_call *call, bool *write_from, bool *token_required,
+                     bool *logged_in);
 /* Answer a login (the auth method) with token (len bytes): true when writes
  * need no token or it is right, and the connection may then write; -32004
  * when too many wrong tokens came from the address lately (unchecked);

@@ -26,7 +26,8 @@ enum lock_state {
     LOCK_HOLDING,
     LOCK_RAILED,
     LOCK_LOST,
-    LOCK_FAULT
+    LOCK_FAULT,
+    LOCK_UNSTABLE, /* the error swings without decaying: gains backed off */
 };
 
 const char *laser_state_name(enum lock_state s);
@@ -45,6 +46,60 @@ struct laser_sample {
 
 struct laser;
 struct lasers;
+
+/* ---- autotune (docs/CONTROL.md, "Autotune") ---- */
+
+/* Readings held at the start for the noise and drift, and the most one
+ * step may take to settle. */
+#define TUNE_HOLD_READINGS 48
+#define TUNE_MAX_READINGS 100
+
+enum tune_phase {
+    TUNE_NONE,      /* never run */
+    TUNE_HOLD,      /* output held: noise, drift, revisit period */
+    TUNE_OUT,       /* stepped away from the start, waiting for the laser to settle */
+    TUNE_RESET,     /* back at the start before a larger step (the first moved too little) */
+    TUNE_BACK,      /* stepped back to the start */
+    TUNE_DONE,      /* result ready (and applied if asked) */
+    TUNE_FAILED,    /* detail says why; the output is back at the start */
+    TUNE_CANCELLED, /* a client locked the laser or set its output */
+};
+
+/* What autotune measured and proposes. */
+struct laser_tune_result {
+    double sensitivity_mhz_per_v; /* signed, the mean of the two steps' */
+    double s_out_mhz_per_v;       /* from the step away */
+    double s_back_mhz_per_v;      /* from the step back */
+    double hysteresis;            /* (|S_out| - |S_back|) / max of both */
+    double lag_readings;          /* the slower step's time to follow, in readings */
+    double noise_mhz;             /* white reading noise, 1 sigma */
+    double drift_mhz_per_sqrt_s;  /* random walk of the free-running laser */
+    double dt_s;                  /* revisit period while it ran as if locked */
+    double kalman_mhz;            /* best true error any lock can reach (Kalman) */
+    double expected_mhz;          /* true error the proposed gains give (no lag) */
+    double gi;                    /* the proposed integrator gain per reading */
+    double kp_v_per_mhz, ki_v_per_mhz_s, kd_v_s_per_mhz;
+};
+
+/* One laser's autotune run; plain data in struct laser, loop thread only. */
+struct laser_tune {
+    enum tune_phase phase;
+    bool apply; /* apply the proposal when done */
+    bool applied;
+    bool writing;      /* a step's write is queued: readings wait for it */
+    double step_v;     /* signed size of the step away */
+    double base_v;     /* output at the start, where every run ends */
+    int growths;       /* times the step was made larger */
+    uint64_t write_ns; /* when the last write was made (the job's clock) */
+    int n, bad;        /* readings kept in this phase; unusable ones in a row */
+    double ref_thz;
+    double y_mhz[TUNE_MAX_READINGS];
+    uint64_t t_ns[TUNE_MAX_READINGS];
+    double level_mhz; /* settled frequency before the step in progress */
+    double lag_out_s, lag_back_s;
+    char detail[200]; /* progress, or why it failed */
+    struct laser_tune_result res;
+};
 
 /* A change waiting to be durable before its caller is answered. */
 struct laser_change;
@@ -68,7 +123,8 @@ struct laser {
     enum lock_state state;
     char reason[256];
     double since_unix;
-    double error_mhz;         /* last error, NAN if none */
+    double error_mhz;         /* last error, NAN if none (or no current reading) */
+    uint64_t error_t_ns;      /* the reading of the last error that was a number; 0: none */
     int in_tolerance;         /* consecutive readings within tolerance */
     int out_tolerance;        /* consecutive readings outside it */
     int outside_capture;      /* consecutive readings outside the capture range */
@@ -76,6 +132,7 @@ struct laser {
     bool have_locked_output;
     double locked_output_v; /* last output while locked: where relock returns */
     int relocks;            /* relock attempts since the last lock */
+    uint64_t relocks_total; /* relock attempts since start (the metrics' counter) */
     uint64_t lost_ns;
 
     /* The actuator job: inputs copied in, outputs read back on the loop. */
@@ -87,16 +144,36 @@ struct laser {
     double job_measured_thz;
     uint64_t job_t_ns;
     bool job_step; /* false: just write job_output_v */
+    /* A restart's first job: read the device's output first (act->read);
+     * when it disagrees with job_output_v (the saved one) by more than the
+     * read's tolerance, take the device's and write nothing. read_only: a
+     * restart "off", which writes nothing in any case. */
+    bool job_resume, job_read_only, job_adopted, job_read_failed;
     double job_output_v;
     enum pid_result job_result;
     double job_error_mhz;
     int job_rc;
     struct act_io job_io;
-    double readback_v;               /* the device's read-back after the last write, NAN if none */
+    double readback_v; /* the device's read-back after the last write, NAN if none */
+    /* Whether output_v is what the actuator has: false from a start with
+     * restart "off" until the first write (the laser sits wherever the
+     * actuator was left). */
+    bool output_known;
+    double saved_output_v;           /* output_v in the last snapshot; NAN: none */
     bool output_owned;               /* this run wrote the output or means to (a restore, a
                                         lock, set_output): false only for "restart": "off" */
     struct laser_change *job_waiter; /* a set_output waiting for its write */
     uint64_t writes, write_errors;
+    uint64_t job_write_ns; /* the job's clock just before its write */
+
+    /* The controller's health (docs/CONTROL.md). */
+    struct pid_osc osc;          /* oscillation detector, fed with each step's error */
+    uint64_t acquiring_since_ns; /* this attempt to lock began; 0 = locked or off */
+    bool acquire_warned;         /* acquire_timeout_s logged for this attempt */
+    bool bound_logged;           /* the bound's first action logged for these gains */
+    double expected_dt_s;        /* the schedule's revisit period if locked (NAN: none) */
+    char gains_check[512];       /* why the gains are unsafe at expected_dt_s; "" if fine */
+    struct laser_tune tune;
 
     struct laser_sample *hist; /* ring of cfg->history_depth */
     size_t hist_len, hist_head;
@@ -112,8 +189,10 @@ struct lasers {
     int ndevs, devs_stopped;
     struct actdev devs[CONFIG_MAX_LASERS];
     struct store store;
-    uv_timer_t save_timer; /* periodic save of outputs */
+    uv_timer_t save_timer; /* every second: a fresh output, or the periodic save */
     bool outputs_dirty;
+    bool fresh_due;        /* an output moved away from its saved value */
+    uint64_t last_save_ms; /* uv_now of the last snapshot */
     bool stopping;
     void (*on_stopped)(struct lasers *ls);
     /* Optional: a laser's lock state changed (lock notifications). */
@@ -157,6 +236,20 @@ int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg);
 int laser_set_gains(struct laser *l, double kp, double ki, double kd, laser_change_cb cb,
                     void *arg);
 int laser_set_output(struct laser *l, double output_v, laser_change_cb cb, void *arg);
+
+/*
+ * Autotune (docs/CONTROL.md): on an unlocked laser, hold the output, step it
+ * by step_v (NAN: about 50 MHz by the configured sensitivity) away and back
+ * within the output limits, measure S, hysteresis, lag, noise and drift, and
+ * propose gains for the laser's revisit period; apply them (sensitivity
+ * included, saved like gains) if apply. Returns 0 once started (progress in
+ * l->tune), or -EPERM locked, -ENOTSUP no actuator or sensitivity 0 and no
+ * step_v, -EBUSY a run or a write in flight, -ENODEV device not open,
+ * -ERANGE no step of that size fits the output range. Loop thread.
+ */
+int laser_autotune(struct laser *l, double step_v, bool apply);
+const char *laser_tune_phase_name(enum tune_phase p);
+bool laser_tune_running(const struct laser *l);
 
 /* History of a laser within the last seconds (0 = all): calls fn for each,
  * oldest first. */

@@ -33,9 +33,10 @@ struct reading {
 
 struct meter_channel {
     const struct laser_config *cfg;
-    struct reading last;    /* seq == 0: none yet */
-    uint64_t reads, errors; /* errors: status WM_ERROR */
-    uint64_t not_ok;        /* no_signal, under/overexposed */
+    struct reading last;            /* seq == 0: none yet */
+    uint64_t reads, errors;         /* errors: status WM_ERROR */
+    uint64_t not_ok;                /* no_signal, under/overexposed */
+    uint64_t by_status[WM_NSTATUS]; /* readings by status (the metrics' counter) */
 
     /* The schedule: a reading is due target_ns after the last one ended
      * (0: as often as the others allow, a locked laser's). */
@@ -119,6 +120,11 @@ void meter_set_locked(struct meter *m, int channel, bool locked);
 /* A channel's revisit period over the last METER_REVISITS reads, in ms
  * (NAN before two reads). */
 void meter_revisit_ms(const struct meter_channel *c, double *mean_ms, double *max_ms);
+/* The period the schedule will read a channel at, in ms, from its model of
+ * read costs (not from measurements): a channel with a target every target;
+ * a locked one (or one that would be, as_locked) its share of what the
+ * targets leave. NAN for an unknown or disabled channel. Loop thread. */
+double meter_expected_revisit_ms(const struct meter *m, int channel, bool as_locked);
 bool meter_can_simulate(const struct meter *m);
 bool meter_busy(const struct meter *m);
 

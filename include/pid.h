@@ -9,7 +9,17 @@
  *   output = I - s*kp*e - s*kd*de/dt,   I += -s*ki*e*dt on every full step,
  * so positive gains reduce the error whatever the actuator's sign. After the
  * clamp and slew limit, I is recomputed from the applied output (anti-windup),
- * so I - s*kp*e - s*kd*de/dt equals output_v after every accepted reading.
+ * so I - s*kp'*e - s*kd'*de/dt equals output_v after every accepted reading,
+ * where kp', ki', kd' are the gains the step used (struct pid's eff_*).
+ *
+ * Per-reading gains: what one reading does to the loop is gP = kp*|S|,
+ * gI = ki*|S|*dt and gD = kd*|S|/dt, with dt the time since the last reading.
+ * Each step bounds them to a region that stays stable even if the laser's
+ * true |S| is twice the configured one or its actuator lags by a reading
+ * (pid_gains_bound), then scales them by gain_scale (the back-off the lock
+ * applies after an oscillation). With |S| = 0 (unknown) the gains are used
+ * as given. The oscillation detector (pid_osc_*) is pure as well; the lock
+ * (laser.c) feeds it and decides what to do.
  */
 #ifndef WMD_PID_H
 #define WMD_PID_H
@@ -31,6 +41,32 @@ struct pid_params {
     double max_gap_s;    /* readings further apart: no integration, no derivative;
                             0 = no limit */
 };
+
+/* Per-reading loop gains (dimensionless): what one reading does. */
+struct pid_gains {
+    double gp; /* kp*|S|: the P path's answer to a change of the error */
+    double gi; /* ki*|S|*dt: the fraction of the error the integrator removes */
+    double gd; /* kd*|S|/dt: the D path's answer to a change of the error's slope */
+};
+
+/* The safe region (pid_gains_bound): the loop stays stable with |S| up to
+ * twice the configured one, or with one reading of actuator lag. */
+#define PID_GP_SAFE 0.4
+#define PID_GI_SAFE 0.6
+#define PID_GD_SAFE 0.1
+/* Back-off never takes the gains below this fraction of the bounded ones. */
+#define PID_SCALE_MIN (1.0 / 16.0)
+
+/* The per-reading gains p asks for at dt_s (NAN members when |S| is 0 or dt_s
+ * is not > 0: not computable). */
+void pid_gains_asked(const struct pid_params *p, double dt_s, struct pid_gains *g);
+/* Bound g to the safe region (in place); returns whether anything changed.
+ * NAN members stay NAN. */
+bool pid_gains_bound(struct pid_gains *g);
+/* Whether the loop with these gains is stable for a laser that follows
+ * within a reading (Jury's test on e' = e - gI e - gP de - gD d2e). NAN
+ * members count as 0. */
+bool pid_gains_stable(const struct pid_gains *g);
 
 /* Why a step did or did not move the output. */
 enum pid_result {
@@ -57,6 +93,16 @@ struct pid {
     double ramp_from_thz;        /* target where the present ramp started */
     uint64_t ramp_from_t_ns;     /* time the present ramp started; the target is computed
                                     from these, so it does not drift by rounding */
+
+    /* Per-reading gains of the last full step (docs/CONTROL.md "Loop gain"). */
+    double gain_scale;       /* back-off factor in [PID_SCALE_MIN, 1]; 1 = none */
+    double dt_s;             /* dt of the last full step; 0 before one */
+    struct pid_gains asked;  /* what the gains asked for at dt_s (NAN: unknown |S|) */
+    struct pid_gains eff;    /* what the step used: bounded, then scaled */
+    bool bounded;            /* the bound lowered a gain at the last full step */
+    double eff_kp_v_per_mhz; /* the gains in V units the last step used */
+    double eff_ki_v_per_mhz_s;
+    double eff_kd_v_s_per_mhz;
 };
 
 /* Set up unlocked, with the output at output_v (clamped to the range). */
@@ -102,5 +148,61 @@ void pid_hold(struct pid *pid);
 
 /* True when the target has reached the setpoint. */
 bool pid_ramp_done(const struct pid *pid);
+
+/*
+ * The steady-state Kalman filter of a free-running laser (a random walk of
+ * drift_mhz_per_sqrt_s) read every dt_s with white noise noise_mhz: the sd of
+ * the true error at the reading times that no lock can beat (*bound_mhz) and
+ * the filter's gain (*gain, the best integrator gain per reading for a
+ * laser that follows within a reading). Either pointer may be NULL.
+ */
+void pid_kalman(double noise_mhz, double drift_mhz_per_sqrt_s, double dt_s, double *bound_mhz,
+                double *gain);
+/* The true error's sd at the reading times that an integrator of gain gi per
+ * reading (0 < gi < 2) holds on that laser: sqrt((gi^2 R + q) / (gi (2 - gi))). */
+double pid_i_error_mhz(double gi, double noise_mhz, double drift_mhz_per_sqrt_s, double dt_s);
+
+/* ---- oscillation detector ---- */
+
+/* A half-cycle longer than this many readings is a slow swing, not an
+ * oscillation: the detector forgets what it had. */
+#define PID_OSC_MAX_HALF 10
+/* Peaks one period apart that shrink less than this are "not decaying". */
+#define PID_OSC_DECAY_MIN 0.8
+/* A swing counts when its peaks reach this many thresholds: the lock's
+ * tolerance is a few sigma of the noise, so noise alone (even noise twice the
+ * tolerance) does not swing this far three times in a row. */
+#define PID_OSC_MIN_TOLERANCES 3.0
+
+/* Plain data, owned by the lock. Errors within +-threshold never end a
+ * half-cycle (noise around zero is not a swing). */
+struct pid_osc {
+    int sign;          /* of the half-cycle in progress; 0 = none */
+    double peak_mhz;   /* its largest |error| */
+    uint64_t start_ns; /* its first reading */
+    int len;           /* its readings */
+    int n;             /* completed half-cycles kept (up to 3) */
+    double peaks[3];   /* oldest first */
+    int lens[3];
+    uint64_t durs_ns[3];
+    int quiet; /* readings since a half-cycle last completed */
+};
+
+/* What an oscillation looked like when it was detected. */
+struct pid_osc_report {
+    double amplitude_mhz;   /* mean peak |error| over three half-cycles */
+    double period_readings; /* two half-cycles' length */
+    double period_s;
+};
+
+void pid_osc_reset(struct pid_osc *o);
+/* One error (MHz) at t_ns. Returns true when the last three half-cycles
+ * each went beyond threshold_mhz (the first one's peak beyond
+ * PID_OSC_MIN_TOLERANCES thresholds), none lasted more than PID_OSC_MAX_HALF
+ * readings and the swing did not decay (the last peak at least
+ * PID_OSC_DECAY_MIN of the one a period before); then fills *rep and starts
+ * afresh, so the next detection needs three new half-cycles. */
+bool pid_osc_feed(struct pid_osc *o, double error_mhz, double threshold_mhz, uint64_t t_ns,
+                  struct pid_osc_report *rep);
 
 #endif

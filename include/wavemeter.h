@@ -16,6 +16,8 @@
 
 /* Expected measurement outcomes are statuses, not errors. */
 enum wm_status { WM_OK, WM_NO_SIGNAL, WM_UNDEREXPOSED, WM_OVEREXPOSED, WM_ERROR };
+/* How many statuses there are (arrays indexed by status). */
+#define WM_NSTATUS (WM_ERROR + 1)
 
 const char *wm_status_name(enum wm_status s);
 
@@ -145,6 +147,15 @@ struct act_driver {
      * device is then closed and opened again later. io->readback_v as the device reports. */
     int (*write)(void *dev, const void *settings, const struct laser_config *lc, double output_v,
                  int timeout_ms, struct act_io *io);
+    /* Optional, pool thread: the output this channel has now, as the device
+     * measures it (*output_v), and how far such a measurement can be from
+     * the set value (*tolerance_v). A restart resumes from it when the saved
+     * output disagrees (stale, or changed by hand), and a laser with restart
+     * "off" shows it. 0, or < 0 with io->why (the device is then reopened).
+     * NULL: the device cannot tell (the daemon then keeps its saved output
+     * fresh instead). */
+    int (*read)(void *dev, const void *settings, const struct laser_config *lc, int timeout_ms,
+                double *output_v, double *tolerance_v, struct act_io *io);
 };
 
 const struct act_driver *act_driver_find(const char *name);

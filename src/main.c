@@ -16,6 +16,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "metrics.h"
 
 /* The lag timer ticks every 100 ms: fine enough to see a loop stall long
  * before the watchdog (seconds) would, cheap enough to be free. */
@@ -35,7 +36,9 @@ struct runtime {
     uv_loop_t loop;
     uv_signal_t stops[NSTOP_SIGNALS], sighup;
     const char *config_path;
-    const char *listen_arg; /* --listen, which a reload keeps too */
+    const char *listen_arg;         /* --listen, which a reload keeps too */
+    const char *http_arg, *www_arg; /* --http, --www-dir: a reload keeps them too */
+    bool http_stopped;              /* a failed start waits for it */
     uv_timer_t watchdog, status;
     uint64_t watchdog_usec;
     int pending_stops;
@@ -47,6 +50,8 @@ static void usage(FILE *f) {
                "  -c, --config FILE      JSON config (default: the built-in simulator)\n"
                "  -t, --check-config     validate the config and exit 0 (ok) or 1\n"
                "  -l, --listen ADDR:PORT listen here instead of the config's address\n"
+               "  -H, --http ADDR:PORT   serve the page, /ws and /metrics here (\"\": off)\n"
+               "  -W, --www-dir DIR      the page's files (absolute; default: the install's)\n"
                "  -L, --log-level LEVEL  debug, info, notice, warning or error\n"
                "  -V, --version          print the version and exit\n"
                "  -h, --help             this text\n"
@@ -109,6 +114,15 @@ static void server_stopped(struct server *s) {
     stop_step_done((struct runtime *)((char *)s - offsetof(struct runtime, d.server)));
 }
 
+/* Offline published and disconnected, or the deadline passed. */
+static void mqtt_stopped(struct mqtt *m) {
+    stop_step_done((struct runtime *)((char *)m - offsetof(struct runtime, d.mqtt)));
+}
+
+static void http_stopped(void *arg) {
+    stop_step_done(arg);
+}
+
 static void lasers_stopped(struct lasers *ls) {
     stop_step_done((struct runtime *)((char *)ls - offsetof(struct runtime, d.lasers)));
 }
@@ -128,6 +142,22 @@ static void reload_gains_done(void *arg, int rc, enum laser_stage stage) {
     if (rc != 0) /* success is logged by the laser itself */
         log_warnx("reload: laser \"%s\": gains applied but %s: %s", l->cfg->name,
                   stage == LASER_STAGE_STORE ? "not saved" : "refused", strerror(-rc));
+}
+
+/* --http and --www-dir over the config's http.listen and http.www_dir. */
+static int http_args(struct config *cfg, const char *http, const char *www, char *err,
+                     size_t errlen) {
+    if (http && config_set_http_listen(cfg, http) != 0) {
+        snprintf(err, errlen, "--http \"%s\": expected ADDR:PORT (numeric), or \"\" for off", http);
+        return -EINVAL;
+    }
+    if (www && (www[0] != '/' || strlen(www) >= sizeof(cfg->http.www_dir))) {
+        snprintf(err, errlen, "--www-dir \"%s\": expected an absolute directory", www);
+        return -EINVAL;
+    }
+    if (www)
+        snprintf(cfg->http.www_dir, sizeof(cfg->http.www_dir), "%s", www);
+    return 0;
 }
 
 /*
@@ -158,6 +188,8 @@ static void reload(struct runtime *rt) {
     rc = config_load(next, rt->config_path, err, sizeof(err));
     if (rc == 0 && rt->listen_arg)
         (void)config_set_listen(next, rt->listen_arg); /* checked at start-up */
+    if (rc == 0)
+        (void)http_args(next, rt->http_arg, rt->www_arg, err, sizeof(err)); /* the same */
     if (rc == 0 && log_level_parse(next->log_level, &level) != 0) {
         snprintf(err, sizeof(err), "log_level \"%s\": unknown", next->log_level);
         rc = -EINVAL;
@@ -224,6 +256,12 @@ static void signal_cb(uv_signal_t *h, int signum) {
                meter_busy(&rt->d.meter) ? "yes" : "no");
     sd_notify(0, "STOPPING=1");
     rt->pending_stops = 2;
+    if (rt->d.http) { /* first: it gives back its rows of the server's peer table */
+        rt->pending_stops++;
+        http_stop(rt->d.http, http_stopped, rt);
+    }
+    rt->pending_stops++; /* mqtt, done at once when off */
+    mqtt_stop(&rt->d.mqtt, mqtt_stopped);
     push_stop(&rt->d.push);
     server_stop(&rt->d.server, server_stopped);
     meter_stop(&rt->d.meter, meter_stopped);
@@ -248,9 +286,21 @@ static void pick_state_dir(struct daemon *d) {
 
 /* Start-up failed after the loop got handles: close them all, let anything
  * queued finish (uv_run returns once nothing is left), then free. */
+static void http_aborted(void *arg) {
+    ((struct runtime *)arg)->http_stopped = true;
+}
+
 static void abort_start(struct runtime *rt) {
+    /* libwebsockets closes its own handles (over a few turns) and must not
+     * find them closed under it. */
+    if (rt->d.http) {
+        http_stop(rt->d.http, http_aborted, rt);
+        while (!rt->http_stopped)
+            uv_run(&rt->loop, UV_RUN_ONCE);
+    }
     uv_walk(&rt->loop, close_handle, NULL);
     uv_run(&rt->loop, UV_RUN_DEFAULT);
+    http_destroy(rt->d.http);
     meter_fini(&rt->d.meter);
     uv_loop_close(&rt->loop);
 }
@@ -260,6 +310,8 @@ int main(int argc, char **argv) {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, 't'},
         {"listen", required_argument, NULL, 'l'},
+        {"http", required_argument, NULL, 'H'},
+        {"www-dir", required_argument, NULL, 'W'},
         {"log-level", required_argument, NULL, 'L'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -268,12 +320,13 @@ int main(int argc, char **argv) {
     static struct runtime rt;
     struct daemon *d = &rt.d;
     const char *config_path = NULL, *listen = NULL, *level_arg = NULL;
+    const char *http_arg = NULL, *www_arg = NULL;
     bool check_only = false;
     enum log_level level;
     char err[512], env[16];
     int opt, rc;
 
-    while ((opt = getopt_long(argc, argv, "c:tl:L:Vh", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tl:H:W:L:Vh", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -283,6 +336,12 @@ int main(int argc, char **argv) {
             break;
         case 'l':
             listen = optarg;
+            break;
+        case 'H':
+            http_arg = optarg;
+            break;
+        case 'W':
+            www_arg = optarg;
             break;
         case 'L':
             level_arg = optarg;
@@ -315,6 +374,8 @@ int main(int argc, char **argv) {
         snprintf(err, sizeof(err), "--listen \"%s\": expected ADDR:PORT", listen);
         rc = -EINVAL;
     }
+    if (rc == 0)
+        rc = http_args(&d->cfg, http_arg, www_arg, err, sizeof(err));
     if (rc == 0 && level_arg == NULL && log_level_parse(d->cfg.log_level, &level) != 0) {
         snprintf(err, sizeof(err), "log_level \"%s\": unknown", d->cfg.log_level);
         rc = -EINVAL;
@@ -336,6 +397,8 @@ int main(int argc, char **argv) {
     log_set_level(level);
     rt.config_path = config_path;
     rt.listen_arg = listen;
+    rt.http_arg = http_arg;
+    rt.www_arg = www_arg;
 
     /* libuv reads UV_THREADPOOL_SIZE once, when the pool first starts: set it
      * before anything can queue work. */
@@ -371,6 +434,15 @@ int main(int argc, char **argv) {
         abort_start(&rt);
         return 1;
     }
+    if (d->cfg.http.listen[0] != '\0') {
+        const struct http_hooks hooks = {
+            .rpc = &d->rpc, .peers = &d->server.peers, .metrics = metrics_hook, .ctx = d};
+        if ((rc = http_start(&d->http, &rt.loop, &d->cfg, &hooks, err, sizeof(err))) != 0) {
+            log_error("%s", err);
+            abort_start(&rt);
+            return 1;
+        }
+    }
     pick_state_dir(d);
     if (d->cfg.require_token) {
         rc = d->cfg.token_file[0] ? token_load(&d->token, d->cfg.token_file, err, sizeof(err))
@@ -392,6 +464,14 @@ int main(int argc, char **argv) {
     }
     if ((rc = lasers_init(&d->lasers, &rt.loop, &d->cfg, d->clk, &d->meter, d->state_dir, err,
                           sizeof(err))) != 0) {
+        log_error("%s", err);
+        abort_start(&rt);
+        return 1;
+    }
+    /* MQTT connects in the background and the daemon runs whether the
+     * broker is there or not; only its files (password, TLS) can stop the
+     * start here. Nothing after this can fail. */
+    if ((rc = mqtt_start(&d->mqtt, &rt.loop, &d->cfg, err, sizeof(err))) != 0) {
         log_error("%s", err);
         abort_start(&rt);
         return 1;
@@ -431,11 +511,15 @@ int main(int argc, char **argv) {
     log_notice("wavemeterd %s: listening on %s, driver %s, %d channels, %d pool threads",
                WMD_VERSION, d->server.bound, d->cfg.wavemeter.driver, d->meter.nch,
                d->cfg.threadpool_size);
+    if (d->http)
+        log_notice("http: serving http://%s/ (the page from %s, /ws, /metrics)",
+                   http_bound(d->http), d->cfg.http.www_dir);
     sd_notify(0, "READY=1");
     status_cb(&rt.status);
 
     uv_run(&rt.loop, UV_RUN_DEFAULT);
 
+    http_destroy(d->http);
     lasers_fini(&d->lasers);
     meter_fini(&d->meter);
     rc = uv_loop_close(&rt.loop);

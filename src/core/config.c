@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include "jsonpos.h"
+#include "mqtt_out.h"
 #include "wavemeter.h"
 
 #include <arpa/inet.h>
@@ -99,6 +100,43 @@ static const struct cfg_key access_keys[] = {
     CFG_ROW_END,
 };
 
+static const struct cfg_key mqtt_keys[] = {
+    CFG_ROW_BOOL("enabled", C, mqtt.enabled, "publish readings and lock states to a broker"),
+    CFG_ROW_STR("host", C, mqtt.host, "broker host name or numeric address"),
+    CFG_ROW_INT("port", C, mqtt.port, 1, 65535, "broker TCP port; default 1883, 8883 with tls"),
+    CFG_ROW_STR("client_id", C, mqtt.client_id, "MQTT client id; default wavemeterd-HOSTNAME"),
+    CFG_ROW_STR("topic_prefix", C, mqtt.topic_prefix, "the first topic level(s)"),
+    CFG_ROW_STR("username", C, mqtt.username, "broker login; none without"),
+    CFG_ROW_STR("password_file", C, mqtt.password_file,
+                "file holding the password (first line), not readable by others"),
+    CFG_ROW_BOOL("tls", C, mqtt.tls, "TLS to the broker, its certificate checked"),
+    CFG_ROW_STR("tls_cafile", C, mqtt.tls_cafile,
+                "CA certificates (PEM) the broker's chain ends in"),
+    CFG_ROW_STR("tls_capath", C, mqtt.tls_capath, "directory of hashed CA certificates"),
+    CFG_ROW_STR("tls_certfile", C, mqtt.tls_certfile, "client certificate chain (PEM)"),
+    CFG_ROW_STR("tls_keyfile", C, mqtt.tls_keyfile, "client private key (PEM, unencrypted)"),
+    CFG_ROW_INT("qos", C, mqtt.qos, 0, 2, "MQTT quality of service of every message"),
+    CFG_ROW_DBL("readings_max_rate_hz", C, mqtt.readings_max_rate_hz, 0, 1000,
+                "readings published per laser and second at most; 0 = every reading"),
+    CFG_ROW_INT("keepalive_s", C, mqtt.keepalive_s, 5, 3600,
+                "MQTT keep-alive; a silent broker is dropped after 1.5 times this, in s"),
+    CFG_ROW_INT("connect_timeout_s", C, mqtt.connect_timeout_s, 1, 300,
+                "a connection attempt (TCP, TLS, CONNACK) succeeds or is dropped by then, in s"),
+    CFG_ROW_INT("queue_max", C, mqtt.queue_max, 16, 1000000,
+                "readings waiting for the broker; beyond, the oldest are dropped"),
+    CFG_ROW_END,
+};
+
+static const struct cfg_key http_keys[] = {
+    {"listen", CFG_STRING, CFG_FIELD(C, http.listen), 0, 0, NULL, NULL, 0,
+     "HTTP and WebSocket address (the page, /ws, /metrics), \"HOST:PORT\" or "
+     "\"[IPv6]:PORT\"; \"\" = off"},
+    CFG_ROW_STR("www_dir", C, http.www_dir, "absolute directory of the page's files (/, /NAME)"),
+    CFG_ROW_STR("dygraphs_dir", C, http.dygraphs_dir,
+                "absolute directory /dygraphs/NAME serves (Debian's libjs-dygraphs)"),
+    CFG_ROW_END,
+};
+
 /* The keys every switch takes; the driver's own (its port) come with it. */
 static const struct cfg_key switch_keys[] = {
     CFG_ROW_INT("input", C, sw.input, 1, CONFIG_MAX_LASERS,
@@ -169,6 +207,8 @@ static const struct cfg_key laser_keys[] = {
                 "readings in a row beyond capture before \"lost\""),
     CFG_ROW_DBL("rail_timeout_s", L, rail_timeout_s, 0.1, 86400,
                 "output on a limit this long means lost, in s"),
+    CFG_ROW_DBL("acquire_timeout_s", L, acquire_timeout_s, 1, 86400,
+                "locked but not \"locked\" this long: the reason says why, in s"),
     CFG_ROW_DBL("max_gap_s", L, max_gap_s, 0.01, 3600,
                 "a longer gap between readings freezes the integrator, in s"),
     CFG_ROW_DBL("stale_s", L, stale_s, 0.01, 3600,
@@ -194,6 +234,8 @@ static const struct cfg_key top_keys[] = {
     CFG_ROW_OBJ("limits", limits_keys, "client and protocol limits"),
     CFG_ROW_OBJ("state", state_keys, "where lock state survives restarts"),
     CFG_ROW_OBJ("access", access_keys, "who may change things"),
+    CFG_ROW_OBJ("mqtt", mqtt_keys, "publishing to an MQTT broker (off by default)"),
+    CFG_ROW_OBJ("http", http_keys, "the web page, /ws and /metrics (off by default)"),
     ROW_DRIVER("wavemeter", C, wavemeter, wavemeter_keys, DRV_WAVEMETER, "the instrument"),
     {"lasers", CFG_LASERS, 0, 0, 1, CONFIG_MAX_LASERS, NULL, NULL, 0,
      "the channels; replaces the built-in lasers"},
@@ -212,6 +254,8 @@ static const struct {
     {"limits", limits_keys},
     {"state", state_keys},
     {"access", access_keys},
+    {"mqtt", mqtt_keys},
+    {"http", http_keys},
     {"wavemeter", wavemeter_keys},
     {"wavemeter.switch", switch_keys},
     {"lasers[]", laser_keys},
@@ -333,10 +377,10 @@ static bool name_valid(const char *s, size_t len, size_t size) {
 /* "127.0.0.1:7420", "[::1]:7420". Numeric addresses only: the server binds
  * with uv_ip4_addr/uv_ip6_addr, and a name that resolves differently on
  * another day should not move the control port. */
-int config_set_listen(struct config *cfg, const char *s) {
+static int split_listen(const char *s, char *host_out, size_t host_size, int *port_out) {
     const char *host, *colon;
     size_t hostlen;
-    char buf[sizeof(cfg->listen_host)];
+    char buf[64];
     unsigned char addr[16];
     long port = 0;
     int family;
@@ -370,10 +414,37 @@ int config_set_listen(struct config *cfg, const char *s) {
             return -EINVAL;
         port = port * 10 + (*p - '0');
     }
-    if (port > 65535)
+    if (port > 65535 || hostlen >= host_size)
         return -EINVAL;
-    copy_string(cfg->listen_host, sizeof(cfg->listen_host), buf);
-    cfg->listen_port = (int)port;
+    copy_string(host_out, host_size, buf);
+    *port_out = (int)port;
+    return 0;
+}
+
+int config_set_listen(struct config *cfg, const char *s) {
+    char host[sizeof(cfg->listen_host)];
+    int port;
+
+    if (split_listen(s, host, sizeof(host), &port) != 0)
+        return -EINVAL;
+    copy_string(cfg->listen_host, sizeof(cfg->listen_host), host);
+    cfg->listen_port = port;
+    return 0;
+}
+
+int config_set_http_listen(struct config *cfg, const char *s) {
+    char host[sizeof(cfg->http.host)];
+    int port = 0;
+
+    if (strlen(s) >= sizeof(cfg->http.listen))
+        return -EINVAL;
+    if (s[0] == '\0')
+        host[0] = '\0';
+    else if (split_listen(s, host, sizeof(host), &port) != 0)
+        return -EINVAL;
+    copy_string(cfg->http.listen, sizeof(cfg->http.listen), s);
+    copy_string(cfg->http.host, sizeof(cfg->http.host), host);
+    cfg->http.port = port;
     return 0;
 }
 
@@ -556,6 +627,7 @@ static void laser_template(struct laser_config *l, const struct wm_driver *wm) {
     l->locked_after = 5;
     l->lost_after = 5;
     l->rail_timeout_s = 10;
+    l->acquire_timeout_s = 30;
     l->max_gap_s = 5;
     l->stale_s = 2;
     l->restart = RESTART_RESUME;
@@ -912,6 +984,10 @@ int config_update_runtime(struct config *cur, const struct config *next, char *r
         cur->monitor_period_ms != next->monitor_period_ms ||
         memcmp(&cur->sw, &next->sw, sizeof(cur->sw)) != 0)
         note_key(restart, restart_len, "wavemeter");
+    if (memcmp(&cur->mqtt, &next->mqtt, sizeof(cur->mqtt)) != 0)
+        note_key(restart, restart_len, "mqtt");
+    if (memcmp(&cur->http, &next->http, sizeof(cur->http)) != 0)
+        note_key(restart, restart_len, "http");
 #undef SAME_STR
     if (cur->nlasers != next->nlasers) {
         note_key(restart, restart_len, "lasers");
@@ -973,6 +1049,26 @@ static void config_base(struct config *cfg) {
     cfg->sw.input = 1;
     cfg->sw.settle_ms = 50;
     cfg->sw.timeout_ms = 1000;
+    /* MQTT off; when turned on, a broker on this host. The port stays 0
+     * (not in the file) until mqtt_resolve picks it by "tls". */
+    copy_string(cfg->mqtt.host, sizeof(cfg->mqtt.host), "localhost");
+    copy_string(cfg->mqtt.topic_prefix, sizeof(cfg->mqtt.topic_prefix), "wavemeter");
+    cfg->mqtt.qos = 0;
+    cfg->mqtt.readings_max_rate_hz = 1;
+    cfg->mqtt.keepalive_s = 60;
+    cfg->mqtt.connect_timeout_s = 10;
+    cfg->mqtt.queue_max = 1000;
+    /* HTTP off; the page from the install (CMake's datadir), dygraphs from
+     * Debian's libjs-dygraphs. */
+    copy_string(cfg->http.www_dir, sizeof(cfg->http.www_dir), WMD_WWW_DIR);
+    copy_string(cfg->http.dygraphs_dir, sizeof(cfg->http.dygraphs_dir),
+                "/usr/share/javascript/dygraphs");
+}
+
+/* The keys whose default follows another: the port follows "tls". */
+static void mqtt_resolve(struct mqtt_config *m) {
+    if (m->port == 0)
+        m->port = m->tls ? 8883 : 1883;
 }
 
 /* The lasers of a file without "lasers", in the language of the file: a
@@ -1010,6 +1106,7 @@ static int parse_builtin_lasers(const struct wm_driver *wm, struct config *cfg, 
 
 void config_defaults(struct config *cfg) {
     config_base(cfg);
+    mqtt_resolve(&cfg->mqtt);
     /* Checked by the unit tests; only memory could make it fail. */
     if (parse_builtin_lasers(wm_driver_at(0), cfg, NULL, 0) != 0)
         cfg->nlasers = 0;
@@ -1046,6 +1143,70 @@ static int check_read_times(struct loader *ld, const struct config *cfg) {
                     "wavemeter.read_timeout_ms (%d ms)",
                     l->exposure_ms + l->settle_ms, cfg->read_timeout_ms);
     }
+    return 0;
+}
+
+/* The mqtt keys that depend on each other, at the key a reader should
+ * change (or at "mqtt" when that key is not in the file). */
+static int check_mqtt(struct loader *ld, struct config *cfg, json_t *root) {
+    struct mqtt_config *m = &cfg->mqtt;
+    json_t *jm = json_object_get(root, "mqtt");
+    static const char *const tls_files[] = {"tls_cafile", "tls_capath", "tls_certfile",
+                                            "tls_keyfile"};
+    char why[128];
+
+    mqtt_resolve(m);
+    if (jm == NULL)
+        return 0;
+    ld->depth = 0;
+    path_push_key(ld, "mqtt");
+    if (mqtt_topic_prefix_check(m->topic_prefix, why, sizeof(why)) != 0) {
+        path_push_key(ld, "topic_prefix");
+        return fail(ld, "%s", why);
+    }
+    for (size_t i = 0; i < sizeof(tls_files) / sizeof(tls_files[0]); i++) {
+        if (!m->tls && json_object_get(jm, tls_files[i]) != NULL) {
+            path_push_key(ld, tls_files[i]);
+            return fail(ld, "is only read with \"tls\": true");
+        }
+    }
+    if ((m->tls_certfile[0] != '\0') != (m->tls_keyfile[0] != '\0')) {
+        path_push_key(ld, m->tls_certfile[0] ? "tls_certfile" : "tls_keyfile");
+        return fail(ld, "needs %s too (a client certificate is a certificate and its key)",
+                    m->tls_certfile[0] ? "tls_keyfile" : "tls_certfile");
+    }
+    if (m->password_file[0] != '\0' && m->username[0] == '\0') {
+        path_push_key(ld, "password_file");
+        return fail(ld, "needs \"username\" too (MQTT sends no password without a user name)");
+    }
+    ld->depth = 0;
+    return 0;
+}
+
+/* http.listen is a string so that "" can turn HTTP off; its address and
+ * the directories are checked here, at the key. */
+static int check_http(struct loader *ld, struct config *cfg) {
+    struct http_config *h = &cfg->http;
+    static const char *const dirs[] = {"www_dir", "dygraphs_dir"};
+
+    char listen[sizeof(h->listen)];
+
+    memcpy(listen, h->listen, sizeof(listen)); /* it is written over */
+    ld->depth = 0;
+    path_push_key(ld, "http");
+    if (config_set_http_listen(cfg, listen) != 0) {
+        path_push_key(ld, "listen");
+        return fail(ld, "must be \"\" (off) or \"ADDRESS:PORT\" with a numeric address and PORT "
+                        "in [0, 65535], e.g. \"127.0.0.1:7480\" or \"[::1]:7480\"");
+    }
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        const char *d = i == 0 ? h->www_dir : h->dygraphs_dir;
+        if (d[0] != '/') {
+            path_push_key(ld, dirs[i]);
+            return fail(ld, "must be an absolute path (the daemon's working directory is /)");
+        }
+    }
+    ld->depth = 0;
     return 0;
 }
 
@@ -1094,6 +1255,10 @@ int config_parse(struct config *cfg, const char *name, const char *text, size_t 
         r = parse_builtin_lasers(ld.wm, tmp, err, errlen);
     if (r == 0)
         r = check_read_times(&ld, tmp);
+    if (r == 0)
+        r = check_mqtt(&ld, tmp, root);
+    if (r == 0)
+        r = check_http(&ld, tmp);
     if (r == 0 && (r = wm_check_config(tmp, why, sizeof(why))) != 0)
         set_error(err, errlen, "%s: %s", name, why);
     if (r == 0)

@@ -17,7 +17,11 @@
  * that a re-plugged cable is noticed at once, slow enough not to flood the
  * log or the vendor's network server while it is gone. */
 #define BACKOFF_MIN_MS 250u
-#define BACKOFF_MAX_MS 10000u
+/* A returning instrument is read within about a second: a failed read costs
+ * next to nothing (the driver answers at once that the device is away). */
+#define BACKOFF_MAX_MS 1000u
+/* While reads keep failing, one warning a minute at most. */
+#define BACKOFF_LOG_EVERY 60u
 /* A channel's own error holds it back (see meter_store). */
 #define METER_HOLD_MIN_MS 250u
 #define METER_HOLD_MAX_MS 5000u
@@ -147,6 +151,51 @@ static uint64_t meter_next_hold_end(const struct meter *m) {
     return end;
 }
 
+/*
+ * The locked channels take turns by age, each read costing the driver's
+ * worst case after a switch (only the exposure when one is alone under the
+ * switch); the channels with a target take cost/target of the time. So a
+ * locked channel comes back every sum(locked costs) / (1 - sum(shares)).
+ */
+double meter_expected_revisit_ms(const struct meter *m, int channel, bool as_locked) {
+    const struct meter_channel *me = NULL;
+    double locked_ms = 0, share = 0;
+    int nlocked = 0;
+
+    for (int i = 0; i < m->nch; i++)
+        if (m->ch[i].cfg->channel == channel)
+            me = &m->ch[i];
+    if (me == NULL || !me->cfg->enabled)
+        return (double)NAN;
+    if (me->cfg->max_age_ms > 0)
+        return me->cfg->max_age_ms;
+    if (!as_locked && !me->locked_hint)
+        return m->cfg->monitor_period_ms;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < m->nch; i++) {
+            const struct meter_channel *c = &m->ch[i];
+            const struct laser_config *lc = c->cfg;
+            bool locked = c == me || (c->target_ns == 0 && c->locked_hint);
+            double worst;
+
+            if (!lc->enabled)
+                continue;
+            worst = m->drv->worst_read_ms(lc->exposure_ms, lc->settle_ms, m->cfg->read_timeout_ms);
+            if (pass == 0) {
+                nlocked += locked;
+                if (!locked && c->target_ns > 0)
+                    share += worst / ((double)c->target_ns * 1e-6);
+            } else if (locked) {
+                locked_ms += nlocked == 1 ? lc->exposure_ms : worst;
+            }
+        }
+    }
+    /* An overbooked schedule still reads the locked ones now and then. */
+    if (share > 0.95)
+        share = 0.95;
+    return locked_ms / (1.0 - share);
+}
+
 void meter_revisit_ms(const struct meter_channel *c, double *mean_ms, double *max_ms) {
     double sum = 0, max = 0;
 
@@ -260,6 +309,8 @@ static void meter_store(struct meter *m, struct meter_channel *c) {
     r->straddled = m->res.straddled;
     memcpy(r->detail, m->res.detail, sizeof(r->detail));
     c->reads++;
+    if ((unsigned)r->status < WM_NSTATUS)
+        c->by_status[r->status]++;
     if (r->status == WM_ERROR)
         c->errors++;
     else if (r->status != WM_OK)
@@ -328,8 +379,9 @@ static void meter_after_work(uv_work_t *w, int status) {
     if (m->rc < 0) {
         /* The switch position is unknown after a failed read. */
         m->switch_channel = 0;
-        if (m->consecutive_errors++ == 0 || m->backoff_ms >= BACKOFF_MAX_MS / 2)
-            log_warnx("wavemeter: channel %d: %s", c->cfg->channel, m->res.detail);
+        if (m->consecutive_errors++ % BACKOFF_LOG_EVERY == 0)
+            log_warnx("wavemeter: channel %d: %s%s", c->cfg->channel, m->res.detail,
+                      m->consecutive_errors > 1 ? " (still failing, retried every second)" : "");
         snprintf(m->last_error, sizeof(m->last_error), "%s", m->res.detail);
     } else {
         if (m->consecutive_errors > 0)

@@ -185,6 +185,22 @@ static int mdt_write(void *dev, const void *settings, const struct laser_config 
     return 0;
 }
 
+static int mdt_read(void *dev, const void *settings, const struct laser_config *lc, int timeout_ms,
+                    double *output_v, double *tolerance_v, struct act_io *io) {
+    struct mdt_dev *d = dev;
+    const struct act_mdt693b_settings *s = settings;
+
+    (void)lc;
+    io->readback_v = (double)NAN;
+    io->why[0] = '\0';
+    *tolerance_v = s->readback_tolerance_v;
+    int rc =
+        mdt693b_get(&d->io, &d->info, s->axis[0], timeout_ms, output_v, io->why, sizeof(io->why));
+    if (rc == 0)
+        io->readback_v = *output_v;
+    return rc;
+}
+
 const struct act_driver act_mdt693b = {
     .cfg =
         {
@@ -198,4 +214,5 @@ const struct act_driver act_mdt693b = {
     .open = mdt_open,
     .close = mdt_close,
     .write = mdt_write,
+    .read = mdt_read,
 };

@@ -861,6 +861,15 @@ bool rpc_call_may_write(struct rpc_call *call) {
     return session_write_rate(call, s);
 }
 
+void rpc_call_access(const struct rpc_call *call, bool *write_from, bool *token_required,
+                     bool *logged_in) {
+    const struct rpc_session *s = rpc_call_session(call);
+
+    *write_from = s != NULL && session_write_from(s);
+    *token_required = s != NULL && s->srv->access.token_ok != NULL;
+    *logged_in = s != NULL && s->logged_in;
+}
+
 void rpc_call_login(struct rpc_call *call, const char *token, size_t len) {
     struct rpc_session *s = rpc_call_session(call);
     const struct rpc_server *srv = call->line->srv;

@@ -261,6 +261,21 @@ static json_t *num_or_null(double x) {
     return isfinite(x) ? json_real(x) : json_null();
 }
 
+/* New reference: the MQTT publisher, for status (docs/MQTT.md). */
+static json_t *mqtt_json(const struct daemon *d) {
+    const struct mqtt *m = &d->mqtt;
+    json_t *o =
+        json_pack("{s:s, s:I, s:I, s:I, s:I}", "state", mqtt_state_name(m), "queued",
+                  (json_int_t)mqtt_queued(m), "dropped", (json_int_t)m->queue.dropped, "published",
+                  (json_int_t)m->published, "reconnects", (json_int_t)m->reconnects);
+
+    if (o != NULL && m->state != MQTT_OFF)
+        json_object_set_new(o, "broker", json_string(m->broker));
+    if (o != NULL && m->state != MQTT_CONNECTED && m->error[0])
+        json_object_set_new(o, "error", json_string(m->error));
+    return o;
+}
+
 static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
     struct daemon *d = ctx;
     uint64_t now_ns = clock_now_ns(d->clk);
@@ -303,9 +318,19 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
             json_object_set_new(o, "reason", json_string(a->reason));
         json_array_append_new(acts, o);
     }
+    /* This connection's own access, so a client (the web page) can offer its
+     * write controls only when they would work. */
+    bool wfrom, token_req, logged;
+    const struct rpc_session *sess = rpc_call_session(call);
+    rpc_call_access(call, &wfrom, &token_req, &logged);
+    json_t *session =
+        json_pack("{s:s, s:b, s:b, s:b, s:b}", "peer", sess ? rpc_session_name(sess) : "",
+                  "write_from", wfrom, "token_required", token_req, "logged_in", logged,
+                  "may_write", wfrom && (!token_req || logged));
     rpc_call_result(
         call,
-        json_pack("{s:f, s:o, s:o, s:f, s:o, s:i, s:i, s:{s:f, s:f}, s:{s:f}, s:i, s:b, s:i, s:s}",
+        json_pack("{s:f, s:o, s:o, s:f, s:o, s:i, s:i, s:{s:f, s:f}, s:{s:f}, s:i, s:b, s:i, s:s, "
+                  "s:o, s:o}",
                   "uptime_s", ns_to_ms(now_ns - d->start_ns) / 1000.0, "driver", drv, "actuators",
                   acts, "cycle_ms", ns_to_ms(d->meter.last_cycle_ns), "channels", chans, "clients",
                   d->server.nclients, "clients_paused", server_clients_paused(&d->server),
@@ -313,7 +338,7 @@ static void m_status(struct rpc_call *call, json_t *params, void *ctx) {
                   "max", d->turn_max_ms, "pool_jobs",
                   (meter_busy(&d->meter) ? 1 : 0) + lasers_jobs(&d->lasers), "read_in_flight",
                   meter_busy(&d->meter), "threadpool_size", d->cfg.threadpool_size, "state_dir",
-                  d->state_dir));
+                  d->state_dir, "session", session, "mqtt", mqtt_json(d)));
 }
 
 static void m_channels(struct rpc_call *call, json_t *params, void *ctx) {
@@ -464,6 +489,64 @@ static bool param_number(struct rpc_call *call, json_t *params, const char *key,
     return true;
 }
 
+/* New reference: x to 6 significant digits (null if not finite): per-reading
+ * gains and periods are estimates, and 15 digits of them are noise. */
+static json_t *real6(double x) {
+    char buf[32];
+
+    if (!isfinite(x))
+        return json_null();
+    snprintf(buf, sizeof(buf), "%.6g", x);
+    return json_real(strtod(buf, NULL));
+}
+
+/* New reference: the loop's per-reading gains (docs/CONTROL.md) as the
+ * last step used them, what the gains asked for, and the check of the
+ * gains against the schedule's revisit period. */
+static json_t *laser_control_json(const struct laser *l) {
+    const struct pid *p = &l->pid;
+    bool stepped = p->dt_s > 0;
+
+    return json_pack("{s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o}, s:b, s:f, s:o, s:o}", "dt_s",
+                     real6(stepped ? p->dt_s : (double)NAN), "gp",
+                     real6(stepped ? p->eff.gp : (double)NAN), "gi",
+                     real6(stepped ? p->eff.gi : (double)NAN), "gd",
+                     real6(stepped ? p->eff.gd : (double)NAN), "asked", "gp",
+                     real6(stepped ? p->asked.gp : (double)NAN), "gi",
+                     real6(stepped ? p->asked.gi : (double)NAN), "gd",
+                     real6(stepped ? p->asked.gd : (double)NAN), "bounded", stepped && p->bounded,
+                     "backoff", p->gain_scale, "expected_dt_s", real6(l->expected_dt_s), "check",
+                     l->gains_check[0] ? json_string(l->gains_check) : json_null());
+}
+
+/* New reference: the last autotune run, null if none. */
+static json_t *laser_tune_json(const struct laser *l) {
+    const struct laser_tune *t = &l->tune;
+    const struct laser_tune_result *r = &t->res;
+    json_t *o;
+
+    if (t->phase == TUNE_NONE)
+        return json_null();
+    o = json_pack("{s:s, s:s, s:o, s:b}", "state", laser_tune_phase_name(t->phase), "detail",
+                  t->detail, "step_v", real6(t->step_v), "apply", t->apply);
+    if (o == NULL || t->phase != TUNE_DONE)
+        return o;
+    json_object_set_new(
+        o, "result",
+        json_pack(
+            "{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o}, "
+            "s:b}",
+            "sensitivity_mhz_per_v", real6(r->sensitivity_mhz_per_v), "sensitivity_away_mhz_per_v",
+            real6(r->s_out_mhz_per_v), "sensitivity_back_mhz_per_v", real6(r->s_back_mhz_per_v),
+            "hysteresis", real6(r->hysteresis), "lag_readings", real6(r->lag_readings), "noise_mhz",
+            real6(r->noise_mhz), "drift_mhz_per_sqrt_s", real6(r->drift_mhz_per_sqrt_s), "dt_s",
+            real6(r->dt_s), "gi", real6(r->gi), "kalman_bound_mhz", real6(r->kalman_mhz),
+            "expected_error_mhz", real6(r->expected_mhz), "gains", "kp_v_per_mhz",
+            real6(r->kp_v_per_mhz), "ki_v_per_mhz_s", real6(r->ki_v_per_mhz_s), "kd_v_s_per_mhz",
+            real6(r->kd_v_s_per_mhz), "applied", t->applied));
+    return o;
+}
+
 /* New reference: everything a client may want to know about one laser. */
 static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon *d) {
     const struct laser_config *c = l->cfg;
@@ -486,13 +569,21 @@ static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon 
     json_object_set_new(o, "target_thz", json_real(l->pid.target_thz));
     json_object_set_new(o, "ramp_mhz_per_s", json_real(l->pid.ramp_mhz_per_s));
     json_object_set_new(o, "error_mhz", num_or_null(l->error_mhz));
-    json_object_set_new(o, "output_v", json_real(l->pid.output_v));
+    /* How old the last error that was a number is: while holding, error_mhz
+     * is null (no current reading) and this says since when. */
+    json_object_set_new(o, "error_age_s",
+                        l->error_t_ns != 0 && now_ns >= l->error_t_ns
+                            ? json_real(round((double)(now_ns - l->error_t_ns) * 1e-6) / 1000)
+                            : json_null());
+    json_object_set_new(o, "output_v", l->output_known ? json_real(l->pid.output_v) : json_null());
     json_object_set_new(o, "output_readback_v", num_or_null(l->readback_v));
     json_object_set_new(o, "gains",
                         json_pack("{s:f, s:f, s:f, s:f}", "kp_v_per_mhz", l->pid.p.kp_v_per_mhz,
                                   "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s, "kd_v_s_per_mhz",
                                   l->pid.p.kd_v_s_per_mhz, "sensitivity_mhz_per_v",
-                                  c->sensitivity_mhz_per_v));
+                                  l->pid.p.sensitivity_mhz_per_v));
+    json_object_set_new(o, "control", laser_control_json(l));
+    json_object_set_new(o, "autotune", laser_tune_json(l));
     json_object_set_new(o, "limits",
                         json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "min_thz", c->min_thz,
                                   "max_thz", c->max_thz, "output_min_v", c->output_min_v,
@@ -738,6 +829,74 @@ static void m_set_gains(struct rpc_call *call, json_t *params, void *ctx) {
     if ((rc = laser_set_gains(l, kp, ki, kd, write_done, w)) < 0) {
         free(w);
         write_refused(call, l, rc);
+    }
+}
+
+static const char *const autotune_params[] = {"laser", "step_v", "apply", NULL};
+
+/* laser.autotune {laser, step_v?, apply?}: starts a run and answers at once
+ * with the laser (its "autotune" shows the progress, pushed on "locks"). */
+static void m_autotune(struct rpc_call *call, json_t *params, void *ctx) {
+    struct daemon *d = ctx;
+    struct laser *l;
+    double step_v = (double)NAN;
+    json_t *apply = json_object_get(params, "apply");
+    int rc;
+
+    if (!write_allowed(call, d))
+        return;
+    if (!params_only(call, params, autotune_params) || (l = param_laser(call, params, d)) == NULL ||
+        !param_number(call, params, "step_v", &step_v))
+        return;
+    if (apply != NULL && !json_is_null(apply) && !json_is_boolean(apply)) {
+        rpc_call_error(call, RPC_INVALID_PARAMS, "Invalid params: \"apply\" must be a boolean",
+                       NULL);
+        return;
+    }
+    if (!isnan(step_v) && !(step_v > 0 && step_v <= l->cfg->output_max_v - l->cfg->output_min_v)) {
+        rpc_call_errorf(
+            call, RPC_INVALID_PARAMS,
+            json_pack("{s:f, s:f}", "min", 0.0, "max", l->cfg->output_max_v - l->cfg->output_min_v),
+            "Invalid params: \"step_v\" must be > 0 and within laser \"%s\"'s "
+            "output range (%g V wide)",
+            l->cfg->name, l->cfg->output_max_v - l->cfg->output_min_v);
+        return;
+    }
+    rc = laser_autotune(l, step_v, json_is_true(apply));
+    if (rc == 0) {
+        rpc_call_result(call, laser_json(l, clock_now_ns(d->clk), d));
+        return;
+    }
+    switch (rc) {
+    case -EPERM:
+        rpc_call_errorf(call, RPC_LASER_LOCKED, NULL,
+                        "laser \"%s\" is locked: autotune runs on an unlocked laser", l->cfg->name);
+        break;
+    case -ERANGE:
+        rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                        json_pack("{s:f, s:f, s:f}", "output_v", l->pid.output_v, "output_min_v",
+                                  l->cfg->output_min_v, "output_max_v", l->cfg->output_max_v),
+                        "Invalid params: no step of that size fits laser \"%s\"'s output range "
+                        "from %.4f V either way",
+                        l->cfg->name, l->pid.output_v);
+        break;
+    case -EBUSY:
+        rpc_call_errorf(call, RPC_BUSY, NULL, "laser \"%s\": %s", l->cfg->name,
+                        laser_tune_running(l) ? "an autotune is running"
+                                              : "an actuator write is in flight");
+        break;
+    case -ENOTSUP:
+        if (!laser_has_actuator(l)) {
+            write_refused(call, l, rc);
+            break;
+        }
+        rpc_call_errorf(call, RPC_INVALID_PARAMS, NULL,
+                        "Invalid params: laser \"%s\" has sensitivity_mhz_per_v 0: give step_v",
+                        l->cfg->name);
+        break;
+    default:
+        write_refused(call, l, rc);
+        break;
     }
 }
 
@@ -1107,26 +1266,49 @@ void methods_on_reading(struct meter *m, const struct reading *r, void *ctx) {
     struct meter_channel *c;
     char buf[READING_TEXT_MAX];
     struct text t = {buf, buf + sizeof(buf)};
+    uint64_t now_ns;
+    bool to_mqtt;
 
     lasers_on_reading(m, r, &d->lasers);
-    if (!push_wanted(&d->push, PUSH_READINGS) || (c = meter_channel_find(m, r->channel)) == NULL)
+    if ((c = meter_channel_find(m, r->channel)) == NULL)
         return;
-    reading_text(&t, c, clock_now_ns(d->clk));
-    push_event(&d->push, PUSH_READINGS, (int)(c - m->ch), "reading", buf);
+    now_ns = clock_now_ns(d->clk);
+    /* MQTT takes the same text as the reading notifications; its rate
+     * limit goes by when the readings were taken. */
+    to_mqtt = mqtt_wants_reading(&d->mqtt, (int)(c - m->ch), c->last.t_ns);
+    if (!to_mqtt && !push_wanted(&d->push, PUSH_READINGS))
+        return;
+    reading_text(&t, c, now_ns);
+    if (to_mqtt)
+        mqtt_publish_reading(&d->mqtt, (int)(c - m->ch), buf, (size_t)(t.p - buf), c->last.t_ns);
+    if (push_wanted(&d->push, PUSH_READINGS))
+        push_event(&d->push, PUSH_READINGS, (int)(c - m->ch), "reading", buf);
 }
 
-/* A lock changed state: the laser's state, why, and where it stands. */
+/* A lock changed state: the laser's state, why, and where it stands; the
+ * lock notifications and MQTT's retained lock topic carry the same text. */
 static void on_lock_state(struct laser *l, void *ctx) {
     struct daemon *d = ctx;
+    json_t *o = json_pack("{s:s, s:i, s:b, s:s, s:s, s:f, s:o, s:o, s:f}", "laser", l->cfg->name,
+                          "channel", l->cfg->channel, "lock", l->lock_on, "state",
+                          laser_state_name(l->state), "reason", l->reason, "since", l->since_unix,
+                          "error_mhz", num_or_null(l->error_mhz), "output_v",
+                          l->output_known ? json_real(l->pid.output_v) : json_null(),
+                          "setpoint_thz", l->pid.setpoint_thz);
+    char *text;
 
-    if (!push_wanted(&d->push, PUSH_LOCKS))
+    /* An autotune's progress rides on the same event (its phases call here). */
+    if (o != NULL && l->tune.phase != TUNE_NONE)
+        json_object_set_new(o, "autotune", laser_tune_json(l));
+    text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+
+    json_decref(o);
+    if (text == NULL)
         return;
-    push_json(d, PUSH_LOCKS, (int)(l - d->lasers.l), "lock",
-              json_pack("{s:s, s:i, s:b, s:s, s:s, s:f, s:o, s:f, s:f}", "laser", l->cfg->name,
-                        "channel", l->cfg->channel, "lock", l->lock_on, "state",
-                        laser_state_name(l->state), "reason", l->reason, "since", l->since_unix,
-                        "error_mhz", num_or_null(l->error_mhz), "output_v", l->pid.output_v,
-                        "setpoint_thz", l->pid.setpoint_thz));
+    mqtt_lock_state(&d->mqtt, (int)(l - d->lasers.l), text, strlen(text));
+    if (push_wanted(&d->push, PUSH_LOCKS))
+        push_event(&d->push, PUSH_LOCKS, (int)(l - d->lasers.l), "lock", text);
+    free(text);
 }
 
 static void on_meter_state(struct meter *m, void *ctx) {
@@ -1163,6 +1345,7 @@ static const struct rpc_method methods[] = {
     {.name = "laser.unlock", .fn = m_unlock, .params = laser_params, .write = true},
     {.name = "laser.set_gains", .fn = m_set_gains, .params = gains_params, .write = true},
     {.name = "laser.set_output", .fn = m_set_output, .params = output_params, .write = true},
+    {.name = "laser.autotune", .fn = m_autotune, .params = autotune_params, .write = true},
     {.name = "history", .fn = m_history, .params = history_params},
     {.name = "subscribe", .fn = m_subscribe, .params = subscribe_params},
     {.name = "unsubscribe", .fn = m_unsubscribe, .params = unsubscribe_params},
@@ -1212,6 +1395,10 @@ void methods_init(struct rpc_server *rpc, struct daemon *d) {
 void methods_listen(struct daemon *d) {
     d->lasers.on_state = on_lock_state;
     d->lasers.state_ctx = d;
+    /* Each laser's state as it starts, so MQTT has a retained one for every
+     * laser (no client can have subscribed yet: the loop has not run). */
+    for (int i = 0; i < d->lasers.n; i++)
+        on_lock_state(&d->lasers.l[i], d);
     d->meter.on_state = on_meter_state;
     d->meter.state_ctx = d;
 }

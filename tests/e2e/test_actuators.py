@@ -6,6 +6,7 @@ libserialport, with the test-only shim $PTY_SHIM preloaded. The fake
 wavemeter's frequencies follow the voltages the fake instruments hold
 (FAKE_WLM_TUNE), so the locks close a real loop through the serial line."""
 import os
+import re
 import socket
 import tempfile
 import time
@@ -193,12 +194,28 @@ def test_restart_off_survives_a_fault():
             d.result("laser.set_output", {"laser": "L2", "output_v": 30})
             if abs(mdt.voltages["y"] - 30) > 0.01:
                 fail("set_output did not reach the controller: %r" % mdt.voltages)
-        # Someone turns the knob while the daemon is down.
-        mdt.voltages = dict(mdt.voltages, y=12.0)
+        # Someone turns the knobs while the daemon is down: L2's to 12 V, L1's 5 V
+        # away from the output the daemon saved.
+        mdt.voltages = dict(mdt.voltages, x=mdt.voltages["x"] + 5.0, y=12.0)
+        turned_x, mark = mdt.voltages["x"], len(mdt.log)
         with Daemon(config(lasers), env=wm.env(), state_dir=state_dir) as d:
             wait_state(d, "L1", ("locked",), 60)
-            if state(d, "L2")["actuator_writes"] != 0 or mdt.voltages["y"] != 12.0:
-                fail("restart off wrote L2: %r, %r" % (state(d, "L2"), mdt.voltages))
+            l2 = state(d, "L2")
+            if l2["actuator_writes"] != 0 or mdt.voltages["y"] != 12.0:
+                fail("restart off wrote L2: %r, %r" % (l2, mdt.voltages))
+            # The MDT693B tells its output: restart "off" shows it instead of null.
+            if l2["output_v"] is None or abs(l2["output_v"] - 12.0) > 0.2:
+                fail("restart off: output_v %r, the device holds 12 V" % l2["output_v"])
+            # L1 resumes from what its axis holds, not from the saved output 5 V away:
+            # its first write after the restart is a controller step from there.
+            sets = [float(x.split("=")[1]) for x in mdt.log[mark:]
+                    if x.startswith("xvoltage=")]
+            if not sets or abs(sets[0] - turned_x) > 2.0:
+                fail("L1's first write after the restart %r, the axis held %.1f V"
+                     % (sets[:3], turned_x))
+            if not re.search(r"L1\": the actuator reads 4[45]\.\d+ V, not the saved output",
+                             d.log()):
+                fail("no log line for the output taken from the device:\n" + d.log())
             mdt.unplug()
             wait_state(d, "L2", ("fault",), 10)
             mdt.replug()

@@ -402,12 +402,65 @@ def test_restart_policies():
                             fail("release: not held: %r" % x)
                     over_readings(c, 20, held)
                 else:
-                    # Nothing written; the daemon takes output_initial_v as given.
-                    if l["lock"] or l["state"] != "off" or l["output_v"] != 0.25 or \
+                    # Nothing written: where the actuator is, the daemon does not
+                    # know, and says so (null), in laser.get and in the lock push.
+                    if l["lock"] or l["state"] != "off" or l["output_v"] is not None or \
                             l["actuator_writes"] != 0:
                         fail("off: %r" % l)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_kill9_after_step_resumes_the_applied_output():
+    # Issue 12: the saved output follows the laser. Locked, stepped 200 MHz, settled;
+    # kill -9 two seconds later (the periodic save is an hour away): the restart
+    # resumes from the output last applied, not from the one before the step.
+    cfg = sim_config([fast({"tolerance_mhz": 2.0})], state={"save_interval_s": 3600})
+    root = tempfile.mkdtemp(prefix="wmd-e2e-fresh-")
+    try:
+        d = Daemon(cfg, state_dir=root).start()
+        with d.client() as c:
+            c.result("laser.lock", ["L1"])
+            l = wait_state(c, "locked")
+            s = l["gains"]["sensitivity_mhz_per_v"]
+            c.result("laser.set_setpoint", ["L1", l["setpoint_thz"] + 200e-6])
+            wait_laser(c, lambda x: x["state"] == "locked" and
+                       abs(x["output_v"] - l["output_v"]) * abs(s) > 150, 20,
+                       "locked 200 MHz up")
+            # The scenario itself, not a wait for an event: the kill comes two
+            # seconds after the lock reported "locked" again.
+            time.sleep(2.0)
+            before = get(c)["output_v"]
+            d.kill9()
+        discard(d)
+        d = Daemon(cfg, state_dir=root).start()
+        with d.client() as c:
+            after = get(c)["output_v"]
+            jump_mhz = abs(after - before) * abs(s)
+            if jump_mhz > 2.0:
+                fail("restart jumped %.3f MHz: output %.5f V before kill -9, %.5f V after"
+                     % (jump_mhz, before, after))
+        finish(d)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_holding_error_is_null():
+    # Issue 12: while holding there is no current reading, so no current error; the
+    # age of the last good one is shown instead.
+    with Daemon(sim_config([fast()])) as d, d.client() as c:
+        c.result("laser.lock", ["L1"])
+        wait_state(c, "locked")
+        c.result("sim.fault", {"laser": "L1", "fault": "no_signal"})
+        l = wait_state(c, "holding")
+        if l["error_mhz"] is not None or not isinstance(l["error_age_s"], float):
+            fail("holding: error %r, age %r" % (l["error_mhz"], l["error_age_s"]))
+        age = l["error_age_s"]
+        l = wait_laser(c, lambda x: x["error_age_s"] > age + 0.2, 5, "the error's age to grow")
+        c.result("sim.fault", {"laser": "L1", "fault": "none"})
+        l = wait_laser(c, lambda x: x["error_mhz"] is not None, 5, "an error again")
+        if l["error_age_s"] > 1.0:
+            fail("error age after recovery: %r" % l)
 
 
 class Writer(threading.Thread):
@@ -877,6 +930,41 @@ def test_lock_state_edges():
             fail("still locked right after a 30 MHz setpoint step: %r" % step)
 
 
+def test_autotune_over_rpc():
+    """laser.autotune as a user runs it: refused while locked, then on the
+    unlocked laser it reports progress in laser.get, finds the simulator's
+    S (-30 MHz/V, the config says +50) and applies it; the lock then holds."""
+    cfg = sim_config([fast({"sensitivity_mhz_per_v": 50.0,
+                            "sim": {"sensitivity_mhz_per_v": -30.0, "noise_mhz": 0.2,
+                                    "drift_mhz_per_sqrt_s": 0.1}})])
+    with Daemon(cfg) as d, Client(d.port) as c:
+        c.result("laser.lock", ["L1"])
+        expect_error(c, "laser.autotune", ["L1"], -32010, "while locked")
+        c.result("laser.unlock", ["L1"])
+        expect_error(c, "laser.autotune", {"laser": "L1", "step_v": 100}, -32602, "step_v 100")
+        started = c.result("laser.autotune", {"laser": "L1", "apply": True})
+        if started["autotune"]["state"] != "holding":
+            fail("autotune did not start holding: %r" % started["autotune"])
+        l = wait_laser(c, lambda l: l["autotune"]["state"] in ("done", "failed"), 30,
+                       "autotune to finish")
+        res = l["autotune"].get("result")
+        if l["autotune"]["state"] != "done" or not res["applied"]:
+            fail("autotune: %r" % l["autotune"])
+        if abs(res["sensitivity_mhz_per_v"] / -30.0 - 1) > 0.1:
+            fail("autotune found S %r, want -30" % res["sensitivity_mhz_per_v"])
+        # The result is shown to 6 digits, the gains in full.
+        if not math.isclose(l["gains"]["sensitivity_mhz_per_v"], res["sensitivity_mhz_per_v"],
+                            rel_tol=1e-5) or \
+                not math.isclose(l["gains"]["ki_v_per_mhz_s"], res["gains"]["ki_v_per_mhz_s"],
+                                 rel_tol=1e-5):
+            fail("autotune result not applied: %r" % l["gains"])
+        c.result("laser.lock", ["L1"])
+        l = wait_state(c, "locked", timeout=20)
+        if not (l["control"]["dt_s"] > 0 and l["control"]["gi"] > 0 and
+                l["control"]["backoff"] == 1.0):
+            fail("control after the lock: %r" % l["control"])
+
+
 SUITE = [
     ("converges", test_converges_from_200_mhz),
     ("noise_floor", test_locked_noise_floor),
@@ -886,6 +974,8 @@ SUITE = [
     ("auto_relock_gives_up", test_auto_relock_gives_up),
     ("lock_relocks_lost", test_lock_relocks_a_lost_laser),
     ("kill9_acknowledged", test_kill9_keeps_acknowledged_changes),
+    ("kill9_after_step", test_kill9_after_step_resumes_the_applied_output),
+    ("holding_error_is_null", test_holding_error_is_null),
     ("restart_policies", test_restart_policies),
     ("kill9_burst", test_kill9_during_write_burst),
     ("corrupt_state", test_corrupt_state_file),
@@ -897,5 +987,6 @@ SUITE = [
     ("sigterm_answers_owed", test_sigterm_answers_owed_writes),
     ("state_dir_gone", test_state_dir_gone_then_back),
     ("lock_state_edges", test_lock_state_edges),
+    ("autotune_over_rpc", test_autotune_over_rpc),
 ]
 run_tests(SUITE)

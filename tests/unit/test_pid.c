@@ -68,11 +68,12 @@ static struct pid_params default_params(double s_mhz_per_v) {
     return p;
 }
 
-/* The law's own statement of consistency: I - s*kp*e - s*kd*d == output. */
+/* The law's own statement of consistency: I - s*kp'*e - s*kd'*d == output, with
+ * the gains the last step used (the configured ones unless the bound acted). */
 static double law_output(const struct pid *pid) {
     double s = pid->p.sensitivity_mhz_per_v < 0.0 ? -1.0 : 1.0;
-    return pid->integral_v - s * pid->p.kp_v_per_mhz * pid->last_error_mhz -
-           s * pid->p.kd_v_s_per_mhz * pid->last_deriv_mhz_per_s;
+    return pid->integral_v - s * pid->eff_kp_v_per_mhz * pid->last_error_mhz -
+           s * pid->eff_kd_v_s_per_mhz * pid->last_deriv_mhz_per_s;
 }
 
 /* ---- step response ---------------------------------------------------- */
@@ -90,9 +91,12 @@ static const struct step_case {
     {"S=+50, no lag, start below", 50.0, 0.0, 0.002, 0.05, 0.0, -200.0, 30},
     {"S=+50, 0.1 s lag, default gains", 50.0, 0.1, 0.002, 0.05, 0.0, 200.0, 30},
     {"S=-50, 0.3 s lag, default gains", -50.0, 0.3, 0.002, 0.05, 0.0, 200.0, 45},
-    {"S=+50, I only, ki|S|dt=1 (deadbeat)", 50.0, 0.0, 0.0, 0.2, 0.0, 200.0, 3},
-    {"S=-50, I only, ki|S|dt=1 (deadbeat)", -50.0, 0.0, 0.0, 0.2, 0.0, 200.0, 3},
-    {"S=+50, 0.3 s lag, P damps I", 50.0, 0.3, 0.008, 0.1, 0.0, 200.0, 30},
+    /* Deadbeat asked, gI bounded to 0.6: 0.4 a reading, 200 -> 0.5 MHz in 7. */
+    {"S=+50, I only, ki|S|dt=1 asked, bound 0.6", 50.0, 0.0, 0.0, 0.2, 0.0, 200.0, 8},
+    {"S=-50, I only, ki|S|dt=1 asked, bound 0.6", -50.0, 0.0, 0.0, 0.2, 0.0, 200.0, 8},
+    {"S=+50, I only, ki|S|dt=0.6 (the bound)", 50.0, 0.0, 0.0, 0.12, 0.0, 200.0, 8},
+    /* gP 0.4 leaves gI at most 0.9 (1 - 0.8) = 0.18 of the 0.5 asked. */
+    {"S=+50, 0.3 s lag, P damps I (gI bounded)", 50.0, 0.3, 0.008, 0.1, 0.0, 200.0, 40},
     {"S=+50, no lag, small D", 50.0, 0.0, 0.002, 0.05, 0.00005, 200.0, 30},
     {"S=-5, weak actuator", -5.0, 0.0, 0.02, 0.5, 0.0, 20.0, 25},
 };
@@ -342,8 +346,10 @@ START_TEST(test_bumpless_engage) {
     r = pid_step(&pid, F0_THZ + e2_mhz * 1e-6, t_ns, &out_v, &e_mhz);
     ck_assert_int_eq(r, PID_STEPPED);
     double de = e_mhz - before_e;
-    double want_v = before_v - s * p.kp_v_per_mhz * de - s * p.ki_v_per_mhz_s * e_mhz * 0.1 -
-                    s * p.kd_v_s_per_mhz * de / 0.1;
+    /* With the gains the step used: gD = kd |S| / dt may be bounded. */
+    double want_v = before_v - s * pid.eff_kp_v_per_mhz * de -
+                    s * pid.eff_ki_v_per_mhz_s * e_mhz * 0.1 -
+                    s * pid.eff_kd_v_s_per_mhz * de / 0.1;
     want_v = fmin(fmax(want_v, p.output_min_v), p.output_max_v);
     ck_assert_msg(fabs(out_v - want_v) < 1e-9, "%s: second step %.12g, want %.12g", c->label, out_v,
                   want_v);
@@ -382,7 +388,8 @@ static const struct jitter_case {
     double error_mhz;
 } jitter_cases[] = {
     {"S>0, dt 0.05 s", 50.0, UINT64_C(50000000), 12.0},
-    {"S>0, dt 0.3 s", 50.0, UINT64_C(300000000), 12.0},
+    {"S>0, dt 0.3 s (gI 0.75 bounded to 0.6)", 50.0, UINT64_C(300000000), 12.0},
+    {"S<0, dt 0.2 s (gI 0.5)", -50.0, UINT64_C(200000000), 12.0},
     {"S<0, dt 0.137 s", -50.0, UINT64_C(137000000), -7.5},
     {"S<0, dt 1 ns", -50.0, UINT64_C(1), 3.0},
 };
@@ -404,10 +411,16 @@ START_TEST(test_dt_jitter_increment) {
     ck_assert_int_eq(r, PID_STEPPED);
     double s = c->s_mhz_per_v < 0.0 ? -1.0 : 1.0;
     double dt_s = (double)c->dt_ns / NS_PER_S;
-    double want = -s * p.ki_v_per_mhz_s * e_mhz * dt_s;
+    /* ki |S| dt above the bound (0.6) integrates 0.6 of the error instead. */
+    double gi = fmin(p.ki_v_per_mhz_s * fabs(c->s_mhz_per_v) * dt_s, PID_GI_SAFE);
+    double want = -s * gi / fabs(c->s_mhz_per_v) * e_mhz;
     ck_assert_msg(fabs((pid.integral_v - before_i) - want) <= 1e-12 * fmax(1.0, fabs(before_i)),
                   "%s: integrator moved %.17g, want %.17g", c->label, pid.integral_v - before_i,
                   want);
+    ck_assert_msg(pid.bounded == (gi < p.ki_v_per_mhz_s * fabs(c->s_mhz_per_v) * dt_s),
+                  "%s: bounded %d", c->label, pid.bounded);
+    ck_assert_double_eq_tol(pid.dt_s, dt_s, 1e-12);
+    ck_assert_double_eq_tol(pid.eff.gi, gi, 1e-12);
 }
 END_TEST
 
@@ -450,8 +463,10 @@ START_TEST(test_gap) {
         ck_assert_msg(fabs(pid.integral_v - before_i) < 1e-12, "%s: I %g -> %g", c->label, before_i,
                       pid.integral_v);
     } else {
+        /* ki |S| dt = 1.25 and 2.5 here: the bound integrates 0.6 of the error. */
         double dt_s = (double)c->gap_ns / NS_PER_S;
-        ck_assert_msg(fabs(pid.integral_v - (before_i - p.ki_v_per_mhz_s * e_mhz * dt_s)) < 1e-12,
+        double gi = fmin(p.ki_v_per_mhz_s * 50.0 * dt_s, PID_GI_SAFE);
+        ck_assert_msg(fabs(pid.integral_v - (before_i - gi / 50.0 * e_mhz)) < 1e-12,
                       "%s: integrator did not integrate dt %g", c->label, dt_s);
     }
     /* The reading after that is an ordinary step again. */
@@ -667,7 +682,13 @@ START_TEST(test_set_params_bumpless) {
     double last_d = pid.last_deriv_mhz_per_s;
     double out_v;
     pid_step(&pid, F0_THZ + e_mhz * 1e-6, t_ns, &out_v, &e_mhz);
-    double want_v = before_v + q.ki_v_per_mhz_s * e_mhz * 0.1 + q.kd_v_s_per_mhz * (0.0 - last_d);
+    /* With the gains the step used: at |S| 20 and dt 0.1 s these ask for gP 0.2, gD 0.4
+     * and gI 0.4, bounded to gD 0.1 and gI 0.18. */
+    ck_assert(pid.bounded);
+    ck_assert_double_eq_tol(pid.eff.gd, PID_GD_SAFE, 1e-12);
+    ck_assert_double_eq_tol(pid.eff.gi, 0.18, 1e-12);
+    double want_v =
+        before_v + pid.eff_ki_v_per_mhz_s * e_mhz * 0.1 + pid.eff_kd_v_s_per_mhz * (0.0 - last_d);
     ck_assert_double_eq_tol(out_v, want_v, 1e-9);
 
     /* A narrower range re-clamps the output and keeps the law consistent. */
@@ -693,6 +714,193 @@ START_TEST(test_set_params_bumpless) {
 }
 END_TEST
 
+/* ---- the bound on per-reading gains ------------------------------------- */
+
+/* Impulse response of e' = e + (1-a) dc + a dc_1, dc = -gI e - gP de - gD d2e:
+ * a laser with a fraction a of each correction landing a reading late.
+ * Returns the largest |e| over the last 50 of 600 readings. */
+static double tail_growth(const struct pid_gains *g, double mult, double a) {
+    double e0 = 1.0, e1 = 1.0, e2 = 1.0, dc1 = 0.0, tail = 0.0;
+
+    for (int k = 0; k < 600; k++) {
+        double dc = -mult * (g->gi * e0 + g->gp * (e0 - e1) + g->gd * (e0 - 2.0 * e1 + e2));
+        double en = e0 + (1.0 - a) * dc + a * dc1;
+        e2 = e1;
+        e1 = e0;
+        e0 = en;
+        dc1 = dc;
+        if (k >= 550 && fabs(en) > tail)
+            tail = fabs(en);
+    }
+    return tail;
+}
+
+/* Whatever the gains ask, the bounded ones keep the loop stable with a true
+ * |S| twice the configured one, and with a whole reading of lag. */
+START_TEST(test_bound_is_robust) {
+    static const double gps[] = {0, 0.05, 0.1, 0.2, 0.4, 0.9, 3, 50};
+    static const double gis[] = {0.01, 0.1, 0.5, 0.7, 1, 2, 10, 1000};
+    static const double gds[] = {0, 0.02, 0.1, 0.3, 5};
+    int n = 0;
+
+    for (size_t i = 0; i < sizeof(gps) / sizeof(gps[0]); i++)
+        for (size_t j = 0; j < sizeof(gis) / sizeof(gis[0]); j++)
+            for (size_t k = 0; k < sizeof(gds) / sizeof(gds[0]); k++) {
+                struct pid_gains g = {gps[i], gis[j], gds[k]}, asked = g;
+                bool changed = pid_gains_bound(&g);
+                struct pid_gains twice = {2 * g.gp, 2 * g.gi, 2 * g.gd};
+
+                ck_assert_msg(g.gp <= asked.gp && g.gi <= asked.gi && g.gd <= asked.gd,
+                              "the bound raised a gain");
+                ck_assert(changed == (g.gp != asked.gp || g.gi != asked.gi || g.gd != asked.gd));
+                ck_assert_msg(g.gi > 0.15 || g.gi == asked.gi, "gI %.3f left", g.gi);
+                ck_assert_msg(pid_gains_stable(&g) && pid_gains_stable(&twice),
+                              "asked gP %g gI %g gD %g, bounded %g %g %g: unstable at 2x", gps[i],
+                              gis[j], gds[k], g.gp, g.gi, g.gd);
+                ck_assert_msg(tail_growth(&g, 2.0, 0.0) < 0.05 && tail_growth(&g, 1.0, 1.0) < 0.05,
+                              "asked gP %g gI %g gD %g: bounded gains ring (2x %.3g, lag %.3g)",
+                              gps[i], gis[j], gds[k], tail_growth(&g, 2.0, 0.0),
+                              tail_growth(&g, 1.0, 1.0));
+                n++;
+            }
+    ck_assert_int_eq(n, 320);
+}
+END_TEST
+
+/* Jury's test against the documented edges of the P+I loop and an
+ * impulse response. */
+static const struct stable_case {
+    const char *label;
+    struct pid_gains g;
+    bool stable;
+} stable_cases[] = {
+    {"I 0.5", {0, 0.5, 0}, true},
+    {"I 1.99", {0, 1.99, 0}, true},
+    {"I 2.01", {0, 2.01, 0}, false},
+    {"P 0.1, I 1.79 (< 2 - 2gP)", {0.1, 1.79, 0}, true},
+    {"P 0.1, I 1.81", {0.1, 1.81, 0}, false},
+    {"P 1.01 alone", {1.01, 0.01, 0}, false},
+    {"no I: the error stays", {0.1, 0, 0}, true},
+    {"the issue's 16 lasers: gI 2.0, gP 0.1", {0.1, 2.0, 0}, false},
+    {"D 0.2 with I 0.5", {0.1, 0.5, 0.2}, true},
+    {"D 0.5 with I 0.5", {0.1, 0.5, 0.5}, false},
+};
+
+START_TEST(test_gains_stable) {
+    const struct stable_case *c = &stable_cases[_i];
+    ck_assert_msg(pid_gains_stable(&c->g) == c->stable, "%s", c->label);
+    if (c->g.gi > 0)
+        ck_assert_msg((tail_growth(&c->g, 1.0, 0.0) < 1e-2) == c->stable, "%s: impulse %g",
+                      c->label, tail_growth(&c->g, 1.0, 0.0));
+}
+END_TEST
+
+/* The issue's case: 16 lasers, a reading every 0.8 s, default gains. The
+ * per-reading gains follow dt; the bound keeps gI at 0.6 and the lock
+ * settles instead of ringing forever; the next short dt is not bounded. */
+START_TEST(test_bound_follows_dt) {
+    struct pid_params p = default_params(50.0);
+    struct pid pid;
+    struct plant pl;
+    uint64_t t_ns = T0_NS;
+    double e_mhz = 0, worst_late = 0;
+
+    pid_init(&pid, &p, F0_THZ, 0.0);
+    plant_init(&pl, F0_THZ + 100e-6, 50.0, 0.0, 0.0);
+    pid_engage(&pid, 0.0, F0_THZ, t_ns);
+    for (int k = 0; k < 40; k++) {
+        t_ns += UINT64_C(800000000);
+        plant_advance(&pl, pid.output_v, 0.8);
+        pid_step(&pid, pl.f_thz, t_ns, NULL, &e_mhz);
+        if (k >= 20 && fabs(e_mhz) > worst_late)
+            worst_late = fabs(e_mhz);
+    }
+    ck_assert(pid.bounded);
+    ck_assert_double_eq_tol(pid.dt_s, 0.8, 1e-12);
+    ck_assert_double_eq_tol(pid.asked.gi, 2.0, 1e-12);
+    ck_assert_double_eq_tol(pid.asked.gp, 0.1, 1e-12);
+    ck_assert_double_eq_tol(pid.eff.gi, PID_GI_SAFE, 1e-12);
+    ck_assert_double_eq_tol(pid.eff.gp, 0.1, 1e-12);
+    ck_assert_msg(worst_late < 1e-3, "still %g MHz off after 20 readings", worst_late);
+    /* dt back to 0.2 s: gI 0.5, as asked. */
+    t_ns += UINT64_C(200000000);
+    plant_advance(&pl, pid.output_v, 0.2);
+    pid_step(&pid, pl.f_thz, t_ns, NULL, NULL);
+    ck_assert(!pid.bounded);
+    ck_assert_double_eq_tol(pid.eff.gi, 0.5, 1e-12);
+    ck_assert(pid.eff_ki_v_per_mhz_s == p.ki_v_per_mhz_s);
+}
+END_TEST
+
+/* A change of dt that moves the bound, and a back-off, are bumpless: a
+ * steady error moves the output only by the integrator's share. */
+START_TEST(test_bound_bumpless) {
+    struct pid_params p = default_params(50.0);
+    struct pid pid;
+    uint64_t t_ns = T0_NS;
+    double e = 3.0, out_v, before_v;
+
+    p.kp_v_per_mhz = 0.02; /* gP 1.0 asked: bounded to 0.4 */
+    pid_init(&pid, &p, F0_THZ, 0.0);
+    pid_engage(&pid, 0.0, F0_THZ, t_ns);
+    for (int k = 0; k < 3; k++) {
+        t_ns += DT_NS;
+        pid_step(&pid, F0_THZ + e * 1e-6, t_ns, NULL, NULL);
+    }
+    ck_assert_double_eq_tol(pid.eff.gp, PID_GP_SAFE, 1e-12);
+    pid.gain_scale = 0.5;
+    before_v = pid.output_v;
+    t_ns += DT_NS;
+    pid_step(&pid, F0_THZ + e * 1e-6, t_ns, &out_v, &e);
+    ck_assert_double_eq_tol(pid.eff.gp, PID_GP_SAFE * 0.5, 1e-12);
+    ck_assert_msg(fabs(out_v - (before_v - pid.eff.gi / 50.0 * e)) < 1e-12,
+                  "moved %.17g, want %.17g", out_v - before_v, -pid.eff.gi / 50.0 * e);
+    ck_assert_double_eq_tol(law_output(&pid), out_v, 1e-12);
+}
+END_TEST
+
+/* ---- the oscillation detector ------------------------------------------- */
+
+static const struct osc_case {
+    const char *label;
+    double e[16];
+    int n;
+    int detect_at; /* 0-based reading that detects, -1: none */
+    double period; /* readings */
+} osc_cases[] = {
+    {"alternating, growing", {100, -105, 110, -116, 121, -127}, 6, 3, 2},
+    {"alternating, steady", {50, -50, 50, -50, 50, -50}, 6, 3, 2},
+    {"alternating, decaying by half: a damped loop", {100, -50, 25, -12, 6, -3}, 6, -1, 0},
+    {"one overshoot after a step", {-100, -10, 3, 1, 0.5, 0.2}, 6, -1, 0},
+    {"period 4", {40, 40, -40, -40, 40, 40, -40, -40, 40}, 9, 6, 4},
+    {"noise within the threshold", {1.5, -1.2, 1.9, -1.8, 1.1, -0.5, 1.9, -1.9}, 8, -1, 0},
+    {"slow swing, 12 readings a side",
+     {9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, -9, -9, -9, -9},
+     16,
+     -1,
+     0},
+};
+
+START_TEST(test_osc) {
+    const struct osc_case *c = &osc_cases[_i];
+    struct pid_osc o;
+    struct pid_osc_report rep = {0};
+    int at = -1;
+
+    pid_osc_reset(&o);
+    for (int k = 0; k < c->n && at < 0; k++)
+        if (pid_osc_feed(&o, c->e[k], 2.0, T0_NS + (uint64_t)k * UINT64_C(800000000), &rep))
+            at = k;
+    ck_assert_msg(at == c->detect_at, "%s: detected at %d, want %d", c->label, at, c->detect_at);
+    if (at >= 0) {
+        ck_assert_double_eq_tol(rep.period_readings, c->period, 1e-9);
+        ck_assert_double_eq_tol(rep.period_s, c->period * 0.8, 1e-9);
+        ck_assert(rep.amplitude_mhz > 2.0);
+        ck_assert_int_eq(o.n, 0); /* starts afresh */
+    }
+}
+END_TEST
+
 static Suite *pid_suite(void) {
     Suite *s = suite_create("pid");
     TCase *tc = tcase_create("core");
@@ -710,6 +918,11 @@ static Suite *pid_suite(void) {
     tcase_add_test(tc, test_ramp_jump_and_retarget);
     tcase_add_test(tc, test_hold);
     tcase_add_test(tc, test_set_params_bumpless);
+    tcase_add_test(tc, test_bound_is_robust);
+    tcase_add_loop_test(tc, test_gains_stable, 0, ROWS(stable_cases));
+    tcase_add_test(tc, test_bound_follows_dt);
+    tcase_add_test(tc, test_bound_bumpless);
+    tcase_add_loop_test(tc, test_osc, 0, ROWS(osc_cases));
 #undef ROWS
     suite_add_tcase(s, tc);
     return s;
