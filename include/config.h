@@ -24,6 +24,12 @@
 #define CONFIG_RAMP_MAX_MHZ_PER_S 1000000.0
 
 enum restart_policy { RESTART_RESUME, RESTART_RELEASE, RESTART_OFF };
+/* After "lost": put the output back where the laser was last locked, or
+ * leave it where the freeze held it. */
+enum lost_action { LOST_PARK, LOST_HOLD };
+/* A setpoint change beyond capture_mhz while locked: carried out as a ramp
+ * at large_step_rate_mhz_per_s, or refused. */
+enum large_step { LARGE_STEP_RAMP, LARGE_STEP_REFUSE };
 
 /* Room for one driver's own settings struct (a serial port path, a
  * command template, ...): the largest driver's struct fits with room to spare;
@@ -89,6 +95,9 @@ struct laser_config {
     double stale_s;           /* reading older than this never reaches the loop */
     enum restart_policy restart;
     bool auto_relock;
+    enum lost_action lost_action;
+    enum large_step large_step;
+    double large_step_rate_mhz_per_s;
     int relock_attempts;
     double relock_delay_s; /* wait after lost before each relock attempt */
     int history_depth;     /* readings kept per channel */

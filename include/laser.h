@@ -28,7 +28,9 @@ enum lock_state {
     LOCK_LOST,
     LOCK_FAULT,
     LOCK_UNSTABLE, /* the error swings without decaying: gains backed off */
+    LOCK_RAMPING,  /* following a moving target (a setpoint ramp), with feed-forward */
 };
+#define LOCK_NSTATES (LOCK_RAMPING + 1)
 
 const char *laser_state_name(enum lock_state s);
 
@@ -123,11 +125,17 @@ struct laser {
     enum lock_state state;
     char reason[256];
     double since_unix;
-    double error_mhz;         /* last error, NAN if none (or no current reading) */
-    uint64_t error_t_ns;      /* the reading of the last error that was a number; 0: none */
-    int in_tolerance;         /* consecutive readings within tolerance */
-    int out_tolerance;        /* consecutive readings outside it */
-    int outside_capture;      /* consecutive readings outside the capture range */
+    double error_mhz;        /* last error, NAN if none (or no current reading) */
+    uint64_t error_t_ns;     /* the reading of the last error that was a number; 0: none */
+    int in_tolerance;        /* consecutive readings within tolerance */
+    int out_tolerance;       /* consecutive readings outside it */
+    int outside_capture;     /* consecutive readings outside the capture range */
+    double capture_jump_mhz; /* how far the error jumped into the first of them; NAN: unknown */
+    bool park_pending;       /* lost with lost_action park: the output goes back when it can */
+    /* A setpoint change beyond capture_mhz carried out as a ramp at
+     * large_step_rate_mhz_per_s: the laser's own ramp rate comes back after. */
+    bool large_move;
+    double rate_after_move;
     uint64_t railed_since_ns; /* 0 = not railed */
     bool have_locked_output;
     double locked_output_v; /* last output while locked: where relock returns */
@@ -149,6 +157,7 @@ struct laser {
      * read's tolerance, take the device's and write nothing. read_only: a
      * restart "off", which writes nothing in any case. */
     bool job_resume, job_read_only, job_adopted, job_read_failed;
+    bool job_ff; /* a write of the feed-forward between readings: no engage after it */
     double job_output_v;
     enum pid_result job_result;
     double job_error_mhz;
@@ -190,6 +199,8 @@ struct lasers {
     struct actdev devs[CONFIG_MAX_LASERS];
     struct store store;
     uv_timer_t save_timer; /* every second: a fresh output, or the periodic save */
+    uv_timer_t ramp_timer; /* while a locked laser ramps: its feed-forward between readings */
+    bool ramp_timer_on;
     bool outputs_dirty;
     bool fresh_due;        /* an output moved away from its saved value */
     uint64_t last_save_ms; /* uv_now of the last snapshot */

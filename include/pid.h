@@ -93,6 +93,7 @@ struct pid {
     double ramp_from_thz;        /* target where the present ramp started */
     uint64_t ramp_from_t_ns;     /* time the present ramp started; the target is computed
                                     from these, so it does not drift by rounding */
+    double ff_thz;               /* the target the output already follows (feed-forward) */
 
     /* Per-reading gains of the last full step (docs/CONTROL.md "Loop gain"). */
     double gain_scale;       /* back-off factor in [PID_SCALE_MIN, 1]; 1 = none */
@@ -141,6 +142,16 @@ void pid_set_setpoint(struct pid *pid, double setpoint_thz, double ramp_mhz_per_
  */
 enum pid_result pid_step(struct pid *pid, double measured_thz, uint64_t t_ns, double *output_v,
                          double *error_mhz);
+
+/*
+ * Feed-forward of a moving target: moves the output (and the integrator with
+ * it) by how far the target has walked since the output last followed it, up
+ * to t_ns, through the sensitivity; clamped to the range. Called by every
+ * step and, between readings, by the lock's ramp timer, so a ramp is
+ * followed rather than trailed by rate/(ki|S|). Returns the change in V (0
+ * without a ramp, with S 0, or on a rail). Pure.
+ */
+double pid_feed_forward(struct pid *pid, uint64_t t_ns);
 
 /* A bad or stale reading: output held, integrator frozen, the next good reading
  * starts a fresh dt (no integration across the gap). */

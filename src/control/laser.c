@@ -27,6 +27,8 @@ struct laser_change {
 };
 
 static void laser_job_start(struct laser *l);
+static void laser_park_now(struct laser *l);
+static void lasers_ramp_kick(struct lasers *ls);
 static void lasers_check_stopped(struct lasers *ls);
 static void tune_cancel(struct laser *l, const char *why);
 static void tune_on_reading(struct laser *l, const struct reading *r);
@@ -34,7 +36,7 @@ static void tune_on_reading(struct laser *l, const struct reading *r);
 static const char *const state_names[] = {
     [LOCK_OFF] = "off",         [LOCK_ACQUIRING] = "acquiring", [LOCK_LOCKED] = "locked",
     [LOCK_HOLDING] = "holding", [LOCK_RAILED] = "railed",       [LOCK_LOST] = "lost",
-    [LOCK_FAULT] = "fault",     [LOCK_UNSTABLE] = "unstable",
+    [LOCK_FAULT] = "fault",     [LOCK_UNSTABLE] = "unstable",   [LOCK_RAMPING] = "ramping",
 };
 
 const char *laser_state_name(enum lock_state s) {
@@ -106,10 +108,11 @@ static json_t *lasers_snapshot(void *ctx) {
 
     for (int i = 0; i < ls->n; i++) {
         struct laser *l = &ls->l[i];
-        json_t *o = json_pack("{s:f, s:f, s:f, s:f, s:f, s:b}", "setpoint_thz", l->pid.setpoint_thz,
-                              "ramp_mhz_per_s", l->pid.ramp_mhz_per_s, "kp_v_per_mhz",
-                              l->pid.p.kp_v_per_mhz, "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s,
-                              "kd_v_s_per_mhz", l->pid.p.kd_v_s_per_mhz, "lock", l->lock_on);
+        json_t *o = json_pack(
+            "{s:f, s:f, s:f, s:f, s:f, s:b}", "setpoint_thz", l->pid.setpoint_thz, "ramp_mhz_per_s",
+            l->large_move ? l->rate_after_move : l->pid.ramp_mhz_per_s, "kp_v_per_mhz",
+            l->pid.p.kp_v_per_mhz, "ki_v_per_mhz_s", l->pid.p.ki_v_per_mhz_s, "kd_v_s_per_mhz",
+            l->pid.p.kd_v_s_per_mhz, "lock", l->lock_on);
         /* An output the daemon does not know is not saved as if it did. */
         if (o != NULL && l->output_known) {
             json_object_set_new(o, "output_v", json_real(l->pid.output_v));
@@ -464,16 +467,48 @@ static void laser_check_gains(struct laser *l, const char *when) {
 
 /* ---- the lock state machine ---- */
 
+/*
+ * "Lost": the controller stopped at the first reading outside the capture
+ * range; with lost_action park the output now goes back to where the laser
+ * was last locked (when the device is free: park_pending until then), with
+ * hold it stays. what: the clause for the reason.
+ */
+static void laser_park(struct laser *l, char *what, size_t len) {
+    if (l->cfg->lost_action != LOST_PARK || !l->have_locked_output) {
+        snprintf(what, len, "output held at %.4f V", l->pid.output_v);
+        return;
+    }
+    snprintf(what, len, "output back to %.4f V, where it was last locked", l->locked_output_v);
+    l->park_pending = fabs(l->pid.output_v - l->locked_output_v) > 1e-9;
+    laser_park_now(l);
+}
+
+/* lost_after readings in a row outside the capture range: "lost", saying
+ * whether it came as one jump (a mode hop) or drifted out. */
+static void laser_lost_capture(struct laser *l, double error_mhz, uint64_t t_ns) {
+    const struct laser_config *c = l->cfg;
+    char park[96];
+
+    l->lost_ns = t_ns;
+    laser_park(l, park, sizeof(park));
+    if (fabs(l->capture_jump_mhz) > c->capture_mhz)
+        laser_set_state(l, LOCK_LOST,
+                        "mode hop suspected: error jumped %.0f MHz in one reading (%.1f MHz now, "
+                        "capture range %.0f MHz); %s",
+                        l->capture_jump_mhz, error_mhz, c->capture_mhz, park);
+    else
+        laser_set_state(l, LOCK_LOST,
+                        "error %.1f MHz outside the %.0f MHz capture range for %d readings; %s",
+                        error_mhz, c->capture_mhz, l->outside_capture, park);
+}
+
 static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns) {
     const struct laser_config *c = l->cfg;
     double abs_e = fabs(error_mhz);
 
     l->outside_capture = abs_e > c->capture_mhz ? l->outside_capture + 1 : 0;
     if (l->outside_capture >= c->lost_after) {
-        l->lost_ns = t_ns;
-        laser_set_state(l, LOCK_LOST,
-                        "error %.1f MHz outside the %.0f MHz capture range for %d readings",
-                        error_mhz, c->capture_mhz, l->outside_capture);
+        laser_lost_capture(l, error_mhz, t_ns);
         return;
     }
     /* Railed means sitting on a limit, not on the way there under the slew
@@ -498,6 +533,30 @@ static void laser_evaluate(struct laser *l, double error_mhz, uint64_t t_ns) {
         return;
     }
     l->railed_since_ns = 0;
+    if (!pid_ramp_done(&l->pid)) {
+        /* Following a moving target: the readings within tolerance count
+         * toward "locked" at the ramp's end, and say where the laser is
+         * locked now (a park returns there). */
+        if (abs_e <= c->tolerance_mhz) {
+            l->out_tolerance = 0;
+            l->in_tolerance++;
+            l->have_locked_output = true;
+            l->locked_output_v = out;
+        } else {
+            l->in_tolerance = 0;
+            l->out_tolerance++;
+        }
+        lasers_ramp_kick(l->owner);
+        laser_set_state(
+            l, LOCK_RAMPING, "following the setpoint at %g MHz/s, %.1f MHz to go, error %.3f MHz",
+            l->pid.ramp_mhz_per_s, (l->pid.setpoint_thz - l->pid.target_thz) * 1e6, error_mhz);
+        return;
+    }
+    if (l->large_move) {
+        /* The large step is done: the laser's own ramp rate again. */
+        l->large_move = false;
+        l->pid.ramp_mhz_per_s = l->rate_after_move;
+    }
     if (abs_e <= c->tolerance_mhz) {
         l->out_tolerance = 0;
         if (++l->in_tolerance >= c->locked_after) {
@@ -669,6 +728,14 @@ static void laser_after_work(struct actdev_job *j, int status) {
     l->readback_v = l->job_io.readback_v;
     l->output_known = true;
     l->owner->outputs_dirty = true;
+    if (l->job_ff) {
+        /* The feed-forward between readings: the controller moved its own
+         * output and integrator already (pid_feed_forward); nothing to take. */
+        l->job_ff = false;
+        laser_output_moved(l);
+        lasers_check_stopped(l->owner);
+        return;
+    }
     if (!l->job_step) {
         /* A plain write: set_output, a restart or a relock. The controller
          * takes the new output as its own, bumpless, and a setpoint ramp in
@@ -741,11 +808,25 @@ static void laser_job_start(struct laser *l) {
     }
 }
 
-static void laser_try_relock(struct laser *l, uint64_t t_ns) {
+/* The park a "lost" asked for, once no job of the laser's runs. */
+static void laser_park_now(struct laser *l) {
+    if (!l->park_pending || l->busy || !actdev_ready(l->dev))
+        return;
+    l->park_pending = false;
+    l->job_step = false;
+    l->job_output_v = l->locked_output_v;
+    laser_job_start(l);
+}
+
+/* Auto-relock, only from inside the capture range: error_mhz is the
+ * reading's error from the setpoint (NAN: no good reading). */
+static void laser_try_relock(struct laser *l, double error_mhz, uint64_t t_ns) {
     const struct laser_config *c = l->cfg;
 
     if (!c->auto_relock || l->relocks >= c->relock_attempts || l->busy)
         return;
+    if (!(fabs(error_mhz) <= c->capture_mhz))
+        return; /* a mode hop that has not healed: nothing to chase */
     if ((double)(t_ns - l->lost_ns) * 1e-9 < c->relock_delay_s)
         return;
     l->relocks++;
@@ -757,7 +838,10 @@ static void laser_try_relock(struct laser *l, uint64_t t_ns) {
                     c->relock_attempts, l->job_output_v);
     /* Aim straight at the setpoint; the laser's ramp rate stays for later
      * setpoint changes. */
-    double ramp = l->pid.ramp_mhz_per_s;
+    double ramp = l->large_move ? l->rate_after_move : l->pid.ramp_mhz_per_s;
+
+    l->large_move = false;
+    l->park_pending = false; /* the relock writes the locked output itself */
     pid_set_setpoint(&l->pid, l->pid.setpoint_thz, 0, t_ns);
     l->pid.ramp_mhz_per_s = ramp;
     laser_job_start(l);
@@ -796,7 +880,9 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         laser_note_error(l, s.error_mhz, r->t_ns);
         s.state = l->state;
         hist_push(l, &s);
-        laser_try_relock(l, r->t_ns);
+        laser_park_now(l);
+        if (r->status == WM_OK && !r->straddled)
+            laser_try_relock(l, (r->frequency_thz - l->pid.setpoint_thz) * 1e6, r->t_ns);
         return;
     }
     if (!actdev_ready(l->dev)) {
@@ -833,6 +919,33 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         hist_push(l, &s);
         return;
     }
+    if (fabs(s.error_mhz) > l->cfg->capture_mhz) {
+        /* Outside the capture range the loop stops chasing: no step, the
+         * integrator frozen, the output where it is (a step in flight from
+         * the reading before still lands). lost_after such readings in a
+         * row make "lost" (laser_evaluate). */
+        double was = l->error_mhz;
+
+        if (l->outside_capture == 0)
+            l->capture_jump_mhz = isfinite(was) ? s.error_mhz - was : (double)NAN;
+        pid_hold(&l->pid);
+        l->pid_gen++;
+        l->held_during_job = l->busy;
+        laser_note_error(l, s.error_mhz, r->t_ns);
+        l->in_tolerance = 0;
+        l->out_tolerance++;
+        if (++l->outside_capture >= l->cfg->lost_after)
+            laser_lost_capture(l, s.error_mhz, r->t_ns);
+        else
+            laser_set_state(l, LOCK_HOLDING,
+                            "error %.1f MHz outside the %.0f MHz capture range: output held at "
+                            "%.4f V (%d of %d readings before lost)",
+                            s.error_mhz, l->cfg->capture_mhz, l->pid.output_v, l->outside_capture,
+                            l->cfg->lost_after);
+        s.state = l->state;
+        hist_push(l, &s);
+        return;
+    }
     s.state = l->state;
     hist_push(l, &s);
     if (l->busy)
@@ -856,17 +969,47 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
         return -ERANGE;
     if (!isfinite(ramp_mhz_per_s) || ramp_mhz_per_s < 0)
         return -EINVAL;
+    const struct laser_config *c = l->cfg;
     double step_mhz = fabs(setpoint_thz - l->pid.setpoint_thz) * 1e6;
+    /* How far the target moves from where it is now (mid-ramp included). */
+    double move_mhz = fabs(setpoint_thz - l->pid.target_thz) * 1e6, rate = ramp_mhz_per_s;
+    bool large = l->lock_on && move_mhz > c->capture_mhz &&
+                 (rate == 0 || rate > c->large_step_rate_mhz_per_s);
 
-    pid_set_setpoint(&l->pid, setpoint_thz, ramp_mhz_per_s, now_ns(l));
+    /* A commanded jump beyond the capture range is a move, not a loss: a
+     * ramp at large_step_rate_mhz_per_s, followed with feed-forward (or
+     * refused, by config). */
+    if (large && c->large_step == LARGE_STEP_REFUSE)
+        return -EDOM;
+    if (large) {
+        l->rate_after_move = l->large_move ? l->rate_after_move : ramp_mhz_per_s;
+        l->large_move = true;
+        rate = c->large_step_rate_mhz_per_s;
+    } else if (l->large_move) {
+        l->large_move = false;
+    }
+    pid_set_setpoint(&l->pid, setpoint_thz, rate, now_ns(l));
     /* A laser on its old setpoint is not "locked" on the new one. */
-    if (l->state == LOCK_LOCKED && step_mhz > l->cfg->tolerance_mhz)
-        laser_set_state(l, LOCK_ACQUIRING, "setpoint moved by %.3f MHz", step_mhz);
-    l->pid.ramp_mhz_per_s = ramp_mhz_per_s;
+    if ((l->state == LOCK_LOCKED || l->state == LOCK_RAMPING) && step_mhz > c->tolerance_mhz) {
+        if (rate > 0 && !pid_ramp_done(&l->pid)) {
+            laser_set_state(l, LOCK_RAMPING, "following the setpoint at %g MHz/s, %.1f MHz to go",
+                            rate, (setpoint_thz - l->pid.target_thz) * 1e6);
+            lasers_ramp_kick(l->owner);
+        } else
+            laser_set_state(l, LOCK_ACQUIRING, "setpoint moved by %.3f MHz", step_mhz);
+    }
+    l->pid.ramp_mhz_per_s = rate;
+    if (!l->large_move)
+        l->rate_after_move = ramp_mhz_per_s;
     l->pid_gen++;
     l->in_tolerance = 0;
-    log_info("laser \"%s\": setpoint %.9f THz, ramp %g MHz/s", l->cfg->name, setpoint_thz,
-             ramp_mhz_per_s);
+    if (large)
+        log_info("laser \"%s\": setpoint %.9f THz, %.1f MHz away: a ramp at %g MHz/s "
+                 "(large_step_rate_mhz_per_s)",
+                 c->name, setpoint_thz, move_mhz, rate);
+    else
+        log_info("laser \"%s\": setpoint %.9f THz, ramp %g MHz/s", c->name, setpoint_thz,
+                 ramp_mhz_per_s);
     return laser_commit(l, cb, arg);
 }
 
@@ -1396,6 +1539,52 @@ static int lasers_group_devices(struct lasers *ls, char *err, size_t errlen) {
     return 0;
 }
 
+/*
+ * While a locked laser follows a ramp, its output follows the target between
+ * readings too: every RAMP_FF_MS, a laser whose last write is older than
+ * that gets the target's walk since (pid_feed_forward) written, so a long
+ * gap between its readings (other lasers read in between) does not leave it
+ * behind. A reading that comes while such a write runs is not stepped (one
+ * job at a time), so writes fill gaps only.
+ */
+#define RAMP_FF_MS 20
+
+static void ramp_timer_cb(uv_timer_t *t) {
+    struct lasers *ls = t->data;
+    bool any = false;
+
+    for (int i = 0; i < ls->n && !ls->stopping; i++) {
+        struct laser *l = &ls->l[i];
+        uint64_t now = now_ns(l);
+
+        if (!l->lock_on || l->state != LOCK_RAMPING || pid_ramp_done(&l->pid))
+            continue;
+        any = true;
+        if (l->busy || !actdev_ready(l->dev) ||
+            (now > l->job_write_ns && now - l->job_write_ns < RAMP_FF_MS * 1000000ull))
+            continue;
+        if (pid_feed_forward(&l->pid, now) == 0.0)
+            continue;
+        l->job_step = false;
+        l->job_ff = true;
+        l->job_output_v = l->pid.output_v;
+        laser_job_start(l);
+        if (!l->busy)
+            l->job_ff = false; /* the device took no job: nothing was written */
+    }
+    if (!any || ls->stopping) {
+        uv_timer_stop(t);
+        ls->ramp_timer_on = false;
+    }
+}
+
+static void lasers_ramp_kick(struct lasers *ls) {
+    if (ls->ramp_timer_on || ls->stopping)
+        return;
+    ls->ramp_timer_on = true;
+    uv_timer_start(&ls->ramp_timer, ramp_timer_cb, RAMP_FF_MS, RAMP_FF_MS);
+}
+
 /* Every FRESH_TICK_MS (or state_save_interval_s, when shorter): an output
  * that moved is saved now; any other change to the outputs once
  * state_save_interval_s has passed since the last save. */
@@ -1469,6 +1658,8 @@ int lasers_init(struct lasers *ls, uv_loop_t *loop, const struct config *cfg,
     json_decref(state);
     uv_timer_init(loop, &ls->save_timer);
     ls->save_timer.data = ls;
+    uv_timer_init(loop, &ls->ramp_timer);
+    ls->ramp_timer.data = ls;
     uint64_t every_ms = (uint64_t)(cfg->state_save_interval_s * 1000);
     if (every_ms > FRESH_TICK_MS)
         every_ms = FRESH_TICK_MS;
@@ -1498,6 +1689,7 @@ static void save_timer_closed(uv_handle_t *h) {
 static void lasers_final_saved(struct store *st) {
     struct lasers *ls = (struct lasers *)((char *)st - offsetof(struct lasers, store));
 
+    uv_close((uv_handle_t *)&ls->ramp_timer, NULL);
     uv_close((uv_handle_t *)&ls->save_timer, save_timer_closed);
 }
 
@@ -1527,6 +1719,7 @@ void lasers_stop(struct lasers *ls, void (*cb)(struct lasers *ls)) {
     ls->stopping = true;
     ls->on_stopped = cb;
     uv_timer_stop(&ls->save_timer);
+    uv_timer_stop(&ls->ramp_timer);
     /* Jobs running finish; jobs waiting and reopens are dropped. */
     for (int i = 0; i < ls->ndevs; i++)
         actdev_stop(&ls->devs[i], lasers_dev_stopped);

@@ -110,8 +110,27 @@ static void ramp_restart(struct pid *pid, uint64_t t_ns) {
     pid->ramp_from_thz = pid->target_thz;
     pid->ramp_from_t_ns = t_ns;
     pid->ramp_t_ns = t_ns;
+    /* The output follows the target from where it is now; a jump (ramp 0)
+     * is the loop's to close, not the feed-forward's. */
     if (pid->ramp_mhz_per_s <= 0.0)
         pid->target_thz = pid->setpoint_thz;
+    pid->ff_thz = pid->target_thz;
+}
+
+double pid_feed_forward(struct pid *pid, uint64_t t_ns) {
+    double s_mhz_per_v = pid->p.sensitivity_mhz_per_v;
+    double to_thz = ramp_target_at(pid, t_ns);
+    double walk_mhz = (to_thz - pid->ff_thz) * MHZ_PER_THZ;
+
+    if (!(s_mhz_per_v != 0.0 && isfinite(s_mhz_per_v)) || !isfinite(walk_mhz) || walk_mhz == 0.0)
+        return 0.0;
+    pid->ff_thz = to_thz;
+    double want_v =
+        clamp_range(&pid->p, pid->output_v + limit(walk_mhz / s_mhz_per_v, TERM_LIMIT_V));
+    double dv = want_v - pid->output_v;
+    pid->output_v = want_v;
+    pid->integral_v = limit(pid->integral_v + dv, INTEGRAL_LIMIT_V);
+    return dv;
 }
 
 /* The P and D contribution (before the loop sign's minus) in volts, capped. */
@@ -194,6 +213,7 @@ void pid_init(struct pid *pid, const struct pid_params *p, double setpoint_thz, 
     pid->setpoint_thz = finite_or(setpoint_thz, 0.0);
     pid->target_thz = pid->setpoint_thz;
     pid->ramp_from_thz = pid->setpoint_thz;
+    pid->ff_thz = pid->setpoint_thz;
     pid->output_v = clamp_range(&pid->p, limit(output_v, TERM_LIMIT_V));
     pid->integral_v = pid->output_v;
     pid->railed = at_rail(&pid->p, pid->output_v);
@@ -298,6 +318,9 @@ enum pid_result pid_step(struct pid *pid, double measured_thz, uint64_t t_ns, do
     pid->target_thz = target_thz;
     if (t_ns > pid->ramp_t_ns)
         pid->ramp_t_ns = t_ns;
+    /* The target's walk since the output last followed it, before the law
+     * acts on the error: the error is then only what the loop must remove. */
+    pid_feed_forward(pid, t_ns);
 
     double dt_s = (double)(t_ns - pid->last_t_ns) / NS_PER_S;
     bool fresh = !pid->have_last || (pid->p.max_gap_s > 0.0 && dt_s > pid->p.max_gap_s);

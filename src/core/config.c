@@ -53,6 +53,9 @@ enum drv_kind { DRV_WAVEMETER, DRV_ACTUATOR, DRV_SWITCH };
 static const char *const log_levels[] = {"debug", "info", "notice", "warning", "error", NULL};
 /* Indexed by enum restart_policy. */
 static const char *const restart_names[] = {"resume", "release", "off", NULL};
+/* Indexed by enum lost_action and enum large_step. */
+static const char *const lost_action_names[] = {"park", "hold", NULL};
+static const char *const large_step_names[] = {"ramp", "refuse", NULL};
 
 static const struct cfg_key limits_keys[] = {
     CFG_ROW_INT("max_line_bytes", C, max_line_bytes, 1024, 16777216,
@@ -216,6 +219,12 @@ static const struct cfg_key laser_keys[] = {
     {"restart", CFG_CHOICE, CFG_FIELD(L, restart), 0, 0, restart_names, NULL, 0,
      "with saved state: relock, hold the output unlocked, or start afresh"},
     CFG_ROW_BOOL("auto_relock", L, auto_relock, "try to lock again after lost"),
+    {"lost_action", CFG_CHOICE, CFG_FIELD(L, lost_action), 0, 0, lost_action_names, NULL, 0,
+     "after lost: output back to where it was last locked, or held"},
+    {"large_step", CFG_CHOICE, CFG_FIELD(L, large_step), 0, 0, large_step_names, NULL, 0,
+     "a setpoint change beyond capture_mhz while locked: ramped, or refused"},
+    CFG_ROW_DBL("large_step_rate_mhz_per_s", L, large_step_rate_mhz_per_s, 0.001,
+                CONFIG_RAMP_MAX_MHZ_PER_S, "rate of a large setpoint change's ramp, in MHz/s"),
     CFG_ROW_INT("relock_attempts", L, relock_attempts, 0, 1000,
                 "relock tries after lost before giving up"),
     CFG_ROW_DBL("relock_delay_s", L, relock_delay_s, 0, 3600,
@@ -632,6 +641,9 @@ static void laser_template(struct laser_config *l, const struct wm_driver *wm) {
     l->stale_s = 2;
     l->restart = RESTART_RESUME;
     l->auto_relock = false;
+    l->lost_action = LOST_PARK;
+    l->large_step = LARGE_STEP_RAMP;
+    l->large_step_rate_mhz_per_s = 100;
     l->relock_attempts = 3;
     l->relock_delay_s = 2;
     l->history_depth = 1000;

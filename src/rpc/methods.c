@@ -567,7 +567,8 @@ static json_t *laser_json(const struct laser *l, uint64_t now_ns, struct daemon 
     json_object_set_new(o, "since", json_real(l->since_unix));
     json_object_set_new(o, "setpoint_thz", json_real(l->pid.setpoint_thz));
     json_object_set_new(o, "target_thz", json_real(l->pid.target_thz));
-    json_object_set_new(o, "ramp_mhz_per_s", json_real(l->pid.ramp_mhz_per_s));
+    json_object_set_new(o, "ramp_mhz_per_s",
+                        json_real(l->large_move ? l->rate_after_move : l->pid.ramp_mhz_per_s));
     json_object_set_new(o, "error_mhz", num_or_null(l->error_mhz));
     /* How old the last error that was a number is: while holding, error_mhz
      * is null (no current reading) and this says since when. */
@@ -675,6 +676,15 @@ static void write_refused(struct rpc_call *call, struct laser *l, int rc) {
         rpc_call_errorf(call, RPC_BUSY, NULL, "laser \"%s\": an actuator write is in flight",
                         c->name);
         break;
+    case -EDOM:
+        rpc_call_errorf(call, RPC_INVALID_PARAMS,
+                        json_pack("{s:f, s:f}", "capture_mhz", c->capture_mhz,
+                                  "large_step_rate_mhz_per_s", c->large_step_rate_mhz_per_s),
+                        "Invalid params: laser \"%s\" is locked and the new setpoint is more than "
+                        "capture_mhz %g MHz away (large_step is \"refuse\"): ramp there with "
+                        "ramp_mhz_per_s at most %g, or unlock first",
+                        c->name, c->capture_mhz, c->large_step_rate_mhz_per_s);
+        break;
     case -ENODEV:
         rpc_call_errorf(call, RPC_LASER_FAULT, NULL, "laser \"%s\": actuator %s is %s%s%s", c->name,
                         l->dev->name, actdev_state_name(l->dev), l->dev->reason[0] ? ": " : "",
@@ -717,7 +727,7 @@ static void m_set_setpoint(struct rpc_call *call, json_t *params, void *ctx) {
 
     if (!params_only(call, params, setpoint_params) || (l = param_laser(call, params, d)) == NULL)
         return;
-    ramp = l->pid.ramp_mhz_per_s;
+    ramp = l->large_move ? l->rate_after_move : l->pid.ramp_mhz_per_s; /* the laser's own */
     if (!param_number(call, params, "frequency_thz", &f) ||
         !param_number(call, params, "wavelength_nm", &wl) ||
         !param_number(call, params, "ramp_mhz_per_s", &ramp))

@@ -116,8 +116,8 @@ static const struct meter_channel *channel_of(const struct daemon *d, const stru
  * assertion fails the build when a state is added after the last here. */
 static const enum lock_state lock_states[] = {LOCK_OFF,     LOCK_ACQUIRING, LOCK_LOCKED,
                                               LOCK_HOLDING, LOCK_RAILED,    LOCK_LOST,
-                                              LOCK_FAULT,   LOCK_UNSTABLE};
-_Static_assert(sizeof(lock_states) / sizeof(lock_states[0]) == (size_t)LOCK_UNSTABLE + 1,
+                                              LOCK_FAULT,   LOCK_UNSTABLE,  LOCK_RAMPING};
+_Static_assert(sizeof(lock_states) / sizeof(lock_states[0]) == (size_t)LOCK_NSTATES,
                "lock_states lists every enum lock_state");
 
 /* The wavemeter's states as the metric names them: "reading" is running

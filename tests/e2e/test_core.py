@@ -125,6 +125,28 @@ def test_sim_faults():
             fail("bad fault accepted: %r" % e)
 
 
+def test_wavemeter_back_within_a_second():
+    # Issue 12: the retry back-off is capped, so an instrument that comes back after a
+    # long outage is read within about a second (it took 6.4 s after a 60 s outage).
+    # 8 s away takes the back-off (250 ms doubling) well past its cap.
+    with Daemon(sim_config([{}])) as d:
+        wait_reading(d, "L1", "ok")
+        d.result("sim.disconnect")
+        wait_for(lambda: d.result("status")["driver"]["state"] == "error", 5, "driver state error")
+        time.sleep(8)  # the outage itself, not a wait for an event
+        seq = d.result("read", {"laser": "L1"})["seq"]
+        d.result("sim.connect")
+        t0 = time.monotonic()
+        wait_for(lambda: (lambda r: r["status"] == "ok" and r["seq"] > seq)(
+            d.result("read", {"laser": "L1"})), 5, "a reading after the outage")
+        took = time.monotonic() - t0
+        if took > 1.5:
+            fail("the first reading came %.2f s after the instrument was back" % took)
+        # One warning for the outage, not one per retry.
+        if d.log().count("wavemeter: channel 1:") != 1:
+            fail("warnings during the outage:\n" + d.log())
+
+
 def test_sim_methods_absent_without_sim():
     # Only the simulator has sim.* methods; with the defaults they exist, and
     # an unknown method is -32601 whatever its prefix.
@@ -627,6 +649,7 @@ run_tests([
     ("methods", test_methods),
     ("precision", test_precision),
     ("sim_faults", test_sim_faults),
+    ("wavemeter_back_within_a_second", test_wavemeter_back_within_a_second),
     ("sim_methods_absent", test_sim_methods_absent_without_sim),
     ("pipeline_1000", test_pipeline_1000),
     ("framing", test_framing),

@@ -567,7 +567,7 @@ def test_metrics_promtool():
         for laser, ch in [("L1", 1), ("L2", 2)]:
             states = {k: v for k, v in samples(text, "wavemeterd_laser_lock_state").items()
                       if 'laser="%s"' % laser in k}
-            if len(states) != 8 or sum(states.values()) != 1 or \
+            if len(states) != 9 or sum(states.values()) != 1 or \
                     states['{laser="%s",channel="%d",state="off"}' % (laser, ch)] != 1:
                 fail("lock_state of %s: %r" % (laser, states))
         clients = samples(text, "wavemeterd_clients")
