@@ -38,6 +38,7 @@ struct runtime {
     const char *config_path;
     const char *listen_arg;         /* --listen, which a reload keeps too */
     const char *http_arg, *www_arg; /* --http, --www-dir: a reload keeps them too */
+    const char *mqtt_arg;           /* --mqtt, the same */
     bool http_stopped;              /* a failed start waits for it */
     uv_timer_t watchdog, status;
     uint64_t watchdog_usec;
@@ -46,16 +47,18 @@ struct runtime {
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: wavemeterd [options]\n"
-               "  -c, --config FILE      JSON config (default: the built-in simulator)\n"
-               "  -t, --check-config     validate the config and exit 0 (ok) or 1\n"
-               "  -l, --listen ADDR:PORT listen here instead of the config's address\n"
-               "  -H, --http ADDR:PORT   serve the page, /ws and /metrics here (\"\": off)\n"
-               "  -W, --www-dir DIR      the page's files (absolute; default: the install's)\n"
-               "  -L, --log-level LEVEL  debug, info, notice, warning or error\n"
-               "  -V, --version          print the version and exit\n"
-               "  -h, --help             this text\n"
-               "Docs: README.md, docs/CONFIG.md, docs/PROTOCOL.md\n");
+    fprintf(
+        f, "usage: wavemeterd [options]\n"
+           "  -c, --config FILE      JSON config (default: the built-in simulator)\n"
+           "  -t, --check-config     validate the config and exit 0 (ok) or 1\n"
+           "  -l, --listen ADDR:PORT listen here instead of the config's address\n"
+           "  -H, --http ADDR:PORT   serve the page, /ws and /metrics here (\"\": off)\n"
+           "  -W, --www-dir DIR      the page's files (absolute; default: the install's)\n"
+           "  -M, --mqtt HOST[:PORT] publish to this MQTT broker (\"\": off; mqtt.* for the rest)\n"
+           "  -L, --log-level LEVEL  debug, info, notice, warning or error\n"
+           "  -V, --version          print the version and exit\n"
+           "  -h, --help             this text\n"
+           "Docs: README.md, docs/CONFIG.md, docs/PROTOCOL.md\n");
 }
 
 static void lag_cb(uv_timer_t *t) {
@@ -160,6 +163,42 @@ static int http_args(struct config *cfg, const char *http, const char *www, char
     return 0;
 }
 
+/* --mqtt HOST[:PORT] over the config's mqtt.enabled, host and port: on with
+ * that broker, port 1883 when not given; "" turns publishing off. */
+static int mqtt_arg(struct config *cfg, const char *arg, char *err, size_t errlen) {
+    const char *colon;
+    char *end;
+    long port = 1883;
+    size_t hostlen;
+
+    if (arg == NULL)
+        return 0;
+    if (arg[0] == '\0') {
+        cfg->mqtt.enabled = false;
+        return 0;
+    }
+    colon = strrchr(arg, ':');
+    if (colon != NULL && strchr(arg, ']') == NULL && strchr(arg, ':') != colon)
+        colon = NULL; /* a bare IPv6 address: no port */
+    hostlen = colon ? (size_t)(colon - arg) : strlen(arg);
+    if (colon) {
+        errno = 0;
+        port = strtol(colon + 1, &end, 10);
+        if (errno != 0 || end == colon + 1 || *end != '\0' || port < 1 || port > 65535)
+            hostlen = 0;
+    }
+    if (hostlen == 0 || hostlen >= sizeof(cfg->mqtt.host)) {
+        snprintf(err, errlen, "--mqtt \"%s\": expected HOST or HOST:PORT (port 1..65535), or \"\"",
+                 arg);
+        return -EINVAL;
+    }
+    cfg->mqtt.enabled = true;
+    memcpy(cfg->mqtt.host, arg, hostlen);
+    cfg->mqtt.host[hostlen] = '\0';
+    cfg->mqtt.port = (int)port;
+    return 0;
+}
+
 /*
  * SIGHUP: read the config file again and apply what can change while the
  * daemon runs (log level, limits, access lists, gains the file changed). A
@@ -190,6 +229,8 @@ static void reload(struct runtime *rt) {
         (void)config_set_listen(next, rt->listen_arg); /* checked at start-up */
     if (rc == 0)
         (void)http_args(next, rt->http_arg, rt->www_arg, err, sizeof(err)); /* the same */
+    if (rc == 0)
+        (void)mqtt_arg(next, rt->mqtt_arg, err, sizeof(err));
     if (rc == 0 && log_level_parse(next->log_level, &level) != 0) {
         snprintf(err, sizeof(err), "log_level \"%s\": unknown", next->log_level);
         rc = -EINVAL;
@@ -312,6 +353,7 @@ int main(int argc, char **argv) {
         {"listen", required_argument, NULL, 'l'},
         {"http", required_argument, NULL, 'H'},
         {"www-dir", required_argument, NULL, 'W'},
+        {"mqtt", required_argument, NULL, 'M'},
         {"log-level", required_argument, NULL, 'L'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -320,13 +362,13 @@ int main(int argc, char **argv) {
     static struct runtime rt;
     struct daemon *d = &rt.d;
     const char *config_path = NULL, *listen = NULL, *level_arg = NULL;
-    const char *http_arg = NULL, *www_arg = NULL;
+    const char *http_arg = NULL, *www_arg = NULL, *mqtt = NULL;
     bool check_only = false;
     enum log_level level;
     char err[512], env[16];
     int opt, rc;
 
-    while ((opt = getopt_long(argc, argv, "c:tl:H:W:L:Vh", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tl:H:W:M:L:Vh", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -342,6 +384,9 @@ int main(int argc, char **argv) {
             break;
         case 'W':
             www_arg = optarg;
+            break;
+        case 'M':
+            mqtt = optarg;
             break;
         case 'L':
             level_arg = optarg;
@@ -376,6 +421,8 @@ int main(int argc, char **argv) {
     }
     if (rc == 0)
         rc = http_args(&d->cfg, http_arg, www_arg, err, sizeof(err));
+    if (rc == 0)
+        rc = mqtt_arg(&d->cfg, mqtt, err, sizeof(err));
     if (rc == 0 && level_arg == NULL && log_level_parse(d->cfg.log_level, &level) != 0) {
         snprintf(err, sizeof(err), "log_level \"%s\": unknown", d->cfg.log_level);
         rc = -EINVAL;
@@ -399,6 +446,7 @@ int main(int argc, char **argv) {
     rt.listen_arg = listen;
     rt.http_arg = http_arg;
     rt.www_arg = www_arg;
+    rt.mqtt_arg = mqtt;
 
     /* libuv reads UV_THREADPOOL_SIZE once, when the pool first starts: set it
      * before anything can queue work. */

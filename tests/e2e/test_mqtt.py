@@ -234,6 +234,22 @@ def test_every_reading_when_unlimited():
                 fail("dropped %r" % mqtt_status(d))
 
 
+def test_mqtt_flag():
+    # --mqtt HOST[:PORT] turns publishing on over a config without an mqtt section (as
+    # scripts/run does); a bad value is refused at start with the reason.
+    with Broker() as b, Sub(b.port, "wavemeter/laser/L1/reading") as sub:
+        with Daemon(sim_config([{}]), args=["--mqtt", "localhost:%d" % b.port]) as d:
+            wait_for(lambda: len(readings(sub, "L1")) >= 2, 10, "readings through --mqtt")
+            if mqtt_status(d)["state"] != "connected":
+                fail("status.mqtt %r" % mqtt_status(d))
+    for bad in ("localhost:0", "localhost:x", ":1883", "h:70000"):
+        d = Daemon(sim_config([{}]), args=["--mqtt", bad])
+        d.start(expect_ready=False)
+        if d.proc.wait(10) != 1 or "--mqtt \"%s\"" % bad not in d.log():
+            fail("--mqtt %r: exit %r\n%s" % (bad, d.proc.returncode, d.log()))
+        shutil.rmtree(d.tmp, ignore_errors=True)
+
+
 def test_will_on_kill9():
     with Broker() as b, Sub(b.port, "wavemeter/status") as sub:
         d = Daemon(mqtt_config(b.port, lasers=1))
@@ -451,6 +467,7 @@ if __name__ == "__main__":
     run_tests([
         ("readings_locks_and_clean_stop", test_readings_locks_and_clean_stop),
         ("every_reading_when_unlimited", test_every_reading_when_unlimited),
+        ("mqtt_flag", test_mqtt_flag),
         ("will_on_kill9", test_will_on_kill9),
         ("broker_restart_is_survived", test_broker_restart_is_survived),
         ("broker_down_at_start", test_broker_down_at_start),
