@@ -136,6 +136,10 @@ struct laser {
      * large_step_rate_mhz_per_s: the laser's own ramp rate comes back after. */
     bool large_move;
     double rate_after_move;
+    /* Engaged (a client's lock, a restart's resume) and no good reading
+     * since: a first error outside the capture range is a large step from
+     * where the laser is, not a loss. */
+    bool fresh_engage;
     uint64_t railed_since_ns; /* 0 = not railed */
     bool have_locked_output;
     double locked_output_v; /* last output while locked: where relock returns */

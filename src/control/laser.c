@@ -257,6 +257,7 @@ static void laser_restore(struct laser *l, json_t *saved) {
     laser_job_start(l);
     if (l->lock_on) {
         pid_engage(&l->pid, l->pid.output_v, setpoint, now_ns(l));
+        l->fresh_engage = true;
         laser_set_state(l, LOCK_ACQUIRING, "resumed after restart at %.4f V", l->pid.output_v);
     }
 }
@@ -612,6 +613,7 @@ static void laser_reset_counts(struct laser *l) {
 
 static void laser_engage(struct laser *l, double target_thz) {
     laser_reset_counts(l);
+    l->fresh_engage = true;
     pid_osc_reset(&l->osc);
     pid_engage(&l->pid, l->pid.output_v, target_thz, now_ns(l));
     l->pid_gen++;
@@ -808,6 +810,30 @@ static void laser_job_start(struct laser *l) {
     }
 }
 
+/*
+ * A lock engaged (by a client, or resumed at a restart) on a laser further
+ * from its setpoint than the capture range: like a commanded jump, a move,
+ * not a loss. The target starts where the laser is (this first reading) and
+ * ramps to the setpoint at large_step_rate_mhz_per_s.
+ */
+static void laser_engage_far(struct laser *l, const struct reading *r) {
+    const struct laser_config *c = l->cfg;
+    double dist_mhz = (l->pid.setpoint_thz - r->frequency_thz) * 1e6;
+
+    if (!l->large_move)
+        l->rate_after_move = l->pid.ramp_mhz_per_s;
+    l->large_move = true;
+    l->pid.ramp_mhz_per_s = c->large_step_rate_mhz_per_s;
+    pid_engage(&l->pid, l->pid.output_v, r->frequency_thz, r->t_ns);
+    l->pid_gen++;
+    log_info("laser \"%s\": engaged %.1f MHz from the setpoint, beyond capture_mhz %g: a ramp at "
+             "%g MHz/s (large_step_rate_mhz_per_s)",
+             c->name, dist_mhz, c->capture_mhz, c->large_step_rate_mhz_per_s);
+    laser_set_state(l, LOCK_RAMPING, "engaged %.1f MHz from the setpoint: following it at %g MHz/s",
+                    dist_mhz, c->large_step_rate_mhz_per_s);
+    lasers_ramp_kick(l->owner);
+}
+
 /* The park a "lost" asked for, once no job of the laser's runs. */
 static void laser_park_now(struct laser *l) {
     if (!l->park_pending || l->busy || !actdev_ready(l->dev))
@@ -918,6 +944,14 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         s.state = l->state;
         hist_push(l, &s);
         return;
+    }
+    if (l->fresh_engage) {
+        l->fresh_engage = false;
+        if (fabs(s.error_mhz) > l->cfg->capture_mhz && l->cfg->large_step == LARGE_STEP_RAMP &&
+            !l->busy) {
+            laser_engage_far(l, r);
+            s.error_mhz = (r->frequency_thz - l->pid.target_thz) * 1e6;
+        }
     }
     if (fabs(s.error_mhz) > l->cfg->capture_mhz) {
         /* Outside the capture range the loop stops chasing: no step, the

@@ -160,8 +160,13 @@ static void tls_info_cb(const SSL *cssl, int where, int ret) {
     /* No SNI for an address (RFC 6066, section 3). */
     if (inet_pton(AF_INET, m->cfg->host, addr) == 1 || inet_pton(AF_INET6, m->cfg->host, addr) == 1)
         SSL_set_tlsext_host_name(ssl, NULL);
-    else
-        SSL_set_tlsext_host_name(ssl, m->cfg->host);
+    else {
+        /* The macro casts its argument to void *: a copy, not a cast of
+         * const away (-Wcast-qual). OpenSSL copies the name in turn. */
+        char name[sizeof(m->cfg->host)];
+        snprintf(name, sizeof(name), "%s", m->cfg->host);
+        SSL_set_tlsext_host_name(ssl, name);
+    }
 }
 
 /*

@@ -886,6 +886,42 @@ def test_large_step_is_a_move():
         wait_state(c, "locked", timeout=10)
 
 
+def test_lock_far_is_a_move():
+    # A lock engaged 900 MHz from its setpoint (beyond capture_mhz 500) ramps there
+    # from where the laser is instead of ending "lost"; so does a restart that
+    # resumes a lock in the middle of a large step (kill -9 half way).
+    cfg = ramp_config(large_step_rate_mhz_per_s=300.0, slew_v_per_s=20.0, output_min_v=-20.0,
+                      output_max_v=20.0)
+    cfg["state"] = {"save_interval_s": 3600}
+    root = tempfile.mkdtemp(prefix="wmd-e2e-far-")
+    try:
+        d = Daemon(cfg, state_dir=root).start()
+        with d.client() as c:
+            far = get(c)["setpoint_thz"] + 900e-6
+            c.result("laser.set_setpoint", {"laser": "L1", "frequency_thz": far})
+            c.result("laser.lock", ["L1"])
+            wait_laser(c, lambda x: x["state"] == "ramping", 5, "ramping from where the laser is")
+            if "MHz from the setpoint, beyond capture_mhz 500" not in d.log():
+                fail("no log line for the lock engaged far away:\n" + d.log())
+            l = wait_laser(c, lambda x: x["state"] == "locked", 15, "locked 900 MHz away")
+            if abs(l["reading"]["frequency_thz"] - far) * 1e6 > 3 * l["limits"]["tolerance_mhz"]:
+                fail("locked at %r" % l["reading"])
+            # Back by 900 MHz (a large step), and kill -9 half way.
+            back = far - 900e-6
+            c.result("laser.set_setpoint", {"laser": "L1", "frequency_thz": back})
+            wait_laser(c, lambda x: abs(x["target_thz"] - back) * 1e6 < 450, 5, "half way")
+            d.kill9()
+        discard(d)
+        with Daemon(cfg, state_dir=root) as d, d.client() as c:
+            l = wait_laser(c, lambda x: x["state"] in ("locked", "lost"), 15,
+                           "the resumed lock to settle")
+            if l["state"] != "locked" or abs(l["reading"]["frequency_thz"] - back) * 1e6 > \
+                    3 * l["limits"]["tolerance_mhz"]:
+                fail("resumed mid-step: %s (%s) at %r" % (l["state"], l["reason"], l["reading"]))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def history_stats(samples):
     e = [s["error_mhz"] for s in samples if s["error_mhz"] is not None]
     return len(e), e
@@ -1112,6 +1148,7 @@ SUITE = [
     ("auto_relock_gives_up", test_auto_relock_gives_up),
     ("ramp_feed_forward", test_ramp_followed_with_feed_forward),
     ("large_step_is_a_move", test_large_step_is_a_move),
+    ("lock_far_is_a_move", test_lock_far_is_a_move),
     ("lock_relocks_lost", test_lock_relocks_a_lost_laser),
     ("kill9_acknowledged", test_kill9_keeps_acknowledged_changes),
     ("kill9_after_step", test_kill9_after_step_resumes_the_applied_output),
