@@ -22,7 +22,10 @@
 
 /* Protocol version: the major changes only for incompatible changes. */
 #define PROTOCOL_MAJOR 1
-#define PROTOCOL_MINOR 1 /* 1.1: subscribe, unsubscribe and notifications */
+/* 1.1: subscribe, unsubscribe and notifications. 1.2: laser.autotune; status.session;
+ * laser.get's control, autotune and error_age_s; the states unstable and ramping;
+ * output_v null when unknown. */
+#define PROTOCOL_MINOR 2
 
 /* Speed of light, for vacuum wavelengths: lambda_nm = C_NM_THZ / f_thz. */
 #define C_NM_THZ 299792.458

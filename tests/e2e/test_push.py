@@ -183,7 +183,7 @@ def test_many_subscriptions_capped():
         if e.get("error", {}).get("code") != -32005:
             fail("third subscription: %r" % e)
         v = c.result("version")
-        if v["protocol"] != {"major": 1, "minor": 1}:
+        if v["protocol"] != {"major": 1, "minor": 2}:
             fail("protocol version %r" % v)
 
 

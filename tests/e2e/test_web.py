@@ -179,6 +179,10 @@ def test_live_view_and_controls(drv):
                 wmd.fail("Lock enabled for a monitor-only laser")
             drv.save_screenshot("web-view.png")
             print("screenshot: %s" % os.path.abspath("web-view.png"))
+            # The README's picture is this screenshot:
+            # WMD_WEB_SCREENSHOT=$PWD/docs/img/web-view.png ctest -R e2e_web
+            if os.environ.get("WMD_WEB_SCREENSHOT"):
+                drv.save_screenshot(os.environ["WMD_WEB_SCREENSHOT"])
 
             # A setpoint typed in nm: the daemon converts (vacuum).
             sp = d.result("laser.get", ["399"])["setpoint_thz"] + 100e-6  # +100 MHz
