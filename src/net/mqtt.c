@@ -359,6 +359,10 @@ static void connection_lost(struct mqtt *m) {
         snprintf(why, sizeof(why), "%s", strerror(m->lost_errno));
     else
         snprintf(why, sizeof(why), "%s", mosquitto_strerror(m->lost_rc));
+    /* libmosquitto's texts end in a full stop; ours go on after them. */
+    size_t n = strlen(why);
+    if (n > 0 && why[n - 1] == '.')
+        why[n - 1] = '\0';
     if (m->state == MQTT_STOPPING) {
         teardown(m);
         return;
