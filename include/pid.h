@@ -94,6 +94,7 @@ struct pid {
     uint64_t ramp_from_t_ns;     /* time the present ramp started; the target is computed
                                     from these, so it does not drift by rounding */
     double ff_thz;               /* the target the output already follows (feed-forward) */
+    uint64_t ff_t_ns;            /* the time ff_thz is the target of */
 
     /* Per-reading gains of the last full step (docs/CONTROL.md "Loop gain"). */
     double gain_scale;       /* back-off factor in [PID_SCALE_MIN, 1]; 1 = none */

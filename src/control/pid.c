@@ -115,16 +115,24 @@ static void ramp_restart(struct pid *pid, uint64_t t_ns) {
     if (pid->ramp_mhz_per_s <= 0.0)
         pid->target_thz = pid->setpoint_thz;
     pid->ff_thz = pid->target_thz;
+    pid->ff_t_ns = t_ns;
 }
 
 double pid_feed_forward(struct pid *pid, uint64_t t_ns) {
     double s_mhz_per_v = pid->p.sensitivity_mhz_per_v;
+
+    /* Never back in time: a reading taken before the ramp timer last moved
+     * the output must not pull it back (the output is ahead of it, as the
+     * laser was when the reading was taken). */
+    if (t_ns <= pid->ff_t_ns)
+        return 0.0;
     double to_thz = ramp_target_at(pid, t_ns);
     double walk_mhz = (to_thz - pid->ff_thz) * MHZ_PER_THZ;
 
     if (!(s_mhz_per_v != 0.0 && isfinite(s_mhz_per_v)) || !isfinite(walk_mhz) || walk_mhz == 0.0)
         return 0.0;
     pid->ff_thz = to_thz;
+    pid->ff_t_ns = t_ns;
     double want_v =
         clamp_range(&pid->p, pid->output_v + limit(walk_mhz / s_mhz_per_v, TERM_LIMIT_V));
     double dv = want_v - pid->output_v;
