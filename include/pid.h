@@ -154,6 +154,17 @@ enum pid_result pid_step(struct pid *pid, double measured_thz, uint64_t t_ns, do
  */
 double pid_feed_forward(struct pid *pid, uint64_t t_ns);
 
+/* Where the target is at t_ns (the ramp advanced to it; not before the last
+ * advance). Pure. */
+double pid_target_at(const struct pid *pid, uint64_t t_ns);
+
+/* While the output is held (bad or stale readings, or none), a ramp must not
+ * run away from it: the target stops where the output follows it and the
+ * ramp goes on from there at t_ns, so the first good reading after a gap
+ * finds the target where the laser was left, not a gap's walk further (no
+ * feed-forward jump, no error outside the capture range). Pure. */
+void pid_ramp_pause(struct pid *pid, uint64_t t_ns);
+
 /* A bad or stale reading: output held, integrator frozen, the next good reading
  * starts a fresh dt (no integration across the gap). */
 void pid_hold(struct pid *pid);

@@ -676,9 +676,10 @@ static void laser_after_work(struct actdev_job *j, int status) {
     struct laser_change *waiter = l->job_waiter;
     int rc = status < 0 ? status : l->job_rc;
     bool held = l->held_during_job;
-    bool read_only = l->job_read_only;
+    bool read_only = l->job_read_only, ff = l->job_ff;
 
     l->job_resume = l->job_read_only = false; /* a restart's first job only */
+    l->job_ff = false;                        /* this job's kind only */
     l->busy = false;
     l->job_waiter = NULL;
     l->held_during_job = false;
@@ -730,10 +731,9 @@ static void laser_after_work(struct actdev_job *j, int status) {
     l->readback_v = l->job_io.readback_v;
     l->output_known = true;
     l->owner->outputs_dirty = true;
-    if (l->job_ff) {
+    if (ff) {
         /* The feed-forward between readings: the controller moved its own
          * output and integrator already (pid_feed_forward); nothing to take. */
-        l->job_ff = false;
         laser_output_moved(l);
         lasers_check_stopped(l->owner);
         return;
@@ -824,6 +824,7 @@ static void laser_engage_far(struct laser *l, const struct reading *r) {
         l->rate_after_move = l->pid.ramp_mhz_per_s;
     l->large_move = true;
     l->pid.ramp_mhz_per_s = c->large_step_rate_mhz_per_s;
+    laser_reset_counts(l); /* a reading held while a job ran counts for nothing */
     pid_engage(&l->pid, l->pid.output_v, r->frequency_thz, r->t_ns);
     l->pid_gen++;
     log_info("laser \"%s\": engaged %.1f MHz from the setpoint, beyond capture_mhz %g: a ramp at "
@@ -889,10 +890,10 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
     s.seq = r->seq;
     s.status = r->status;
     s.frequency_thz = r->status == WM_OK ? r->frequency_thz : (double)NAN;
-    s.error_mhz =
-        r->status == WM_OK
-            ? (r->frequency_thz - (l->lock_on ? l->pid.target_thz : l->pid.setpoint_thz)) * 1e6
-            : (double)NAN;
+    /* Against where the target is at the reading's time: a ramp moves it
+     * between steps (and the feed-forward moves the laser with it). */
+    double target_thz = l->lock_on ? pid_target_at(&l->pid, r->t_ns) : l->pid.setpoint_thz;
+    s.error_mhz = r->status == WM_OK ? (r->frequency_thz - target_thz) * 1e6 : (double)NAN;
     s.output_v = l->pid.output_v;
     if (!l->lock_on || ls->stopping) {
         laser_note_error(l, s.error_mhz, r->t_ns);
@@ -934,6 +935,7 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
     if (bad) {
         /* A step still in flight must not undo the hold when it lands. */
         pid_hold(&l->pid);
+        pid_ramp_pause(&l->pid, r->t_ns);
         l->pid_gen++;
         l->held_during_job = l->busy;
         /* After a gap, "locked" needs locked_after fresh readings again. */
@@ -945,10 +947,9 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         hist_push(l, &s);
         return;
     }
-    if (l->fresh_engage) {
+    if (l->fresh_engage && !l->busy) { /* busy: the next reading decides */
         l->fresh_engage = false;
-        if (fabs(s.error_mhz) > l->cfg->capture_mhz && l->cfg->large_step == LARGE_STEP_RAMP &&
-            !l->busy) {
+        if (fabs(s.error_mhz) > l->cfg->capture_mhz && l->cfg->large_step == LARGE_STEP_RAMP) {
             laser_engage_far(l, r);
             s.error_mhz = (r->frequency_thz - l->pid.target_thz) * 1e6;
         }
@@ -963,6 +964,7 @@ void lasers_on_reading(struct meter *m, const struct reading *r, void *ctx) {
         if (l->outside_capture == 0)
             l->capture_jump_mhz = isfinite(was) ? s.error_mhz - was : (double)NAN;
         pid_hold(&l->pid);
+        pid_ramp_pause(&l->pid, r->t_ns);
         l->pid_gen++;
         l->held_during_job = l->busy;
         laser_note_error(l, s.error_mhz, r->t_ns);
@@ -1594,6 +1596,13 @@ static void ramp_timer_cb(uv_timer_t *t) {
         if (!l->lock_on || l->state != LOCK_RAMPING || pid_ramp_done(&l->pid))
             continue;
         any = true;
+        if (l->error_t_ns != 0 && now > l->error_t_ns &&
+            (double)(now - l->error_t_ns) * 1e-9 > l->cfg->stale_s) {
+            /* No reading for stale_s: no open-loop driving; the ramp waits
+             * for the readings (and the next one finds it where it was). */
+            pid_ramp_pause(&l->pid, now);
+            continue;
+        }
         if (l->busy || !actdev_ready(l->dev) ||
             (now > l->job_write_ns && now - l->job_write_ns < RAMP_FF_MS * 1000000ull))
             continue;

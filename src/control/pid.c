@@ -118,6 +118,20 @@ static void ramp_restart(struct pid *pid, uint64_t t_ns) {
     pid->ff_t_ns = t_ns;
 }
 
+double pid_target_at(const struct pid *pid, uint64_t t_ns) {
+    return ramp_target_at(pid, t_ns);
+}
+
+void pid_ramp_pause(struct pid *pid, uint64_t t_ns) {
+    if (pid->ramp_mhz_per_s <= 0.0 || pid->target_thz == pid->setpoint_thz)
+        return;
+    pid->target_thz = pid->ff_thz;
+    pid->ramp_from_thz = pid->ff_thz;
+    pid->ramp_from_t_ns = t_ns;
+    pid->ramp_t_ns = t_ns;
+    pid->ff_t_ns = t_ns;
+}
+
 double pid_feed_forward(struct pid *pid, uint64_t t_ns) {
     double s_mhz_per_v = pid->p.sensitivity_mhz_per_v;
 

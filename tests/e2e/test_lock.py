@@ -922,6 +922,35 @@ def test_lock_far_is_a_move():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_ramp_pauses_while_holding():
+    # A gap in the readings during a ramp (no signal for 3 s): the target waits where
+    # the output was held, so the first good reading neither jumps the output by the
+    # gap's walk (it did: 8 V at once) nor finds the laser outside the capture range.
+    cfg = ramp_config(slew_v_per_s=20.0, output_min_v=-20.0, output_max_v=20.0)
+    with Daemon(cfg) as d, d.client() as c:
+        c.result("laser.lock", ["L1"])
+        l = wait_state(c, "locked", timeout=20)
+        new = l["setpoint_thz"] + 900e-6
+        t0 = time.monotonic()
+        c.result("laser.set_setpoint", {"laser": "L1", "frequency_thz": new,
+                                        "ramp_mhz_per_s": 100.0})
+        wait_laser(c, lambda x: (x["target_thz"] - l["setpoint_thz"]) * 1e6 > 200, 5,
+                   "the ramp under way")
+        c.result("sim.fault", {"laser": "L1", "fault": "no_signal"})
+        wait_state(c, "holding", timeout=5)
+        time.sleep(3)  # the gap itself, not a wait for an event
+        c.result("sim.fault", {"laser": "L1", "fault": "none"})
+        l = wait_laser(c, lambda x: x["state"] == "locked" and x["target_thz"] == new, 20,
+                       "locked at the end of the ramp")
+        h = c.result("history", {"laser": "L1", "seconds": time.monotonic() - t0})["samples"]
+        outs = [x["output_v"] for x in h]
+        jump = max(abs(b - a) for a, b in zip(outs, outs[1:]))
+        if jump > 1.0:
+            fail("the output jumped %.2f V between two readings after the gap" % jump)
+        if "lost" in {x["state"] for x in h}:
+            fail("lost after a gap during a ramp")
+
+
 def history_stats(samples):
     e = [s["error_mhz"] for s in samples if s["error_mhz"] is not None]
     return len(e), e
@@ -1149,6 +1178,7 @@ SUITE = [
     ("ramp_feed_forward", test_ramp_followed_with_feed_forward),
     ("large_step_is_a_move", test_large_step_is_a_move),
     ("lock_far_is_a_move", test_lock_far_is_a_move),
+    ("ramp_pauses_while_holding", test_ramp_pauses_while_holding),
     ("lock_relocks_lost", test_lock_relocks_a_lost_laser),
     ("kill9_acknowledged", test_kill9_keeps_acknowledged_changes),
     ("kill9_after_step", test_kill9_after_step_resumes_the_applied_output),
