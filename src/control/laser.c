@@ -1018,7 +1018,7 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
     if (large && c->large_step == LARGE_STEP_REFUSE)
         return -EDOM;
     if (large) {
-        l->rate_after_move = l->large_move ? l->rate_after_move : ramp_mhz_per_s;
+        l->rate_after_move = ramp_mhz_per_s; /* the client's (or the laser's own) */
         l->large_move = true;
         rate = c->large_step_rate_mhz_per_s;
     } else if (l->large_move) {
@@ -1052,6 +1052,11 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
 int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg) {
     if (on && l->act == NULL)
         return -ENOTSUP;
+    /* Restart "off" on a device that cannot tell its output: a lock would
+     * start from a number the actuator does not have, and its first write
+     * would jump the laser there. */
+    if (on && !l->output_known)
+        return -ENXIO;
     if (l->dev != NULL && l->dev->state == ACTDEV_FAULT) {
         /* The device is away: the wish is kept (and saved) and the laser
          * stays in fault. When the device is back its held output is
@@ -1073,6 +1078,7 @@ int laser_lock(struct laser *l, bool on, laser_change_cb cb, void *arg) {
         laser_set_state(l, LOCK_ACQUIRING, "locked by a client at %.4f V", l->pid.output_v);
     } else if (!on && l->lock_on) {
         laser_want_lock(l, false);
+        l->park_pending = false;
         pid_hold(&l->pid);
         l->pid_gen++;
         laser_set_state(l, LOCK_OFF, "unlocked by a client, output held at %.4f V",
@@ -1464,6 +1470,8 @@ int laser_autotune(struct laser *l, double step_v, bool apply) {
         return -ENOTSUP;
     if (l->lock_on)
         return -EPERM;
+    if (!l->output_known)
+        return -ENXIO; /* the steps would be from a number, not from where it is */
     if (laser_tune_running(l) || l->busy)
         return -EBUSY;
     if (!actdev_ready(l->dev))

@@ -679,6 +679,12 @@ static void write_refused(struct rpc_call *call, struct laser *l, int rc) {
         rpc_call_errorf(call, RPC_BUSY, NULL, "laser \"%s\": an actuator write is in flight",
                         c->name);
         break;
+    case -ENXIO:
+        rpc_call_errorf(call, RPC_NOT_READY, NULL,
+                        "laser \"%s\": its output is unknown (restart \"off\", and the actuator "
+                        "cannot tell it): set it with laser.set_output first",
+                        c->name);
+        break;
     case -EDOM:
         rpc_call_errorf(call, RPC_INVALID_PARAMS,
                         json_pack("{s:f, s:f}", "capture_mhz", c->capture_mhz,
@@ -897,6 +903,9 @@ static void m_autotune(struct rpc_call *call, json_t *params, void *ctx) {
         rpc_call_errorf(call, RPC_BUSY, NULL, "laser \"%s\": %s", l->cfg->name,
                         laser_tune_running(l) ? "an autotune is running"
                                               : "an actuator write is in flight");
+        break;
+    case -ENXIO:
+        write_refused(call, l, rc);
         break;
     case -ENOTSUP:
         if (!laser_has_actuator(l)) {

@@ -457,6 +457,14 @@ def test_restart_policies():
                     if l["lock"] or l["state"] != "off" or l["output_v"] is not None or \
                             l["actuator_writes"] != 0:
                         fail("off: %r" % l)
+                    # Locking from a number the actuator does not have would jump the
+                    # laser: refused until an output is set.
+                    e = expect_error(c, "laser.lock", ["L1"], -32006)
+                    if "laser.set_output" not in e["message"]:
+                        fail("lock with the output unknown: %r" % e)
+                    c.result("laser.set_output", {"laser": "L1", "output_v": saved["output_v"]})
+                    c.result("laser.lock", ["L1"])
+                    wait_state(c, "locked")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
