@@ -1017,13 +1017,12 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
      * refused, by config). */
     if (large && c->large_step == LARGE_STEP_REFUSE)
         return -EDOM;
-    if (large) {
-        l->rate_after_move = ramp_mhz_per_s; /* the client's (or the laser's own) */
-        l->large_move = true;
+    /* The laser's own rate (the client's, or the one it had) outlives a
+     * large step's. */
+    l->rate_after_move = ramp_mhz_per_s;
+    l->large_move = large;
+    if (large)
         rate = c->large_step_rate_mhz_per_s;
-    } else if (l->large_move) {
-        l->large_move = false;
-    }
     pid_set_setpoint(&l->pid, setpoint_thz, rate, now_ns(l));
     /* A laser on its old setpoint is not "locked" on the new one. */
     if ((l->state == LOCK_LOCKED || l->state == LOCK_RAMPING) && step_mhz > c->tolerance_mhz) {
@@ -1035,8 +1034,6 @@ int laser_set_setpoint(struct laser *l, double setpoint_thz, double ramp_mhz_per
             laser_set_state(l, LOCK_ACQUIRING, "setpoint moved by %.3f MHz", step_mhz);
     }
     l->pid.ramp_mhz_per_s = rate;
-    if (!l->large_move)
-        l->rate_after_move = ramp_mhz_per_s;
     l->pid_gen++;
     l->in_tolerance = 0;
     if (large)
